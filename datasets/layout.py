@@ -1,0 +1,174 @@
+"""The AVSBench folder layout: which videos exist, where their files are, which frames are labelled.
+
+```
+DATA/metadata.csv                          uid, split (train|val|test), label (v1s|v1m|v2), ...
+DATA/label2idx.json                        class name -> index, 71 entries, background = 0
+DATA/<label>/<uid>/frames/<i>.jpg          one frame per second
+DATA/<label>/<uid>/labels_rgb/<i>.png      palette-coloured masks
+DATA/<label>/<uid>/audio.wav
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from aavs.datasets.errors import InputError
+
+SUBSETS = ("v1s", "v1m", "v2")
+FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
+TASK_SUBSETS = {"s4": ("v1s",), "ms3": ("v1m",), "avss": ("v1s", "v1m", "v2"), "avss-binary": ("v1s", "v1m", "v2")}
+TASK_NUM_CLASSES = {"s4": 2, "ms3": 2, "avss": 71, "avss-binary": 2}
+SPLITS = ("train", "val", "test")
+NUM_CLASSES = 71
+REQUIRED_COLUMNS = ("uid", "split", "label")
+METADATA = "metadata.csv"
+LABEL2IDX = "label2idx.json"
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of AVSBench: its uid, its subset folder (``label`` in metadata.csv) and its split."""
+
+    uid: str
+    subset: str
+    split: str
+
+    @property
+    def num_frames(self) -> int:
+        return FRAMES_PER_SUBSET[self.subset]
+
+    @property
+    def annotated_frames(self) -> tuple[int, ...]:
+        """Frames that carry a mask: only frame 0 in the v1s training split, every frame elsewhere."""
+        if self.subset == "v1s" and self.split == "train":
+            return (0,)
+        return tuple(range(self.num_frames))
+
+    def video_dir(self, root: str | os.PathLike) -> Path:
+        return Path(root) / self.subset / self.uid
+
+    def frame_path(self, root: str | os.PathLike, i: int) -> Path:
+        return self.video_dir(root) / "frames" / f"{i}.jpg"
+
+    def mask_path(self, root: str | os.PathLike, i: int) -> Path:
+        return self.video_dir(root) / "labels_rgb" / f"{i}.png"
+
+    def audio_path(self, root: str | os.PathLike) -> Path:
+        return self.video_dir(root) / "audio.wav"
+
+
+def uid_problem(uid: str) -> str | None:
+    """Why ``uid`` cannot be a folder name under DATA/<label>/ (None when it can)."""
+    if not uid.strip():
+        return "is empty"
+    if uid in (".", "..") or "/" in uid or "\\" in uid or "\0" in uid:
+        return "is not a plain folder name (no '/', '\\', '.' or '..')"
+    if PurePosixPath(uid).is_absolute() or PureWindowsPath(uid).is_absolute() or PureWindowsPath(uid).drive:
+        return "is an absolute path"
+    return None
+
+
+def parse_metadata(root: str | os.PathLike) -> tuple[list[VideoRecord], list[tuple[str, str]]]:
+    """Read DATA/metadata.csv into records, collecting every problem as ``(where, message)``.
+
+    Rows with a problem are left out of the records. Used by :func:`read_metadata` (which raises the
+    first problem) and by the data checker (which reports them all).
+    """
+    path = Path(root) / METADATA
+    if not path.is_file():
+        return [], [(str(path), "metadata.csv is missing (expected columns uid, split, label)")]
+    problems: list[tuple[str, str]] = []
+    records: list[VideoRecord] = []
+    seen: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                return [], [(str(path), f"column(s) {', '.join(missing)} missing from the header "
+                                        f"(found {', '.join(reader.fieldnames or []) or 'nothing'})")]
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                record, row_problems = _parse_row(row, seen, reader.line_num)
+                problems.extend((where, m) for m in row_problems)
+                if record is not None:
+                    records.append(record)
+    except (UnicodeDecodeError, csv.Error) as err:
+        problems.append((str(path), f"not a readable CSV file: {err}"))
+    return records, problems
+
+
+def _parse_row(row: dict, seen: dict[str, int], line: int) -> tuple[VideoRecord | None, list[str]]:
+    uid, split, subset = (str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS)
+    problems = []
+    if (why := uid_problem(uid)) is not None:
+        problems.append(f"column uid: {uid!r} {why}")
+    elif uid in seen:
+        problems.append(f"column uid: duplicate uid {uid!r} (first on line {seen[uid]})")
+    if split not in SPLITS:
+        problems.append(f"column split: unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    if subset not in SUBSETS:
+        problems.append(f"column label: unknown label {subset!r} (expected one of {', '.join(SUBSETS)})")
+    if uid and uid not in seen:
+        seen[uid] = line
+    if problems:
+        return None, problems
+    return VideoRecord(uid=uid, subset=subset, split=split), []
+
+
+def read_metadata(root: str | os.PathLike) -> list[VideoRecord]:
+    """All videos listed in DATA/metadata.csv; an :class:`InputError` names the first bad row/column."""
+    records, problems = parse_metadata(root)
+    if problems:
+        where, message = problems[0]
+        more = f" (and {len(problems) - 1} more problem(s); run `aavs data check`)" if len(problems) > 1 else ""
+        raise InputError(f"{where}: {message}{more}")
+    return records
+
+
+def select_videos(root: str | os.PathLike, task: str, split: str) -> list[VideoRecord]:
+    """The videos of ``task`` in ``split``, in metadata order (AVSS: the union of v1s, v1m and v2)."""
+    if task not in TASK_SUBSETS:
+        raise InputError(f"unknown task {task!r} (expected one of {', '.join(TASK_SUBSETS)})")
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    subsets = TASK_SUBSETS[task]
+    return [r for r in read_metadata(root) if r.split == split and r.subset in subsets]
+
+
+def label2idx_problems(mapping: object) -> list[str]:
+    """What is wrong with a parsed label2idx.json (empty when it is a valid 71-class map)."""
+    if not isinstance(mapping, dict):
+        return [f"expected a JSON object class name -> index, got {type(mapping).__name__}"]
+    problems = []
+    if len(mapping) != NUM_CLASSES:
+        problems.append(f"has {len(mapping)} classes, expected {NUM_CLASSES} (70 + background)")
+    bad = [k for k, v in mapping.items() if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        problems.append(f"non-integer index for {', '.join(map(repr, bad[:5]))}")
+    elif sorted(mapping.values()) != list(range(len(mapping))):
+        problems.append(f"indices are not 0..{len(mapping) - 1}, each once")
+    first = next(iter(mapping), None)
+    if mapping.get("background") != 0 or first != "background":
+        problems.append(f"the first class must be 'background' with index 0 (found {first!r})")
+    return problems
+
+
+def read_label2idx(root: str | os.PathLike) -> dict[str, int]:
+    """DATA/label2idx.json as a dict; an :class:`InputError` says what is wrong with it."""
+    path = Path(root) / LABEL2IDX
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (expected a JSON object of {NUM_CLASSES} class names -> index)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    problems = label2idx_problems(mapping)
+    if problems:
+        raise InputError(f"{path}: {'; '.join(problems)}")
+    return mapping
