@@ -1,0 +1,178 @@
+"""VGGish, the audio encoder of AVSBench and AAVS, with the parameter names of the public torch port.
+
+The converted release (harritaylor/torchvggish: ``vggish-10086976.pth`` and
+``vggish_pca_params-970ea276.pth``) loads into :class:`VGGish` as is. Without weights the network is
+randomly initialised from a fixed seed, which is only good for tests and synthetic data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from aavs.datasets.errors import InputError
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SIZE = 128
+RANDOM_INIT_IDENTITY = "random-init-v1"
+RANDOM_INIT_SEED = 20170301  # arbitrary, fixed: the random network must be the same in every process
+QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
+_CONV_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
+
+
+def _features() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = 1
+    for v in _CONV_LAYOUT:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = int(v)
+    return nn.Sequential(*layers)
+
+
+class VGGish(nn.Module):
+    """log-mel examples ``[n, 1, 96, 64]`` -> embeddings ``[n, 128]`` (PCA-quantised when loaded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = _features()
+        self.embeddings = nn.Sequential(
+            nn.Linear(512 * 4 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, EMBEDDING_SIZE), nn.ReLU(inplace=True))
+        # PCA post-processing; buffers so that they follow .to(device) but stay out of the state dict
+        # of the release's weights file.
+        self.register_buffer("pca_eigen_vectors", None, persistent=False)
+        self.register_buffer("pca_means", None, persistent=False)
+
+    @property
+    def has_pca(self) -> bool:
+        return self.pca_eigen_vectors is not None
+
+    def set_pca(self, eigen_vectors: torch.Tensor, means: torch.Tensor) -> None:
+        self.pca_eigen_vectors = eigen_vectors.float().reshape(EMBEDDING_SIZE, EMBEDDING_SIZE)
+        self.pca_means = means.float().reshape(EMBEDDING_SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # [n, 512, 6, 4]
+        # NCHW -> NHWC before flattening, as the port does, so the release's fc weights line up.
+        x = x.transpose(1, 3).transpose(1, 2).contiguous().flatten(1)  # [n, 6 * 4 * 512]
+        x = self.embeddings(x)  # [n, 128]
+        return self.postprocess(x) if self.has_pca else x
+
+    def postprocess(self, emb: torch.Tensor) -> torch.Tensor:
+        """PCA, clip to [-2, 2], quantise to 0..255 (kept as float), as the release's Postprocessor."""
+        x = (emb - self.pca_means) @ self.pca_eigen_vectors.T
+        x = x.clamp(QUANTIZE_MIN, QUANTIZE_MAX)
+        return torch.round((x - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_tensors(path: Path, expected: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"{path}: VGGish file missing (expected {expected})")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: torch.from_numpy(data[k]) for k in data.files}
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: not a readable .npz file (expected {expected}): {err}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a malformed or unsafe file
+        raise InputError(f"{path}: not a loadable torch file (expected {expected}): {err}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path}: expected a dict of tensors ({expected}), got {type(obj).__name__}")
+    return obj
+
+
+def _load_weights(model: VGGish, path: Path) -> None:
+    expected_keys = sorted(model.state_dict())
+    expected = f"the converted VGGish state dict with keys {', '.join(expected_keys)}"
+    state = _load_tensors(path, expected)
+    missing = [k for k in expected_keys if k not in state]
+    unexpected = [k for k in state if k not in model.state_dict()]
+    if missing or unexpected:
+        raise InputError(f"{path}: not a VGGish state dict: missing keys {missing or 'none'}, "
+                         f"unexpected keys {unexpected[:8] or 'none'} (expected {', '.join(expected_keys)})")
+    for key, value in model.state_dict().items():
+        if state[key].shape != value.shape:
+            raise InputError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}")
+    model.load_state_dict(state)
+
+
+def _load_pca(model: VGGish, path: Path) -> None:
+    expected = "keys pca_eigen_vectors [128, 128] and pca_means [128] or [128, 1]"
+    params = _load_tensors(path, expected)
+    try:
+        eigen, means = params["pca_eigen_vectors"], params["pca_means"]
+    except KeyError:
+        raise InputError(f"{path}: VGGish PCA file has keys {sorted(params)}, expected {expected}") from None
+    if tuple(eigen.shape) != (EMBEDDING_SIZE, EMBEDDING_SIZE) or means.numel() != EMBEDDING_SIZE:
+        raise InputError(f"{path}: PCA shapes {tuple(eigen.shape)} and {tuple(means.shape)}, expected {expected}")
+    model.set_pca(eigen, means)
+
+
+def random_vggish() -> VGGish:
+    """The randomly initialised VGGish: the same weights in every process (fixed seed, forked RNG).
+
+    He-normal weights and zero biases keep the activations' scale through the ReLU stack, so the
+    random embeddings are of order one (PyTorch's default init shrinks them to ~1e-2).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = VGGish()
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
+    return model
+
+
+def weights_identity(weights: str | os.PathLike | None = None, pca: str | os.PathLike | None = None) -> str:
+    """The name of a set of VGGish weights for the embedding cache: ``random-init-v1`` without weights,
+    else the sha256 of the weights file's (and the PCA file's) sha256s."""
+    if weights is None:
+        if pca is not None:
+            raise InputError(f"{pca}: VGGish PCA parameters given without VGGish weights (--vggish)")
+        return RANDOM_INIT_IDENTITY
+    digest = hashlib.sha256()
+    for label, path in (("weights", weights), ("pca", pca)):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise InputError(f"{path}: VGGish {label} file missing")
+        digest.update(f"{label}:{_sha256(Path(path))};".encode())
+    return f"sha256-{digest.hexdigest()}"
+
+
+def load_vggish(weights: str | os.PathLike | None = None,
+                pca: str | os.PathLike | None = None) -> tuple[VGGish, str]:
+    """(model in eval mode, :func:`weights_identity`). Without weights: the seeded random network."""
+    if weights is None:
+        weights_identity(None, pca)  # refuses PCA without weights
+        log.warning("no VGGish weights given: audio embeddings come from a randomly initialised VGGish "
+                    "(seed %d); they are only meaningful for tests and synthetic data", RANDOM_INIT_SEED)
+        return random_vggish().eval(), RANDOM_INIT_IDENTITY
+    model = VGGish()
+    _load_weights(model, Path(weights))
+    if pca is not None:
+        _load_pca(model, Path(pca))
+    return model.eval(), weights_identity(weights, pca)
