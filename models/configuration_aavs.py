@@ -1,0 +1,98 @@
+"""Configuration of an AAVS network: the task, where its base came from, and the Mask2Former config.
+
+The task decides the network (aavs-method.md §3, §5):
+
+| task | network | labels (+ no-object) | queries |
+| --- | --- | --- | --- |
+| s4, ms3, avss-binary | stage one: binary, decoder adapters replace the output projections | 2 (background, sounding) | 30 |
+| avss | stage two: semantic, decoder adapters follow the projections, takes a prior | 71 (background first) | 100 |
+
+``num_labels`` and ``num_queries`` live in the Mask2Former config (one source of truth) and are
+exposed here as properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import Mask2FormerConfig
+
+from aavs.datasets.errors import InputError
+
+BINARY_TASKS = ("s4", "ms3", "avss-binary")
+SEMANTIC_TASK = "avss"
+TASKS = (*BINARY_TASKS, SEMANTIC_TASK)
+NUM_SEMANTIC_LABELS = 71  # 70 AVSBench-semantic classes + background (index 0)
+BINARY_LABELS = {0: "background", 1: "sounding"}
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    return task
+
+
+def task_labels(task: str) -> dict[int, str]:
+    """id2label of the task's network (AVSS class names live in the data's label2idx.json)."""
+    if check_task(task) == SEMANTIC_TASK:
+        return {0: "background", **{i: f"class_{i}" for i in range(1, NUM_SEMANTIC_LABELS)}}
+    return dict(BINARY_LABELS)
+
+
+@dataclass
+class AAVSConfig:
+    """Everything needed to rebuild an AAVS network.
+
+    ``base`` is a preset name (``tiny``, ``swin-base``) or the absolute path of the Mask2Former
+    folder the frozen weights come from. ``image_size`` is the square network input (frames are
+    resized to it; the per-class scores are computed at it before going to 224 x 224).
+    """
+
+    task: str
+    base: str
+    image_size: int
+    mask2former: Mask2FormerConfig
+    audio_dim: int = 128  # VGGish embedding size
+    audio_hidden_dim: int = 512  # hidden width of the audio projection MLP
+    adapter_reduction: int = 4  # bottleneck adapters are d -> d / reduction -> d
+
+    def __post_init__(self) -> None:
+        check_task(self.task)
+
+    @property
+    def semantic(self) -> bool:
+        """True for the stage-two (AVSS, 71-class, prior-guided) network."""
+        return self.task == SEMANTIC_TASK
+
+    @property
+    def num_labels(self) -> int:
+        return self.mask2former.num_labels
+
+    @property
+    def num_queries(self) -> int:
+        return self.mask2former.num_queries
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mask2former.hidden_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "base": self.base,
+            "image_size": self.image_size,
+            "audio_dim": self.audio_dim,
+            "audio_hidden_dim": self.audio_hidden_dim,
+            "adapter_reduction": self.adapter_reduction,
+            "mask2former": self.mask2former.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AAVSConfig":
+        expected = {"task", "base", "image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction", "mask2former"}
+        if not isinstance(data, dict) or set(data) != expected:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise InputError(f"AAVS config: expected the keys {sorted(expected)}, got {got}")
+        fields = {k: v for k, v in data.items() if k != "mask2former"}
+        return cls(mask2former=Mask2FormerConfig.from_dict(data["mask2former"]), **fields)

@@ -1,0 +1,602 @@
+"""AAVS: Mask2Former + adaptive audio queries + bottleneck adapters, and the Stepping Stones prior.
+
+The network is transformers' ``Mask2FormerForUniversalSegmentation`` (kept as ``AAVS.model``, so the
+parameter names are the library's, prefixed with ``model.``) changed in place, never copied:
+
+- every Swin block's attention output projection (``attention.o_proj``) and MLP output (``mlp.fc2``)
+  gets a residual bottleneck adapter; every pixel-decoder deformable attention (``output_proj``) and
+  every transformer-decoder self-attention (``out_proj``) gets one that replaces the projection in the
+  stage-one network and follows it in the stage-two network (:mod:`aavs.models.adapters`);
+- the transformer decoder is promoted to :class:`AAVSMaskedAttentionDecoder`, which receives the
+  projected audio (and the prior) of the frames being run, turns the query features into
+  ``F[q] + cos(E[q], a_t) * a_t``, and for a prior adds the prior embeddings to the multi-scale
+  position embeddings, the prior to the mask features, and substitutes the first masked-attention mask
+  through :class:`AAVSMaskPredictor`. The library's forward passes do the rest, including its fallback
+  for a query row with nothing to attend to (it then attends everywhere).
+
+Everything else of Mask2Former is frozen; :func:`set_phase` decides which AAVS parts train
+(aavs-method.md §4). Frames are independent batch items: ``pixel_values[N, 3, S, S]`` with one second of
+audio ``[N, 128]`` each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
+from torch import Tensor, nn
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerMaskedAttentionDecoder,
+    Mask2FormerMaskPredictor,
+)
+from transformers.models.swin.modeling_swin import SwinBackbone
+from transformers.utils import ModelOutput
+
+from aavs.datasets.errors import InputError
+from aavs.datasets.transforms import MASK_SIZE, normalize_frames
+from aavs.models.adapters import AdaptedLinear, attach_adapter, promote
+from aavs.models.configuration_aavs import AAVSConfig, check_task
+from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
+
+log = logging.getLogger(__name__)
+
+PHASES = ("A", "B")
+# Prior thresholds (aavs-method.md §5): attend where P >= 0.5; silent P <= 0.4, sounding P >= 0.6.
+PRIOR_ATTEND = 0.5
+PRIOR_SILENT = 0.4
+PRIOR_SOUNDING = 0.6
+SILENT, UNCERTAIN, SOUNDING = 0, 1, 2  # rows of the prior embedding table
+
+# The trainable parts, by parameter-name prefix (AAVS.model is the Mask2Former).
+SWIN_PREFIX = "model.model.pixel_level_module.encoder."
+QUERY_EMBEDDINGS = "model.model.transformer_module.queries_embedder."
+QUERY_FEATURES = "model.model.transformer_module.queries_features."
+PRIOR_EMBEDDINGS = "model.model.transformer_module.decoder.prior_embeddings."
+CLASS_PREDICTOR = "model.class_predictor."
+AUDIO_PROJECTION = "audio_proj."
+PARTS = ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor",
+         "prior_embeddings", "swin_adapters")
+_PHASE_A = {  # semantic network -> parts trained in phase A (phase B trains them all)
+    False: ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor"),
+    True: ("audio_projection", "query_embeddings", "decoder_adapters", "class_predictor", "prior_embeddings"),
+}
+_M2F_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+# ------------------------------------------------------------------------------------ outputs
+@dataclass
+class AAVSOutput(ModelOutput):
+    """``loss`` (scalar, when labels were given), ``class_queries_logits [N, Q, C+1]`` (last entry:
+    no-object), ``masks_queries_logits [N, Q, S/4, S/4]``, and the same two for every earlier decoder
+    layer in ``auxiliary_logits``."""
+
+    loss: Tensor | None = None
+    class_queries_logits: Tensor | None = None
+    masks_queries_logits: Tensor | None = None
+    auxiliary_logits: list[dict[str, Tensor]] | None = None
+
+
+@dataclass
+class DecoderConditioning:
+    """What one forward pass hands the transformer decoder besides the images."""
+
+    audio: Tensor  # [N, D] projected audio, one second per frame
+    prior: Tensor | None  # [N, h, w] in [0, 1], stage two only
+
+
+# ----------------------------------------------------------------------- decoder-side changes
+def adaptive_query_features(features: Tensor, position: Tensor, audio: Tensor) -> Tensor:
+    """``F[q] + cos(E[q], a_t) * a_t``: each query takes as much audio as it resembles.
+
+    features, position: ``[Q, N, D]`` (query features F and position embeddings E, repeated per
+    frame); audio: ``[N, D]``. Returns ``[Q, N, D]``.
+    """
+    audio = audio.unsqueeze(0)  # [1, N, D]
+    similarity = F.cosine_similarity(position, audio, dim=-1)  # [Q, N]
+    return features + similarity.unsqueeze(-1) * audio
+
+
+def resize_prior(prior: Tensor, size: Sequence[int]) -> Tensor:
+    """``[N, h, w] -> [N, H, W]`` by bilinear resizing (align_corners False)."""
+    return F.interpolate(prior.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+
+
+def prior_attention_mask(prior: Tensor, size: Sequence[int], num_heads: int, num_queries: int) -> Tensor:
+    """The first masked-attention mask from the prior: True (blocked) where P < 0.5.
+
+    Returns ``[N * heads, Q, H * W]`` bool, the layout of Mask2Former's own attention masks.
+    """
+    blocked = (resize_prior(prior, size) < PRIOR_ATTEND).flatten(1)  # [N, HW]
+    n, hw = blocked.shape
+    return blocked[:, None, None, :].expand(n, num_heads, num_queries, hw).reshape(n * num_heads, num_queries, hw)
+
+
+def prior_regions(prior: Tensor) -> Tensor:
+    """Per pixel: 0 silent (P <= 0.4), 1 uncertain, 2 sounding (P >= 0.6). Same shape, int64."""
+    return (prior > PRIOR_SILENT).long() + (prior >= PRIOR_SOUNDING).long()
+
+
+class AAVSMaskPredictor(Mask2FormerMaskPredictor):
+    """Mask2Former's mask predictor; when ``pending_attention_mask`` is set, its next call returns that
+    attention mask (once) instead of the one derived from the predicted masks."""
+
+    pending_attention_mask: Tensor | None
+
+    def forward(self, outputs: Tensor, pixel_embeddings: Tensor, attention_mask_target_size: Any = None):
+        predicted_mask, attention_mask = super().forward(outputs, pixel_embeddings, attention_mask_target_size)
+        if self.pending_attention_mask is not None:
+            attention_mask, self.pending_attention_mask = self.pending_attention_mask, None
+        return predicted_mask, attention_mask
+
+
+class AAVSMaskedAttentionDecoder(Mask2FormerMaskedAttentionDecoder):
+    """Mask2Former's masked-attention decoder conditioned on audio and, in stage two, on a prior.
+
+    ``conditioning`` is set by :meth:`AAVS.forward` for the duration of one pass (the transformer
+    module calls the decoder with a fixed signature). ``prior_embeddings`` (semantic network only) holds
+    the learnt silent / uncertain / sounding position embeddings, one row each.
+    """
+
+    conditioning: DecoderConditioning | None
+    prior_embeddings: nn.Embedding | None
+
+    def forward(
+        self,
+        inputs_embeds: Tensor | None = None,  # [Q, N, D] query features F
+        multi_stage_positional_embeddings: list[Tensor] | None = None,  # per level [h*w, N, D]
+        pixel_embeddings: Tensor | None = None,  # [N, D_mask, S/4, S/4] mask features
+        encoder_hidden_states: list[Tensor] | None = None,
+        query_position_embeddings: Tensor | None = None,  # [Q, N, D] query position embeddings E
+        feature_size_list: list | None = None,  # per level (h, w)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        conditioning = self.conditioning
+        if conditioning is None:
+            raise RuntimeError("the AAVS decoder needs the frames' audio: call the AAVS module, not its Mask2Former")
+        inputs_embeds = adaptive_query_features(inputs_embeds, query_position_embeddings, conditioning.audio)
+        prior = conditioning.prior
+        if prior is not None:
+            prior = prior.to(pixel_embeddings.dtype)
+            pixel_embeddings = pixel_embeddings + resize_prior(prior, pixel_embeddings.shape[-2:]).unsqueeze(1)
+            multi_stage_positional_embeddings = [
+                position + self._prior_position(prior, size)
+                for position, size in zip(multi_stage_positional_embeddings, feature_size_list)
+            ]
+            self.mask_predictor.pending_attention_mask = prior_attention_mask(
+                prior, feature_size_list[0], self.mask_predictor.num_heads, inputs_embeds.shape[0]
+            )
+        try:
+            return super().forward(
+                inputs_embeds=inputs_embeds,
+                multi_stage_positional_embeddings=multi_stage_positional_embeddings,
+                pixel_embeddings=pixel_embeddings,
+                encoder_hidden_states=encoder_hidden_states,
+                query_position_embeddings=query_position_embeddings,
+                feature_size_list=feature_size_list,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=return_dict,
+            )
+        finally:
+            self.mask_predictor.pending_attention_mask = None
+
+    def _prior_position(self, prior: Tensor, size: Sequence[int]) -> Tensor:
+        """The prior embedding of every pixel of one level: ``[h * w, N, D]``."""
+        if self.prior_embeddings is None:
+            raise RuntimeError("this network has no prior embeddings (only the avss network takes a prior)")
+        regions = prior_regions(resize_prior(prior, size))  # [N, h, w]
+        embedded = self.prior_embeddings(regions.flatten(1))  # [N, h*w, D]
+        return embedded.transpose(0, 1)
+
+
+# ------------------------------------------------------------------------------------- network
+class AAVS(nn.Module):
+    """The AAVS network around a (pre-trained) ``Mask2FormerForUniversalSegmentation``.
+
+    Built by :func:`build_model`; starts in phase A (Swin adapters at zero and frozen).
+    """
+
+    def __init__(self, config: AAVSConfig, mask2former: Mask2FormerForUniversalSegmentation) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_dim
+        # per second: [N, 128] -> [N, 512] -> [N, 256]
+        self.audio_proj = nn.Sequential(
+            nn.Linear(config.audio_dim, config.audio_hidden_dim), nn.ReLU(), nn.Linear(config.audio_hidden_dim, hidden)
+        )
+        self.model = mask2former
+        self._add_adapters()
+        decoder = promote(mask2former.model.transformer_module.decoder, AAVSMaskedAttentionDecoder)
+        decoder.conditioning = None
+        decoder.prior_embeddings = nn.Embedding(3, hidden) if config.semantic else None
+        promote(decoder.mask_predictor, AAVSMaskPredictor).pending_attention_mask = None
+        self.phase: str | None = None
+        set_phase(self, "A")
+
+    def _add_adapters(self) -> None:
+        backbone = self.model.model.pixel_level_module.encoder
+        if not isinstance(backbone, SwinBackbone):
+            raise InputError(f"AAVS needs a Swin backbone, the Mask2Former config has {type(backbone).__name__}")
+        reduction = self.config.adapter_reduction
+        for stage in backbone.swin.encoder.layers:
+            for block in stage.blocks:
+                attach_adapter(block.attention.o_proj, "residual", reduction)
+                attach_adapter(block.mlp.fc2, "residual", reduction)
+        mode = "follow" if self.config.semantic else "replace"
+        for layer in self.model.model.pixel_level_module.decoder.encoder.layers:
+            attach_adapter(layer.self_attn.output_proj, mode, reduction)
+        for layer in self.model.model.transformer_module.decoder.layers:
+            attach_adapter(layer.self_attn.out_proj, mode, reduction)
+
+    # -------------------------------------------------------------------------------- parts
+    def parameter_parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """The trainable parts (see :data:`PARTS`), each a list of (name, parameter); the rest is frozen."""
+        parts: dict[str, list[tuple[str, nn.Parameter]]] = {part: [] for part in PARTS}
+        for name, param in self.named_parameters():
+            part = _part_of(name)
+            if part is not None:
+                parts[part].append((name, param))
+        return parts
+
+    def swin_adapters(self) -> list[AdaptedLinear]:
+        return [m for m in self.model.model.pixel_level_module.encoder.modules() if isinstance(m, AdaptedLinear)]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Every parameter that is trainable in some phase, detached (the weights a checkpoint needs)."""
+        return {name: p.detach() for params in self.parameter_parts().values() for name, p in params}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
+        """Copy trainable weights in; any unknown key or wrong shape is an InputError naming it, and with
+        ``strict`` so is a missing key."""
+        copy_state(self.trainable_state_dict(), state_dict, strict, "trainable weights")
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pixel_values: Tensor,  # [N, 3, S, S] normalised frames
+        audio: Tensor,  # [N, 128] VGGish embedding of each frame's second
+        prior: Tensor | None = None,  # [N, h, w] in [0, 1] (stage two), typically 224 x 224
+        labels: Tensor | None = None,  # [N, H, W] int64 class per pixel, typically 224 x 224
+        loss_frames: Tensor | None = None,  # [N] bool, frames that count in the loss (default: all)
+    ) -> AAVSOutput:
+        n = pixel_values.shape[0]
+        _check_shape("pixel_values", pixel_values, (n, 3, None, None))
+        _check_shape("audio", audio, (n, self.config.audio_dim))
+        if prior is not None:
+            if not self.config.semantic:
+                raise ValueError(f"the {self.config.task} network takes no prior (only the avss network does)")
+            _check_shape("prior", prior, (n, None, None))
+        audio_embeds = self.audio_proj(audio.to(pixel_values.dtype))  # [N, D]
+        decoder = self.model.model.transformer_module.decoder
+        decoder.conditioning = DecoderConditioning(audio=audio_embeds, prior=prior)
+        try:
+            out = self.model(pixel_values=pixel_values, output_auxiliary_logits=True, return_dict=True)
+        finally:
+            decoder.conditioning = None
+        output = AAVSOutput(
+            class_queries_logits=out.class_queries_logits,  # [N, Q, C+1]
+            masks_queries_logits=out.masks_queries_logits,  # [N, Q, S/4, S/4]
+            auxiliary_logits=out.auxiliary_logits,
+        )
+        if labels is not None:
+            output.loss = self._loss(output, labels, loss_frames)
+        return output
+
+    def _loss(self, output: AAVSOutput, labels: Tensor, loss_frames: Tensor | None) -> Tensor:
+        """transformers' Mask2Former loss (matching, class CE, mask BCE + dice on sampled points, auxiliary
+        losses of every decoder layer) over the selected frames.
+
+        With no frame selected the loss is 0 times the loss of frame 0 against an all-background target:
+        a zero with a graph, and the library's loss still runs, so the all-reduce of the mask count it
+        does under accelerate stays in step across processes.
+        """
+        n = labels.shape[0]
+        _check_shape("labels", labels, (n, None, None))
+        selected = torch.ones(n, dtype=torch.bool) if loss_frames is None else loss_frames.detach().bool().cpu()
+        _check_shape("loss_frames", selected, (n,))
+        index = selected.nonzero().flatten()
+        if len(index) == 0:
+            index = torch.zeros(1, dtype=torch.long)
+            targets = torch.zeros_like(labels[:1])
+            scale = 0.0
+        else:
+            targets = labels[index.to(labels.device)]
+            scale = 1.0
+        mask_labels, class_labels = frame_targets(targets, self.config.num_labels)
+        index = index.to(output.masks_queries_logits.device)
+        loss_dict = self.model.get_loss_dict(
+            masks_queries_logits=output.masks_queries_logits[index],
+            class_queries_logits=output.class_queries_logits[index],
+            mask_labels=[m.to(output.masks_queries_logits.dtype) for m in mask_labels],
+            class_labels=class_labels,
+            auxiliary_predictions=[{k: v[index] for k, v in aux.items()} for aux in output.auxiliary_logits or []],
+        )
+        return self.model.get_loss(loss_dict) * scale
+
+    def class_scores(self, output: AAVSOutput) -> Tensor:
+        """Per-class score maps ``[N, C, 224, 224]`` (no-object excluded), before any argmax.
+
+        Mask logits are resized bilinearly to the ``image_size`` input, then per class c:
+        ``sum_q softmax(class logits)[q, c] * sigmoid(mask logits)[q]``, then bilinear to 224 x 224.
+        One frame at a time, so a 100-query semantic network stays within memory.
+        """
+        size = (self.config.image_size, self.config.image_size)
+        scores = []
+        for masks, classes in zip(output.masks_queries_logits, output.class_queries_logits):
+            masks = F.interpolate(masks.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]  # [Q, S, S]
+            probs = classes.softmax(-1)[:, :-1]  # [Q, C]
+            frame = torch.einsum("qc,qhw->chw", probs, masks.sigmoid())  # [C, S, S]
+            scores.append(F.interpolate(frame.unsqueeze(0), size=(MASK_SIZE, MASK_SIZE), mode="bilinear",
+                                        align_corners=False))
+        return torch.cat(scores)  # [N, C, 224, 224]
+
+    @torch.no_grad()
+    def predict(self, frames: Any, audio: Any, prior: Any = None, batch_size: int | None = None) -> Tensor:
+        """RGB uint8 frames ``[T, H, W, 3]``, VGGish embeddings ``[T, 128]`` and, for the avss network,
+        prior masks ``[T, h, w]`` in [0, 1] -> per-class scores ``[T, C, 224, 224]`` float32 on the CPU.
+
+        Runs in eval mode (restoring the previous mode), ``batch_size`` frames at a time (default all).
+        """
+        frames = _as_array(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise InputError(f"frames: expected RGB uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        t = frames.shape[0]
+        audio_t = torch.as_tensor(_as_array(audio), dtype=torch.float32)
+        if tuple(audio_t.shape) != (t, self.config.audio_dim):
+            raise InputError(f"audio: expected [{t}, {self.config.audio_dim}] (one embedding per frame), "
+                             f"got {list(audio_t.shape)}")
+        prior_t = None
+        if prior is not None:
+            if not self.config.semantic:
+                raise InputError(f"prior: the {self.config.task} network takes no prior (only avss does)")
+            prior_t = torch.as_tensor(_as_array(prior), dtype=torch.float32)
+            if prior_t.ndim != 3 or prior_t.shape[0] != t:
+                raise InputError(f"prior: expected [{t}, h, w], got {list(prior_t.shape)}")
+            if prior_t.numel() and (prior_t.min() < 0 or prior_t.max() > 1):
+                raise InputError(f"prior: values must lie in [0, 1], got [{prior_t.min():.3g}, {prior_t.max():.3g}]")
+        pixel_values = normalize_frames(frames, self.config.image_size)  # [T, 3, S, S]
+        device = next(self.parameters()).device
+        step = batch_size or max(t, 1)
+        was_training = self.training
+        self.eval()
+        try:
+            scores = []
+            for start in range(0, t, step):
+                chunk = slice(start, start + step)
+                output = self(pixel_values[chunk].to(device), audio_t[chunk].to(device),
+                              None if prior_t is None else prior_t[chunk].to(device))
+                scores.append(self.class_scores(output).float().cpu())
+        finally:
+            self.train(was_training)
+        if not scores:
+            return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
+        return torch.cat(scores)
+
+
+# ------------------------------------------------------------------------------ score helpers
+def sounding_probability(scores: Tensor) -> Tensor:
+    """Binary networks: ``[N, 2, H, W]`` scores -> ``sigmoid(2 * s1 - s0)`` ``[N, H, W]`` (the F-score's probability)."""
+    return torch.sigmoid(2 * scores[:, 1] - scores[:, 0])
+
+
+def predicted_labels(scores: Tensor) -> Tensor:
+    """``[N, C, H, W]`` scores -> ``[N, H, W]`` int64 argmax class (binary: 1 = sounding)."""
+    return scores.argmax(1)
+
+
+def frame_targets(labels: Tensor, num_labels: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Label maps ``[N, H, W]`` -> per frame one binary mask ``[K, H, W]`` per class present (background
+    included) and their classes ``[K]``, the targets of Mask2Former's loss."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        raise InputError(f"labels hold values in [{int(labels.min())}, {int(labels.max())}]; "
+                         f"this network has {num_labels} classes 0..{num_labels - 1}")
+    mask_labels, class_labels = [], []
+    for frame in labels:
+        classes = torch.unique(frame)  # [K], sorted
+        mask_labels.append((frame.unsqueeze(0) == classes[:, None, None]).float())  # [K, H, W]
+        class_labels.append(classes.long())
+    return mask_labels, class_labels
+
+
+# ---------------------------------------------------------------------------------- phases
+def _part_of(name: str) -> str | None:
+    if name.startswith(AUDIO_PROJECTION):
+        return "audio_projection"
+    if name.startswith(QUERY_EMBEDDINGS):
+        return "query_embeddings"
+    if name.startswith(QUERY_FEATURES):
+        return "query_features"
+    if name.startswith(PRIOR_EMBEDDINGS):
+        return "prior_embeddings"
+    if name.startswith(CLASS_PREDICTOR):
+        return "class_predictor"
+    if ".adapter." in name:
+        return "swin_adapters" if name.startswith(SWIN_PREFIX) else "decoder_adapters"
+    return None
+
+
+def phase_parts(model: AAVS, phase: str) -> tuple[str, ...]:
+    """Names of the parts trained in ``phase`` (aavs-method.md §4)."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown training phase {phase!r}: expected A or B")
+    return _PHASE_A[model.config.semantic] if phase == "A" else PARTS
+
+
+def set_phase(model: AAVS, phase: str) -> None:
+    """Set ``requires_grad`` for ``phase``; in A zero the Swin adapters; entering B (from any other
+    phase) re-initialise them with the layers' default init, as the reference does.
+
+    Load a phase-B checkpoint *after* calling ``set_phase(model, "B")``.
+    """
+    trained = phase_parts(model, phase)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for part, params in model.parameter_parts().items():
+        for _, param in params:
+            param.requires_grad_(part in trained)
+    if phase == "A":
+        for layer in model.swin_adapters():
+            layer.adapter.zero_()
+    elif model.phase != "B":
+        for layer in model.swin_adapters():
+            layer.adapter.reset_parameters()
+    model.phase = phase
+
+
+def phase_parameter_groups(model: AAVS, phase: str, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``phase``, one per part (named, for logging), all at ``lr`` and
+    ``weight_decay`` like the reference. The model must already be in ``phase`` (:func:`set_phase`)."""
+    if model.phase != phase:
+        raise ValueError(f"the model is in phase {model.phase}; call set_phase(model, {phase!r}) first")
+    parts = model.parameter_parts()
+    return [
+        {"name": part, "params": [p for _, p in parts[part]], "lr": lr, "weight_decay": weight_decay}
+        for part in phase_parts(model, phase) if parts[part]
+    ]
+
+
+# ---------------------------------------------------------------------------------- building
+def check_base_dir(path: str | Path) -> Path:
+    """A local Hugging Face Mask2Former folder, resolved; InputError naming the missing file otherwise."""
+    folder = Path(path).expanduser()
+    hint = ("expected a local Hugging Face Mask2Former checkpoint folder (config.json + model.safetensors or "
+            "pytorch_model.bin), e.g. facebook/mask2former-swin-base-ade-semantic downloaded beforehand")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder; {hint}")
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder / 'config.json'} is missing; {hint}")
+    if not any((folder / name).is_file() for name in _M2F_WEIGHTS):
+        raise InputError(f"{folder / 'model.safetensors'} is missing (nor pytorch_model.bin); {hint}")
+    return folder.resolve()
+
+
+def load_base_config(folder: Path) -> Mask2FormerConfig:
+    config_file = folder / "config.json"
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{config_file}: not a readable JSON file ({err})") from err
+    if not isinstance(raw, dict) or raw.get("model_type") != "mask2former":
+        got = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        raise InputError(f"{config_file}: model_type is {got!r}, expected 'mask2former'")
+    backbone = raw.get("backbone_config") or {}
+    if not isinstance(backbone, dict) or backbone.get("model_type", "swin") != "swin":
+        raise InputError(f"{config_file}: backbone_config.model_type must be 'swin' (AAVS adapts Swin layers)")
+    try:
+        return Mask2FormerConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"{config_file}: not a valid Mask2Former config ({err})") from err
+
+
+def _apply_overrides(config: Mask2FormerConfig, fields: dict[str, Any], overrides: dict[str, Any]) -> None:
+    aavs_fields = ("image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction")
+    for key, value in overrides.items():
+        if key in aavs_fields:
+            fields[key] = value
+        elif key == "num_labels":
+            labels = {i: config.id2label.get(i, f"class_{i}") for i in range(int(value))}
+            config.id2label, config.label2id = labels, {v: k for k, v in labels.items()}
+        elif key in Mask2FormerConfig.__dataclass_fields__ and key != "backbone_config":
+            try:
+                setattr(config, key, value)
+            except (StrictDataclassError, ValueError, TypeError) as err:
+                raise InputError(f"model setting {key}={value!r}: {err}") from err
+        else:
+            raise InputError(f"unknown model setting {key!r}: expected one of {', '.join(aavs_fields)}, num_labels "
+                             "or a Mask2Former config field (e.g. num_queries, train_num_points)")
+
+
+def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversalSegmentation:
+    """A fresh Mask2Former for ``config``: random for a preset base (or when ``load_base`` is False),
+    loaded offline for a folder."""
+    if config.base in PRESETS or not load_base:
+        return Mask2FormerForUniversalSegmentation(config.mask2former)
+    folder = check_base_dir(config.base)
+    try:
+        mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+            str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"{folder}: could not load the Mask2Former weights ({err})") from err
+    resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
+    if resized:
+        log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))
+    if info.get("missing_keys"):
+        log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(info["missing_keys"]),
+                    ", ".join(_few(sorted(info["missing_keys"]))))
+    return mask2former
+
+
+def build_from_config(config: AAVSConfig, load_base: bool = True) -> AAVS:
+    """The AAVS network described by ``config``, with the base folder's weights when ``load_base``
+    (skip it when every weight is about to be loaded anyway)."""
+    return AAVS(config, _instantiate(config, load_base))
+
+
+def build_model(task: str, preset: str | None = None, pretrained: str | None = None, **overrides: Any) -> AAVS:
+    """An AAVS network for ``task`` (s4, ms3, avss-binary: stage one; avss: stage two) on a preset
+    architecture (random weights) or a local pre-trained Mask2Former folder, in phase A.
+
+    ``overrides`` set ``image_size`` / ``audio_hidden_dim`` / ``adapter_reduction``, ``num_labels``, or
+    any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
+    """
+    check_task(task)
+    if (preset is None) == (pretrained is None):
+        raise InputError("give exactly one of a model preset (tiny, swin-base) or a pretrained Mask2Former folder")
+    if preset is not None:
+        m2f_config, image_size = preset_config(preset, task)
+        base = preset
+    else:
+        folder = check_base_dir(pretrained)
+        m2f_config, image_size = load_base_config(folder), DEFAULT_IMAGE_SIZE
+        for key, value in task_sizes(task).items():
+            setattr(m2f_config, key, value)
+        base = str(folder)
+    fields: dict[str, Any] = {"image_size": image_size}
+    _apply_overrides(m2f_config, fields, overrides)
+    return build_from_config(AAVSConfig(task=task, base=base, mask2former=m2f_config, **fields))
+
+
+# ------------------------------------------------------------------------------------ helpers
+@torch.no_grad()
+def copy_state(own: dict[str, Tensor], given: dict[str, Tensor], strict: bool, what: str) -> None:
+    """Copy ``given`` into the tensors of ``own`` (a state dict of live tensors) after checking it all:
+    unknown keys, wrong shapes and (``strict``) missing keys are one InputError naming them."""
+    unexpected = sorted(set(given) - set(own))
+    missing = sorted(set(own) - set(given)) if strict else []
+    wrong = [f"{k} {list(v.shape)} (expected {list(own[k].shape)})"
+             for k, v in given.items() if k in own and v.shape != own[k].shape]
+    problems = [f"{label}: {', '.join(_few(keys))}" for label, keys in
+                (("unexpected keys", unexpected), ("missing keys", missing), ("wrong shapes", wrong)) if keys]
+    if problems:
+        raise InputError(f"{what} do not fit this AAVS network: " + "; ".join(problems))
+    for key, value in given.items():
+        own[key].copy_(value)
+
+
+def _check_shape(name: str, tensor: Tensor, expected: tuple[int | None, ...]) -> None:
+    if tensor.ndim != len(expected) or any(e is not None and s != e for s, e in zip(tensor.shape, expected)):
+        want = ", ".join("*" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name}: expected shape [{want}], got {list(tensor.shape)}")
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _few(items: Sequence[str], limit: int = 8) -> list[str]:
+    items = list(items)
+    return items if len(items) <= limit else [*items[:limit], f"... ({len(items) - limit} more)"]
