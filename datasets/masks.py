@@ -1,0 +1,116 @@
+"""Predicted and prior masks on disk: ``OUT/<subset>/<uid>/<i>.png``.
+
+Binary masks are grayscale PNGs (0 = silent, 255 = sounding), the format stage one exports and stage
+two reads as its prior; class masks are palette-coloured RGB PNGs. Both are read back at
+``MASK_SIZE x MASK_SIZE``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from aavs.datasets.atomic import write_bytes
+from aavs.datasets.errors import InputError
+from aavs.datasets.layout import VideoRecord
+from aavs.datasets.palette import decode_colour_mask, encode_class_map, unknown_colours
+from aavs.datasets.transforms import MASK_SIZE, resize_mask
+
+
+def mask_file(root: str | os.PathLike, record: VideoRecord, i: int) -> Path:
+    return Path(root) / record.subset / record.uid / f"{i}.png"
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_frames(record: VideoRecord, masks: np.ndarray, ndim: int) -> None:
+    if masks.ndim != ndim or masks.shape[0] != record.num_frames:
+        raise ValueError(f"{record.subset}/{record.uid}: expected {record.num_frames} masks, got shape {masks.shape}")
+
+
+def write_binary_masks(out_root: str | os.PathLike, record: VideoRecord, masks: np.ndarray) -> None:
+    """``masks`` bool ``[T, H, W]`` -> one grayscale PNG (0/255) per frame, each written atomically."""
+    masks = np.asarray(masks)
+    _check_frames(record, masks, 3)
+    for i, mask in enumerate(masks):
+        image = Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L")
+        write_bytes(mask_file(out_root, record, i), _png_bytes(image))
+
+
+def write_class_masks(out_root: str | os.PathLike, record: VideoRecord, class_maps: np.ndarray) -> None:
+    """``class_maps`` int ``[T, H, W]`` (0..70) -> one palette-coloured RGB PNG per frame."""
+    class_maps = np.asarray(class_maps)
+    _check_frames(record, class_maps, 3)
+    for i, class_map in enumerate(class_maps):
+        write_bytes(mask_file(out_root, record, i), _png_bytes(Image.fromarray(encode_class_map(class_map), mode="RGB")))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise InputError(f"{path}: mask file missing") from None
+    except OSError as err:
+        raise InputError(f"{path}: not a readable image ({err})") from None
+
+
+def read_gray(path: Path, resample: Literal["bilinear", "nearest"] = "bilinear") -> np.ndarray:
+    """One grayscale mask as float32 ``[MASK_SIZE, MASK_SIZE]`` in [0, 1] (value / 255)."""
+    image = _open(path)
+    if image.mode not in ("L", "I", "I;16", "F"):
+        image = image.convert("L")
+    values = np.asarray(image.convert("F"), dtype=np.float32)
+    if values.shape != (MASK_SIZE, MASK_SIZE):
+        method = Image.BILINEAR if resample == "bilinear" else Image.NEAREST
+        values = np.asarray(Image.fromarray(values, mode="F").resize((MASK_SIZE, MASK_SIZE), method))
+    return np.clip(values / 255.0, 0.0, 1.0).astype(np.float32)
+
+
+def read_colour(path: Path) -> np.ndarray:
+    """One palette-coloured mask as int64 class indices ``[MASK_SIZE, MASK_SIZE]`` (nearest resize)."""
+    rgb = np.asarray(_open(path).convert("RGB"))
+    classes = decode_colour_mask(rgb)
+    if (classes < 0).any():
+        colour, count = unknown_colours(rgb)[0]
+        raise InputError(f"{path}: colour {colour} ({count} pixels) is not in the AVSBench palette")
+    return resize_mask(classes, MASK_SIZE)
+
+
+def _frames(record: VideoRecord, frames: Sequence[int] | None) -> Sequence[int]:
+    return range(record.num_frames) if frames is None else frames
+
+
+def read_binary_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None,
+                      resample: Literal["bilinear", "nearest"] = "bilinear") -> np.ndarray:
+    """float32 ``[T, 224, 224]`` in [0, 1] for ``frames`` (default all) of ``record``.
+
+    A prior is a soft map, so the 0..255 image is resized bilinearly by default; scoring hard
+    predictions uses ``resample="nearest"`` like the ground truth.
+    """
+    return np.stack([read_gray(mask_file(root, record, i), resample) for i in _frames(record, frames)])
+
+
+def read_class_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None) -> np.ndarray:
+    """int64 ``[T, 224, 224]`` class indices for ``frames`` (default all) of ``record``."""
+    return np.stack([read_colour(mask_file(root, record, i)) for i in _frames(record, frames)])
+
+
+def first_missing(root: str | os.PathLike, records: Sequence[VideoRecord]) -> Path | None:
+    """The first mask file of ``records`` (all frames) absent under ``root``, or None."""
+    for record in records:
+        for i in range(record.num_frames):
+            path = mask_file(root, record, i)
+            if not path.is_file():
+                return path
+    return None
