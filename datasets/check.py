@@ -1,0 +1,150 @@
+"""`aavs data check`: every problem of an AVSBench data root, each naming its file. Read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+from aavs.datasets.layout import LABEL2IDX, VideoRecord, label2idx_problems, parse_metadata
+from aavs.datasets.palette import unknown_colours
+
+# Audio more than this much shorter than the clip (one second per frame) is reported.
+MAX_AUDIO_SHORTFALL_S = 1.0
+
+
+@dataclass
+class Problem:
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def check_data_root(root: str | os.PathLike) -> list[Problem]:
+    """All problems of the data root (empty when it is clean); never modifies anything."""
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(str(root), "data root missing (expected a folder with metadata.csv, label2idx.json, v1s/, v1m/, v2/)")]
+    records, meta = parse_metadata(root)
+    problems = [Problem(where, message) for where, message in meta]
+    problems += _check_label2idx(root / LABEL2IDX)
+    if records:
+        problems += _check_videos(root, records)
+    return problems
+
+
+def _check_label2idx(path: Path) -> list[Problem]:
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [Problem(str(path), "label2idx.json is missing (expected 71 class names -> index, background = 0)")]
+    except (ValueError, UnicodeDecodeError) as err:
+        return [Problem(str(path), f"not valid JSON: {err}")]
+    return [Problem(str(path), m) for m in label2idx_problems(mapping)]
+
+
+def _check_videos(root: Path, records: list[VideoRecord]) -> list[Problem]:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    problems: list[Problem] = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("checking videos", total=len(records))
+        for record in records:
+            problems += check_video(root, record)
+            progress.advance(task)
+    return problems
+
+
+def check_video(root: Path, record: VideoRecord) -> list[Problem]:
+    """The problems of one video's folder: frames, masks and audio."""
+    folder = record.video_dir(root)
+    if not folder.is_dir():
+        return [Problem(str(folder), f"video folder missing (listed in metadata.csv as {record.subset}/{record.split})")]
+    expected = range(record.num_frames)
+    problems = _check_indexed(folder / "frames", "jpg", required=expected, allowed=expected, record=record)
+    problems += _check_indexed(folder / "labels_rgb", "png", required=record.annotated_frames, allowed=expected,
+                               record=record)
+    for i in expected:
+        if (path := record.frame_path(root, i)).is_file():
+            problems += _check_frame(path)
+    for i in expected:
+        if (path := record.mask_path(root, i)).is_file():
+            problems += _check_mask(path)
+    return problems + _check_audio(record.audio_path(root), record.num_frames)
+
+
+def _check_indexed(folder: Path, ext: str, required: Sequence[int], allowed: Sequence[int],
+                   record: VideoRecord) -> list[Problem]:
+    """Missing required files and files beyond the subset's frames."""
+    what = "frame" if ext == "jpg" else "mask"
+    present = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    problems = [Problem(str(folder / f"{i}.{ext}"), f"{what} missing ({record.subset} {record.split} needs "
+                                                   f"{what}s {', '.join(map(str, required))})")
+                for i in required if f"{i}.{ext}" not in present]
+    allowed_names = {f"{i}.{ext}" for i in allowed}
+    for name in sorted(present - allowed_names):
+        if name.endswith(f".{ext}"):
+            problems.append(Problem(str(folder / name), f"unexpected {what}: a {record.subset} video has "
+                                                        f"{record.num_frames} frames (0..{record.num_frames - 1})"))
+    return problems
+
+
+def _check_frame(path: Path) -> list[Problem]:
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (image.width // 8 or 1, image.height // 8 or 1))  # decode cheaply, but all of it
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return [Problem(str(path), f"frame not readable as an image: {err}")]
+    return []
+
+
+def _check_mask(path: Path) -> list[Problem]:
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return [Problem(str(path), f"mask not readable as an image: {err}")]
+    bad = unknown_colours(rgb)
+    if not bad:
+        return []
+    shown = "; ".join(f"colour {c} in {n} pixels" for c, n in bad[:3])
+    more = f"; and {len(bad) - 3} more colours" if len(bad) > 3 else ""
+    return [Problem(str(path), f"not an AVSBench palette colour: {shown}{more}")]
+
+
+def _check_audio(path: Path, frames: int) -> list[Problem]:
+    if not path.is_file():
+        return [Problem(str(path), "audio missing (expected a wav of the clip)")]
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
+        return [Problem(str(path), f"audio not decodable: {err}")]
+    seconds = len(data) / rate
+    if seconds < frames - MAX_AUDIO_SHORTFALL_S:
+        return [Problem(str(path), f"audio lasts {seconds:.2f} s, far shorter than the {frames} s clip")]
+    return []
+
+
+def render_problems(console, root: str | os.PathLike, problems: list[Problem]) -> None:
+    """A rich table of the problems, or a green line saying the root is clean."""
+    from rich.table import Table
+
+    if not problems:
+        console.print(f"[green]{root}: clean, no problems found[/green]")
+        return
+    table = Table(title=f"{root}: {len(problems)} problem(s)", show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("problem", overflow="fold")
+    for problem in problems:
+        table.add_row(problem.path, problem.message)
+    console.print(table)
