@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 from transformers.models.mask2former.modeling_mask2former import (
@@ -527,8 +529,8 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
             str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"{folder}: could not load the Mask2Former weights ({err})") from err
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
+        raise InputError(f"{folder}: could not load the Mask2Former weights ({type(err).__name__}: {err})") from err
     resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
     if resized:
         log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))

@@ -1,0 +1,291 @@
+"""AAVS checkpoints: our safetensors folders, and import of the released Stepping Stones ``.pth`` files.
+
+Our format: a folder with ``model.safetensors`` and ``aavs.json`` (format, version, task, base, which
+weights are stored, training phase, the full :class:`AAVSConfig`). With a pre-trained base folder only
+the weights trainable in some phase are stored, plus the base's absolute path; with a preset base (whose
+random frozen weights could not be recovered) every weight is stored. Folders are written atomically.
+
+Released checkpoints are ``torch.save``d state dicts of the reference module: ``audio_proj.*`` (the
+128-512-256 MLP, ``Sequential`` indices 0 and 2) and ``model.`` + the key names of transformers 4.35.2's
+``Mask2FormerForUniversalSegmentation``, with the adapters added by the reference. The reference code
+is not available; the layout assumed here (each adapter is ``Sequential(Linear, ReLU, Linear)``, so
+``.{0,2}.{weight,bias}``) is::
+
+    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.swin_adapt_1.{0,2}.*   Swin attention output
+    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.swin_adapt_3.{0,2}.*   Swin MLP output
+    model.model.pixel_level_module.decoder.encoder.layers.{i}.self_attn.avs_adapt.{0,2}.*      deformable attention
+    model.model.transformer_module.decoder.layers.{i}.self_attn.avs_adapt.{0,2}.*              decoder self-attention
+    model.model.transformer_module.{silence,uncertain,audio}_embed.weight  [1, 256] (or bare [256])  AVSS only
+
+mapped to ours: ``...attention.o_proj.adapter``, ``...mlp.fc2.adapter``, ``...self_attn.output_proj.adapter``,
+``...self_attn.out_proj.adapter`` and rows 0 / 1 / 2 of ``...transformer_module.decoder.prior_embeddings.weight``
+(``audio_embed`` is the sounding embedding). The Swin names transformers 5 changed are mapped too:
+``encoder.{embeddings,encoder}`` -> ``encoder.swin.{embeddings,encoder}``, ``attention.self.{query,key,value}``
+-> ``attention.{q,k,v}_proj``, ``attention.self.relative_position_bias_table`` ->
+``attention.relative_position_bias.relative_position_bias_table``, ``attention.output.dense`` ->
+``attention.o_proj``, ``intermediate.dense`` -> ``mlp.fc1``, ``output.dense`` -> ``mlp.fc2``; the old
+``relative_position_index`` buffers are derived from the window size and dropped. Every other key keeps
+its name. Our only weights a release lacks are transformers 5's ``encoder.swin.layernorm.*`` (a norm the
+Swin backbone never applies), which keep the base's values. The number of queries and classes come from
+the release's tensors; any key that maps to nothing, any shape that differs and any weight we need that the
+release lacks is an InputError naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from aavs.datasets.atomic import atomic_dir, write_json
+from aavs.datasets.errors import InputError
+from aavs.models.configuration_aavs import AAVSConfig, check_task
+from aavs.models.modeling_aavs import (
+    AAVS,
+    PHASES,
+    SILENT,
+    SOUNDING,
+    UNCERTAIN,
+    build_from_config,
+    build_model,
+    check_base_dir,
+    copy_state,
+    set_phase,
+)
+from aavs.models.presets import PRESETS
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "aavs.json"
+FORMAT = "aavs-checkpoint"
+VERSION = 1
+
+_SWIN = "model.model.pixel_level_module.encoder."
+_SWIN_OLD = re.compile(r"^model\.model\.pixel_level_module\.encoder\.(embeddings|encoder)\.(.*)$")
+_SWIN_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)(.*)$")
+# 4.35.2 SwinLayer names (and the reference's adapters) -> ours, matched at the start of a block key.
+_SWIN_BLOCK_RENAMES = (
+    ("attention.self.query.", "attention.q_proj."),
+    ("attention.self.key.", "attention.k_proj."),
+    ("attention.self.value.", "attention.v_proj."),
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+    ("swin_adapt_1.", "attention.o_proj.adapter."),
+    ("swin_adapt_3.", "mlp.fc2.adapter."),
+)
+_DERIVED = "attention.self.relative_position_index"
+_DECODER_ADAPTERS = (
+    (re.compile(r"^(model\.model\.pixel_level_module\.decoder\.encoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
+     r"\1output_proj.adapter.\2"),
+    (re.compile(r"^(model\.model\.transformer_module\.decoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
+     r"\1out_proj.adapter.\2"),
+)
+_PRIOR_ROWS = {"silence_embed": SILENT, "uncertain_embed": UNCERTAIN, "audio_embed": SOUNDING}
+_PRIOR_OLD = re.compile(r"^model\.model\.transformer_module\.(silence_embed|uncertain_embed|audio_embed)(\.weight)?$")
+PRIOR_KEY = "model.model.transformer_module.decoder.prior_embeddings.weight"
+_QUERY_FEATURES = "model.model.transformer_module.queries_features.weight"
+_CLASS_WEIGHT = "model.class_predictor.weight"
+# Ours, absent from 4.35.2: SwinModel's final norm, which the Swin backbone does not apply.
+_NOT_RELEASED = re.compile(r"^model\.model\.pixel_level_module\.encoder\.swin\.layernorm\.")
+
+
+# ------------------------------------------------------------------------------ our format
+def _write(model: AAVS, folder: str | Path, weights: str) -> Path:
+    tensors = model.state_dict() if weights == "all" else model.trainable_state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "version": VERSION, "task": model.config.task, "base": model.config.base,
+            "weights": weights, "phase": model.phase, "config": model.config.to_dict()}
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(tmp / META_FILE, meta)
+    log.info("saved %s weights of the %s network to %s", weights, model.config.task, folder)
+    return folder
+
+
+def save_checkpoint(model: AAVS, folder: str | Path) -> Path:
+    """Write ``folder`` (replacing it atomically): trainable weights + base path for a pre-trained base,
+    every weight for a preset base."""
+    return _write(model, folder, "all" if model.config.base in PRESETS else "trainable")
+
+
+def _read_meta(folder: Path) -> dict:
+    meta_file = folder / META_FILE
+    if not meta_file.is_file():
+        raise InputError(f"{meta_file} is missing: an AAVS checkpoint folder holds {META_FILE} and {WEIGHTS_FILE}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{meta_file}: not a readable JSON file ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise InputError(f"{meta_file}: not an AAVS checkpoint description (format {FORMAT!r}, version {VERSION})")
+    for key, allowed in (("weights", ("all", "trainable")), ("phase", PHASES)):
+        if meta.get(key) not in allowed:
+            raise InputError(f"{meta_file}: {key} is {meta.get(key)!r}, expected one of {', '.join(allowed)}")
+    return meta
+
+
+def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
+    meta = _read_meta(folder)
+    try:
+        config = AAVSConfig.from_dict(meta.get("config"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{folder / META_FILE}: invalid config ({err})") from err
+    if task is not None and check_task(task) != config.task:
+        raise InputError(f"{folder} holds a {config.task} network, not {task}")
+    if base is not None:
+        config.base = base if base in PRESETS else str(check_base_dir(base))
+    full = meta["weights"] == "all"
+    if not full and config.base not in PRESETS and not Path(config.base).is_dir():
+        raise InputError(f"{folder} stores only the trainable weights; its base Mask2Former folder {config.base} "
+                         "is missing: pass base= (--base) with that folder")
+    weights_file = folder / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise InputError(f"{weights_file} is missing")
+    try:
+        state = load_file(str(weights_file))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    model = build_from_config(config, load_base=not full)
+    set_phase(model, meta["phase"])
+    if full:
+        copy_state(model.state_dict(), state, True, f"the weights of {weights_file}")
+    else:
+        copy_state(model.trainable_state_dict(), state, True, f"the weights of {weights_file}")
+    return model
+
+
+def load_model(path: str | Path, base: str | None = None, task: str | None = None) -> AAVS:
+    """An AAVS network from our checkpoint folder (``base`` overrides the stored base, e.g. after a
+    move) or from a released Stepping Stones ``.pth`` (``base`` and ``task`` required)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _load_ours(path, base, task)
+    if path.is_file():
+        if base is None or task is None:
+            raise InputError(f"{path}: a released .pth checkpoint needs base= (its Mask2Former folder) and task=")
+        return import_released(path, base, task)[0]
+    raise InputError(f"{path}: no such checkpoint (expected a folder with {META_FILE} + {WEIGHTS_FILE}, "
+                     "or a released .pth file)")
+
+
+# ---------------------------------------------------------------------------- released .pth
+def reference_key(key: str) -> str | None:
+    """Our name for a released key (see the module doc); None for a derived buffer we drop."""
+    swin = _SWIN_OLD.match(key)
+    if swin:
+        part, rest = swin.groups()
+        block = _SWIN_BLOCK.match(rest) if part == "encoder" else None
+        if block:
+            prefix, tail = block.groups()
+            if tail == _DERIVED:
+                return None
+            for old, new in _SWIN_BLOCK_RENAMES:
+                if tail.startswith(old):
+                    tail = new + tail[len(old):]
+                    break
+            rest = prefix + tail
+        return f"{_SWIN}swin.{part}.{rest}"
+    for pattern, replacement in _DECODER_ADAPTERS:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    return key
+
+
+def _read_released(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a bad file; all mean the same to the user
+        raise InputError(f"{path}: not a loadable PyTorch state dict ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise InputError(f"{path}: expected a state dict (names -> tensors) of the reference AAVS module")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    for key in (_QUERY_FEATURES, _CLASS_WEIGHT):
+        if key not in state:
+            raise InputError(f"{path}: key {key} is missing: not a Stepping Stones AAVS checkpoint")
+    return state
+
+
+def map_released(state: dict[str, Tensor], hidden_dim: int) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Released state dict -> (our state dict, our key -> released key for messages)."""
+    mapped: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    prior_rows: dict[int, Tensor] = {}
+    for key, value in state.items():
+        prior = _PRIOR_OLD.match(key)
+        if prior:
+            if value.numel() != hidden_dim:
+                raise InputError(f"released key {key} has shape {list(value.shape)}, expected [1, {hidden_dim}]")
+            prior_rows[_PRIOR_ROWS[prior.group(1)]] = value.reshape(hidden_dim)
+            origin.setdefault(PRIOR_KEY, key)
+            continue
+        ours = reference_key(key)
+        if ours is not None:
+            mapped[ours] = value
+            origin[ours] = key
+    if prior_rows:
+        if len(prior_rows) != 3:
+            names = [n for n, row in _PRIOR_ROWS.items() if row not in prior_rows]
+            raise InputError(f"the release has only some prior embeddings; missing: {', '.join(names)}")
+        mapped[PRIOR_KEY] = torch.stack([prior_rows[SILENT], prior_rows[UNCERTAIN], prior_rows[SOUNDING]])
+    return mapped, origin
+
+
+def import_released(released: str | Path, base: str, task: str) -> tuple[AAVS, str]:
+    """The AAVS network of a released ``.pth`` on ``base`` (a Mask2Former folder or a preset), in phase
+    B, and which weights a checkpoint of it must store ("trainable", or "all" when the release's frozen
+    weights differ from the base's)."""
+    path = Path(released).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: no such released checkpoint file")
+    check_task(task)
+    state = _read_released(path)
+    sizes = {"num_queries": state[_QUERY_FEATURES].shape[0], "num_labels": state[_CLASS_WEIGHT].shape[0] - 1}
+    has_prior = any(_PRIOR_OLD.match(k) for k in state)
+    if has_prior != (task == "avss"):
+        kind = "has the stage-two prior embeddings" if has_prior else "has no prior embeddings"
+        raise InputError(f"{path} {kind}, which does not fit task {task} (avss is the only task with a prior)")
+    if base in PRESETS:
+        model = build_model(task, preset=base, **sizes)
+    else:
+        model = build_model(task, pretrained=base, **sizes)
+    set_phase(model, "B")
+    mapped, origin = map_released(state, model.config.hidden_dim)
+    own = model.state_dict(keep_vars=True)
+    left_over = sorted(origin[k] for k in mapped if k not in own)
+    if left_over:
+        raise InputError(f"{path}: released keys with no place in the AAVS network: {', '.join(left_over[:8])}"
+                         + (f" ... ({len(left_over) - 8} more)" if len(left_over) > 8 else ""))
+    lacking = sorted(k for k in own if k not in mapped and not _NOT_RELEASED.match(k))
+    if lacking:
+        raise InputError(f"{path} lacks weights the AAVS network needs: {', '.join(lacking[:8])}"
+                         + (f" ... ({len(lacking) - 8} more)" if len(lacking) > 8 else ""))
+    trainable = set(model.trainable_state_dict())
+    weights = "all"
+    if base not in PRESETS:
+        differ = [origin[k] for k, v in mapped.items() if k not in trainable and not torch.equal(v, own[k].detach())]
+        if differ:
+            log.warning("%s: %d frozen weights differ from the base %s (e.g. %s); the checkpoint stores all weights",
+                        path, len(differ), base, differ[0])
+        else:
+            weights = "trainable"
+    copy_state({k: own[k] for k in mapped}, mapped, True, f"the weights of {path}")
+    return model, weights
+
+
+def import_released_checkpoint(released: str | Path, base: str, task: str, out: str | Path) -> Path:
+    """``aavs import-checkpoint``: convert a released Stepping Stones ``.pth`` into our folder format."""
+    model, weights = import_released(released, base, task)
+    return _write(model, out, weights)
