@@ -1,0 +1,156 @@
+"""The AVSBench data set for training and evaluation: frames, masks, audio embeddings and priors.
+
+One item is one video (all its frames): stage one and two both train on whole clips, with frame t
+seeing second t's VGGish embedding. :func:`collate_videos` concatenates the frames of a batch of
+videos into one frame batch.
+
+Loading is cheap: audio embeddings are computed (or read from the disk cache) once at construction;
+when the split's resized frames, masks and priors fit in ``cache_mb`` they are decoded once at
+construction as well, otherwise each item reads its files. The object is picklable, so DataLoader
+workers (fork or spawn) work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from aavs.datasets.audio_features import align_to_frames, embed_videos
+from aavs.datasets.errors import InputError
+from aavs.datasets.layout import TASK_NUM_CLASSES, VideoRecord, select_videos
+from aavs.datasets.masks import first_missing, read_binary_masks, read_colour
+from aavs.datasets.transforms import MASK_SIZE, normalize_resized, resize_frame
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH = "ground-truth"
+DEFAULT_CACHE_MB = 1024.0
+
+
+def read_frames(root: Path, record: VideoRecord, size: int) -> np.ndarray:
+    """uint8 ``[T, size, size, 3]``: the video's frames, RGB, resized (PIL bilinear)."""
+    frames = []
+    for i in range(record.num_frames):
+        path = record.frame_path(root, i)
+        try:
+            with Image.open(path) as image:
+                frames.append(resize_frame(image, size))
+        except FileNotFoundError:
+            raise InputError(f"{path}: frame missing") from None
+        except OSError as err:
+            raise InputError(f"{path}: frame not readable ({err})") from None
+    return np.stack(frames)
+
+
+def read_class_map(root: Path, record: VideoRecord) -> np.ndarray:
+    """uint8 ``[T, 224, 224]`` class indices of the annotated frames, 0 on the others."""
+    class_map = np.zeros((record.num_frames, MASK_SIZE, MASK_SIZE), dtype=np.uint8)
+    for i in record.annotated_frames:
+        class_map[i] = read_colour(record.mask_path(root, i))
+    return class_map
+
+
+class AVSBenchDataset(Dataset):
+    """Videos of ``task`` in ``split`` under ``root``; see the module docstring.
+
+    ``prior``: None, ``"ground-truth"`` (the true sounding mask, stage-two training; all-zero on
+    unannotated frames) or a folder of stage one's masks ``<prior>/<subset>/<uid>/<i>.png``.
+    ``embeddings``: optional precomputed ``{uid: [n_seconds, 128]}``, otherwise VGGish (``vggish``
+    weights, ``vggish_pca`` parameters, random init without) through the disk cache ``cache_dir``.
+    ``cache_mb``: memory budget for decoding the whole split once (0 disables it).
+    """
+
+    def __init__(self, root: str | os.PathLike, task: str, split: str, image_size: int = 384,
+                 prior: str | os.PathLike | None = None, vggish: str | os.PathLike | None = None,
+                 vggish_pca: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 embeddings: dict[str, np.ndarray] | None = None, cache_mb: float = DEFAULT_CACHE_MB) -> None:
+        self.root = Path(root)
+        self.task, self.split, self.image_size = task, split, int(image_size)
+        self.records = select_videos(self.root, task, split)
+        if not self.records:
+            raise InputError(f"{self.root / 'metadata.csv'}: no {task} videos in split {split!r}")
+        self.binary = TASK_NUM_CLASSES[task] == 2
+        self.prior = self._check_prior(prior)
+        if embeddings is None:
+            embeddings = embed_videos(self.root, self.records, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
+        self.audio = self._align_audio(embeddings)
+        self._cache: list[dict[str, np.ndarray]] | None = None
+        if self._bytes_needed() <= cache_mb * 2**20:
+            self._cache = [self._load_arrays(r) for r in self.records]
+            log.debug("%s/%s: %d videos decoded into memory", task, split, len(self.records))
+
+    def _check_prior(self, prior: str | os.PathLike | None) -> str | Path | None:
+        if prior is None or prior == GROUND_TRUTH:
+            return prior
+        folder = Path(prior)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: prior mask folder missing (expected <subset>/<uid>/<i>.png from stage one)")
+        missing = first_missing(folder, self.records)
+        if missing is not None:
+            raise InputError(f"{missing}: prior mask missing (the prior folder must hold every frame of every "
+                             f"{self.task}/{self.split} video)")
+        return folder
+
+    def _align_audio(self, embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        aligned = {}
+        for record in self.records:
+            embedding = embeddings.get(record.uid)
+            if embedding is None or len(embedding) == 0:
+                raise InputError(f"{record.audio_path(self.root)}: no audio embedding for video {record.uid}")
+            aligned[record.uid] = align_to_frames(np.asarray(embedding), record.num_frames)  # [T, 128]
+        return aligned
+
+    def _bytes_needed(self) -> int:
+        per_frame = self.image_size**2 * 3 + MASK_SIZE**2 + (MASK_SIZE**2 * 4 if self.prior is not None else 0)
+        return per_frame * sum(r.num_frames for r in self.records)
+
+    def _load_arrays(self, record: VideoRecord) -> dict[str, np.ndarray]:
+        """The decoded files of one video: frames uint8, class map uint8, prior float32."""
+        arrays = {"frames": read_frames(self.root, record, self.image_size),
+                  "class_map": read_class_map(self.root, record)}
+        if isinstance(self.prior, Path):
+            arrays["prior"] = read_binary_masks(self.prior, record)
+        elif self.prior == GROUND_TRUTH:
+            arrays["prior"] = (arrays["class_map"] != 0).astype(np.float32)
+        return arrays
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        arrays = self._cache[index] if self._cache is not None else self._load_arrays(record)
+        class_map = torch.from_numpy(arrays["class_map"]).long()  # [T, 224, 224]
+        annotated = torch.zeros(record.num_frames, dtype=torch.bool)
+        annotated[list(record.annotated_frames)] = True
+        item = {
+            "pixel_values": normalize_resized(arrays["frames"]),  # [T, 3, S, S]
+            "class_map": class_map,
+            "labels": (class_map != 0).long() if self.binary else class_map,
+            "annotated": annotated,  # [T]
+            "audio": torch.from_numpy(self.audio[record.uid].copy()),  # [T, 128]
+            "uid": record.uid,
+            "subset": record.subset,
+        }
+        if "prior" in arrays:
+            item["prior"] = torch.from_numpy(np.array(arrays["prior"], dtype=np.float32))  # [T, 224, 224]
+        return item
+
+
+_FRAME_KEYS = ("pixel_values", "class_map", "labels", "annotated", "audio", "prior")
+
+
+def collate_videos(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Videos -> one batch of all their frames ``[N, ...]`` plus uids, subsets and frames per video."""
+    out: dict[str, Any] = {key: torch.cat([item[key] for item in batch]) for key in _FRAME_KEYS if key in batch[0]}
+    out["uids"] = [item["uid"] for item in batch]
+    out["subsets"] = [item["subset"] for item in batch]
+    out["frames_per_video"] = [int(item["annotated"].shape[0]) for item in batch]
+    return out
