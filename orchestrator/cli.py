@@ -57,7 +57,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from aavs.datasets.audio_features import compute_features
 
-    summary = compute_features(args.data, vggish=args.vggish, cache_dir=args.cache)
+    summary = compute_features(args.data, vggish=args.vggish, cache_dir=args.cache, vggish_pca=args.vggish_pca)
     if args.json:
         _print_json(summary)
     return 0
@@ -114,14 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="compute and cache the VGGish audio embeddings")
     p.add_argument("data")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (.pth); random init without")
-    p.add_argument("--cache", default=None, help="cache folder (default: $AAVS_CACHE_DIR or ~/.cache/aavs)")
+    p.add_argument("--vggish-pca", default=None, help="VGGish PCA parameters (.pth or .npz), with --vggish")
+    p.add_argument("--cache", default=None, help="cache folder (default: $AAVS_CACHE_DIR or ~/.cache/aavs/vggish)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("score", help="metrics of predicted masks on disk")
     p.add_argument("predictions")
     p.add_argument("--data", required=True)
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=TASKS + ("avss-binary",))
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
