@@ -1,0 +1,109 @@
+"""Experiment files: validation errors name file, key path and expectation; trial sampling; --set."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aavs.datasets.errors import InputError
+from aavs.orchestrator.cli import main
+from aavs.orchestrator.spec import apply_overrides, load_spec, parse_spec, sample_trials, spec_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "x",
+    "data": {"synthetic": {"videos_per_split": 2}},
+    "model": {"preset": "tiny"},
+    "stages": [
+        {"name": "localize", "task": "avss-binary", "epochs": 2,
+         "params": {"lr": {"loguniform": [1e-4, 1e-2]}, "weight_decay": {"grid": [0.0, 0.05]},
+                    "batch_size": {"choice": [1, 2]}},
+         "tune": {"num_samples": 3, "scheduler": {"asha": {"grace_period": 1}}}},
+        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize"},
+    ],
+}
+
+
+def test_every_shipped_experiment_parses():
+    files = sorted((REPO / "experiments").glob("*.yaml"))
+    assert {f.name for f in files} >= {"demo.yaml", "s4.yaml", "ms3.yaml", "avss.yaml", "avss-end-to-end.yaml"}
+    for f in files:
+        spec, _ = load_spec(f)
+        assert spec.name and spec.stages
+    demo, _ = load_spec(REPO / "experiments" / "demo.yaml")
+    assert demo.stages[0].tune.num_samples >= 4 and demo.stages[1].tune.num_samples >= 2
+    assert demo.stages[1].prior == "localize"
+
+
+def test_parsed_values_and_defaults():
+    spec = parse_spec(BASE, "x.yaml")
+    one, two = spec.stages
+    assert one.tune.scheduler == "asha" and one.tune.grace_period == 1 and one.tune.mode == "max"
+    assert two.epochs == 60 and two.tune.scheduler == "fifo" and two.prior == "localize"
+    assert spec.compute.workers_per_trial == 1 and spec.compute.strategy == "plain"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.0.tsk=s4", "x.yaml: stages.0.tsk: expected one of the keys"),
+    ("stages.0.task=s5", "x.yaml: stages.0.task: expected one of ['s4', 'ms3', 'avss', 'avss-binary'], got 's5'"),
+    ("stages.semantic.prior=nope", "x.yaml: stages.1.prior: expected the name of an earlier stage (['localize']), got 'nope'"),
+    ("stages.0.params.lr={loguniform: [0, 1]}", "x.yaml: stages.0.params.lr.loguniform: expected [low, high] with low < high and low > 0"),
+    ("stages.0.params.momentum=0.9", "x.yaml: stages.0.params.momentum: expected one of the keys"),
+    ("stages.0.epochs=0", "x.yaml: stages.0.epochs: expected an integer >= 1, got 0"),
+    ("stages.0.tune.metric=loss", "x.yaml: stages.0.tune.metric: expected a validation metric"),
+    ("compute.strategy=fsdp", "x.yaml: compute.strategy: expected one of ['plain', 'ddp', 'deepspeed'], got 'fsdp'"),
+    ("compute.workers_per_trial=2", "x.yaml: compute.strategy: expected 'ddp' or 'deepspeed' when workers_per_trial > 1"),
+    ("model.pretrained=/somewhere", "x.yaml: model: expected exactly one of 'preset' or 'pretrained'"),
+    ("name=../escape", "x.yaml: name: expected a plain name"),
+    ("stages.0.prior=localize", "x.yaml: stages.0.prior: expected the name of an earlier stage (none yet)"),
+])
+def test_errors_name_file_key_and_expectation(override, message):
+    with pytest.raises(InputError) as err:
+        parse_spec(apply_overrides(BASE, [override], "x.yaml"), "x.yaml")
+    assert message in str(err.value)
+
+
+def test_set_overrides_by_index_and_by_stage_name():
+    raw = apply_overrides(BASE, ["stages.localize.epochs=7", "stages.1.epochs=3", "compute.deepspeed.zero_stage=1"], "x.yaml")
+    spec = parse_spec(raw, "x.yaml")
+    assert [s.epochs for s in spec.stages] == [7, 3] and spec.compute.zero_stage == 1
+    assert BASE["stages"][0]["epochs"] == 2  # the original is untouched
+    with pytest.raises(InputError, match="has no stage named 'missing'"):
+        apply_overrides(BASE, ["stages.missing.epochs=1"], "x.yaml")
+    with pytest.raises(InputError, match="expected KEY.PATH=VALUE"):
+        apply_overrides(BASE, ["stages.0.epochs"], "x.yaml")
+
+
+def test_trial_sampling_is_deterministic_and_covers_the_grid():
+    params = parse_spec(BASE, "x.yaml").stages[0].params
+    trials = sample_trials(params, num_samples=3, seed=0)
+    assert len(trials) == 6  # grid of 2 x num_samples 3
+    assert sorted(t["weight_decay"] for t in trials) == [0.0] * 3 + [0.05] * 3
+    assert all(1e-4 <= t["lr"] <= 1e-2 and t["batch_size"] in (1, 2) for t in trials)
+    assert trials == sample_trials(params, num_samples=3, seed=0)
+    assert trials != sample_trials(params, num_samples=3, seed=1)
+    # log-uniform: the log-lrs of many samples spread over the whole interval
+    logs = [math.log10(t["lr"]) for t in sample_trials({"lr": {"loguniform": [1e-4, 1e-2]}}, 400, 0)]
+    assert min(logs) < -3.8 and max(logs) > -2.2 and abs(sum(logs) / len(logs) + 3) < 0.15
+
+
+def test_spec_hash_changes_with_content():
+    a = parse_spec(BASE, "x.yaml").to_dict()
+    b = parse_spec(apply_overrides(BASE, ["stages.0.epochs=3"], "x.yaml"), "x.yaml").to_dict()
+    assert spec_hash(a) == spec_hash(parse_spec(BASE, "x.yaml").to_dict()) != spec_hash(b)
+
+
+def test_cli_bad_experiment_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**BASE, "stages": [{**BASE["stages"][0], "epochs": "many"}]}))
+    assert main(["run", str(bad), "--local", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: stages.0.epochs: expected an integer >= 1, got 'many'" in err
+    assert not (tmp_path / "r").exists()  # nothing written for an invalid spec
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    assert main(["run", str(tmp_path / "broken.yaml"), "--local"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
