@@ -39,6 +39,7 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -52,6 +53,7 @@ from aavs.models.modeling_aavs import (
     SILENT,
     SOUNDING,
     UNCERTAIN,
+    UNUSED_SWIN_NORM,
     build_from_config,
     build_model,
     check_base_dir,
@@ -94,8 +96,6 @@ _PRIOR_OLD = re.compile(r"^model\.model\.transformer_module\.(silence_embed|unce
 PRIOR_KEY = "model.model.transformer_module.decoder.prior_embeddings.weight"
 _QUERY_FEATURES = "model.model.transformer_module.queries_features.weight"
 _CLASS_WEIGHT = "model.class_predictor.weight"
-# Ours, absent from 4.35.2: SwinModel's final norm, which the Swin backbone does not apply.
-_NOT_RELEASED = re.compile(r"^model\.model\.pixel_level_module\.encoder\.swin\.layernorm\.")
 
 
 # ------------------------------------------------------------------------------ our format
@@ -138,7 +138,7 @@ def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
     meta = _read_meta(folder)
     try:
         config = AAVSConfig.from_dict(meta.get("config"))
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, StrictDataclassError) as err:
         raise InputError(f"{folder / META_FILE}: invalid config ({err})") from err
     if task is not None and check_task(task) != config.task:
         raise InputError(f"{folder} holds a {config.task} network, not {task}")
@@ -268,7 +268,7 @@ def import_released(released: str | Path, base: str, task: str) -> tuple[AAVS, s
     if left_over:
         raise InputError(f"{path}: released keys with no place in the AAVS network: {', '.join(left_over[:8])}"
                          + (f" ... ({len(left_over) - 8} more)" if len(left_over) > 8 else ""))
-    lacking = sorted(k for k in own if k not in mapped and not _NOT_RELEASED.match(k))
+    lacking = sorted(k for k in own if k not in mapped and not UNUSED_SWIN_NORM.search(k))
     if lacking:
         raise InputError(f"{path} lacks weights the AAVS network needs: {', '.join(lacking[:8])}"
                          + (f" ... ({len(lacking) - 8} more)" if len(lacking) > 8 else ""))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,6 +71,8 @@ _PHASE_A = {  # semantic network -> parts trained in phase A (phase B trains the
     False: ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor"),
     True: ("audio_projection", "query_embeddings", "decoder_adapters", "class_predictor", "prior_embeddings"),
 }
+# transformers 5's SwinModel final norm: the Swin backbone never applies it and 4.x checkpoints lack it.
+UNUSED_SWIN_NORM = re.compile(r"pixel_level_module\.encoder\.swin\.layernorm\.")
 _M2F_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -353,6 +356,8 @@ class AAVS(nn.Module):
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise InputError(f"frames: expected RGB uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
         t = frames.shape[0]
+        if t == 0:
+            return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
         audio_t = torch.as_tensor(_as_array(audio), dtype=torch.float32)
         if tuple(audio_t.shape) != (t, self.config.audio_dim):
             raise InputError(f"audio: expected [{t}, {self.config.audio_dim}] (one embedding per frame), "
@@ -380,8 +385,6 @@ class AAVS(nn.Module):
                 scores.append(self.class_scores(output).float().cpu())
         finally:
             self.train(was_training)
-        if not scores:
-            return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
         return torch.cat(scores)
 
 
@@ -478,7 +481,7 @@ def check_base_dir(path: str | Path) -> Path:
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder / 'config.json'} is missing; {hint}")
     if not any((folder / name).is_file() for name in _M2F_WEIGHTS):
-        raise InputError(f"{folder / 'model.safetensors'} is missing (nor pytorch_model.bin); {hint}")
+        raise InputError(f"{folder / 'model.safetensors'} is missing (and there is no pytorch_model.bin); {hint}")
     return folder.resolve()
 
 
@@ -527,16 +530,16 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
     try:
         mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
             str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
-            output_loading_info=True,
+            output_loading_info=True, dtype=torch.float32,  # fp32 master weights whatever the file's dtype
         )
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         raise InputError(f"{folder}: could not load the Mask2Former weights ({type(err).__name__}: {err})") from err
     resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
     if resized:
         log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))
-    if info.get("missing_keys"):
-        log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(info["missing_keys"]),
-                    ", ".join(_few(sorted(info["missing_keys"]))))
+    missing = sorted(key for key in info.get("missing_keys", ()) if not UNUSED_SWIN_NORM.search(key))
+    if missing:
+        log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(_few(missing)))
     return mask2former
 
 

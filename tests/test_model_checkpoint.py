@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import Mask2FormerForUniversalSegmentation
 
 from aavs.datasets.errors import InputError
@@ -72,6 +73,30 @@ def test_build_from_a_pretrained_folder_keeps_its_weights_and_resizes_the_head(b
     assert torch.equal(ours.decoder.mask_projection.weight, theirs.decoder.mask_projection.weight)
     block = "swin.encoder.layers.2.blocks.1.attention.o_proj.weight"
     assert torch.equal(ours.encoder.get_parameter(block), theirs.encoder.get_parameter(block))
+
+
+def test_build_from_a_transformers_4_folder_with_the_old_swin_names(base_dir, tmp_path, caplog):
+    """The hub's ADE20k checkpoint was saved by transformers 4.x (``encoder.encoder.layers...attention.self.query``)."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((base_dir / "config.json").read_text())
+    state = {}
+    for key, value in load_file(base_dir / "model.safetensors").items():
+        if ".swin.layernorm." in key:
+            continue
+        for pattern, replacement in TO_REFERENCE:
+            key = re.sub(pattern, replacement, key)
+        state[key] = value
+    assert "model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query.weight" in state
+    save_file(state, old / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level(logging.WARNING, logger="aavs"):
+        from_old = build_model("s4", pretrained=str(old), image_size=S)
+    assert "left randomly initialised" not in caplog.text
+    from_new = build_model("s4", pretrained=str(base_dir), image_size=S)
+    new_state = from_new.state_dict()
+    for key, value in from_old.state_dict().items():
+        if "pixel_level_module" in key and ".adapter." not in key and ".swin.layernorm." not in key:
+            assert torch.equal(value, new_state[key]), key
 
 
 def test_pretrained_folder_errors_name_the_missing_file(base_dir, tmp_path):
