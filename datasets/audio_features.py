@@ -147,10 +147,10 @@ class _LazyModel:
     """Loads VGGish only when a clip misses the cache (the identity is needed for every lookup)."""
 
     def __init__(self, vggish: str | os.PathLike | None, vggish_pca: str | os.PathLike | None) -> None:
-        from aavs.models.vggish import RANDOM_INIT_IDENTITY, load_vggish, weights_identity
+        from aavs.models.vggish import load_vggish, weights_identity
 
         self._load = functools.partial(load_vggish, vggish, vggish_pca)
-        self.identity = RANDOM_INIT_IDENTITY if vggish is None else weights_identity(vggish, vggish_pca)
+        self.identity = weights_identity(vggish, vggish_pca)  # also refuses bad combinations up front
         self._model: torch.nn.Module | None = None
 
     @property

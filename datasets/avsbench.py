@@ -86,6 +86,11 @@ class AVSBenchDataset(Dataset):
             self._cache = [self._load_arrays(r) for r in self.records]
             log.debug("%s/%s: %d videos decoded into memory", task, split, len(self.records))
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the split was decoded into memory at construction (it fits in ``cache_mb``)."""
+        return self._cache is not None
+
     def _check_prior(self, prior: str | os.PathLike | None) -> str | Path | None:
         if prior is None or prior == GROUND_TRUTH:
             return prior

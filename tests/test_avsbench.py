@@ -85,7 +85,7 @@ def test_collate_concatenates_frames(avss_train):
 def test_dataloader_workers_and_uncached_reads_agree(synth_root, avss_train):
     uncached = pickle.loads(pickle.dumps(
         AVSBenchDataset(synth_root, "avss", "train", image_size=SIZE, prior="ground-truth", cache_mb=0)))
-    assert uncached._cache is None and avss_train._cache is not None
+    assert not uncached.in_memory and avss_train.in_memory
     loader = lambda data, workers: torch.utils.data.DataLoader(  # noqa: E731
         data, batch_size=2, num_workers=workers, collate_fn=collate_videos)
     for a, b in zip(loader(avss_train, 0), loader(uncached, 2)):
