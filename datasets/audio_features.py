@@ -147,25 +147,33 @@ class _LazyModel:
     """Loads VGGish only when a clip misses the cache (the identity is needed for every lookup)."""
 
     def __init__(self, vggish: str | os.PathLike | None, vggish_pca: str | os.PathLike | None) -> None:
-        from aavs.models.vggish import load_vggish, weights_identity
+        from aavs.models.vggish import weights_identity
 
-        self._load = functools.partial(load_vggish, vggish, vggish_pca)
-        self.identity = weights_identity(vggish, vggish_pca)  # also refuses bad combinations up front
+        self.identity = weights_identity(vggish, vggish_pca)  # also refuses PCA without weights up front
+        self._files = (vggish, vggish_pca)
         self._model: torch.nn.Module | None = None
 
     @property
     def model(self) -> torch.nn.Module:
+        from aavs.models.vggish import load_vggish, random_vggish
+
         if self._model is None:
-            self._model, _ = self._load()
+            weights, pca = self._files
+            self._model = random_vggish().eval() if weights is None else load_vggish(weights, pca)[0]
         return self._model
 
 
 def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: str | os.PathLike | None,
                vggish_pca: str | os.PathLike | None,
                cache_dir: str | os.PathLike | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from rich.console import Console
     from rich.progress import Progress
 
+    from aavs.models.vggish import RANDOM_INIT_IDENTITY, warn_random_init
+
     lazy = _LazyModel(vggish, vggish_pca)
+    if lazy.identity == RANDOM_INIT_IDENTITY:
+        warn_random_init()  # cached or not, these embeddings are not VGGish's
     cache = EmbeddingCache(lazy.identity, cache_dir)
     out: dict[str, np.ndarray] = {}
     misses: list[tuple[VideoRecord, Path, str]] = []
@@ -178,9 +186,7 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
         else:
             out[record.uid] = hit
     if misses:
-        if vggish is None:
-            lazy.model  # noqa: B018 - load now so its warning comes before the progress bar
-        with Progress(transient=True) as progress:
+        with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task("VGGish embeddings", total=len(misses))
             for record, path, sha in misses:
                 embedding = embed_clip(path, lazy.model)

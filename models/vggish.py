@@ -163,13 +163,17 @@ def weights_identity(weights: str | os.PathLike | None = None, pca: str | os.Pat
     return f"sha256-{digest.hexdigest()}"
 
 
+def warn_random_init() -> None:
+    log.warning("no VGGish weights given: audio embeddings come from a randomly initialised VGGish "
+                "(seed %d); they are only meaningful for tests and synthetic data", RANDOM_INIT_SEED)
+
+
 def load_vggish(weights: str | os.PathLike | None = None,
                 pca: str | os.PathLike | None = None) -> tuple[VGGish, str]:
     """(model in eval mode, :func:`weights_identity`). Without weights: the seeded random network."""
     if weights is None:
         weights_identity(None, pca)  # refuses PCA without weights
-        log.warning("no VGGish weights given: audio embeddings come from a randomly initialised VGGish "
-                    "(seed %d); they are only meaningful for tests and synthetic data", RANDOM_INIT_SEED)
+        warn_random_init()
         return random_vggish().eval(), RANDOM_INIT_IDENTITY
     model = VGGish()
     _load_weights(model, Path(weights))

@@ -239,3 +239,13 @@ def test_align_to_frames():
     emb = np.arange(3 * 128, dtype=np.float32).reshape(3, 128)
     np.testing.assert_array_equal(af.align_to_frames(emb, 5), emb[[0, 1, 2, 2, 2]])
     np.testing.assert_array_equal(af.align_to_frames(emb, 2), emb[:2])
+
+
+def test_random_init_warning_even_on_a_warm_cache(tmp_path, caplog):
+    records = [_clip(tmp_path, "a", 300)]
+    af.embed_videos(tmp_path, records, cache_dir=tmp_path / "c")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        af.embed_videos(tmp_path, records, cache_dir=tmp_path / "c")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "randomly initialised VGGish" in caplog.text
