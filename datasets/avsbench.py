@@ -83,8 +83,7 @@ class AVSBenchDataset(Dataset):
         self.audio = self._align_audio(embeddings)
         self._cache: list[dict[str, np.ndarray]] | None = None
         if self._bytes_needed() <= cache_mb * 2**20:
-            self._cache = [self._load_arrays(r) for r in self.records]
-            log.debug("%s/%s: %d videos decoded into memory", task, split, len(self.records))
+            self._cache = self._load_all()
 
     @property
     def in_memory(self) -> bool:
@@ -113,17 +112,28 @@ class AVSBenchDataset(Dataset):
         return aligned
 
     def _bytes_needed(self) -> int:
-        per_frame = self.image_size**2 * 3 + MASK_SIZE**2 + (MASK_SIZE**2 * 4 if self.prior is not None else 0)
+        per_frame = self.image_size**2 * 3 + MASK_SIZE**2 + (MASK_SIZE**2 * 4 if isinstance(self.prior, Path) else 0)
         return per_frame * sum(r.num_frames for r in self.records)
 
+    def _load_all(self) -> list[dict[str, np.ndarray]]:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"decoding {self.task}/{self.split}", total=len(self.records))
+            arrays = []
+            for record in self.records:
+                arrays.append(self._load_arrays(record))
+                progress.advance(task)
+        log.debug("%s/%s: %d videos decoded into memory", self.task, self.split, len(self.records))
+        return arrays
+
     def _load_arrays(self, record: VideoRecord) -> dict[str, np.ndarray]:
-        """The decoded files of one video: frames uint8, class map uint8, prior float32."""
+        """The decoded files of one video: frames uint8, class map uint8, prior float32 (from a folder)."""
         arrays = {"frames": read_frames(self.root, record, self.image_size),
                   "class_map": read_class_map(self.root, record)}
         if isinstance(self.prior, Path):
             arrays["prior"] = read_binary_masks(self.prior, record)
-        elif self.prior == GROUND_TRUTH:
-            arrays["prior"] = (arrays["class_map"] != 0).astype(np.float32)
         return arrays
 
     def __len__(self) -> int:
@@ -144,7 +154,9 @@ class AVSBenchDataset(Dataset):
             "uid": record.uid,
             "subset": record.subset,
         }
-        if "prior" in arrays:
+        if self.prior == GROUND_TRUTH:
+            item["prior"] = (class_map != 0).float()  # [T, 224, 224]
+        elif self.prior is not None:
             item["prior"] = torch.from_numpy(np.array(arrays["prior"], dtype=np.float32))  # [T, 224, 224]
         return item
 

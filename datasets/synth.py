@@ -203,15 +203,16 @@ def _schedule_v1s(rng: np.random.Generator, visible: list[SynthClass], frames: i
     return [[source] if o else [] for o in on]
 
 
+# How many of the visible objects sound in a second (0 = silent), for 2 and for 3+ visible objects.
+_SOURCE_COUNT_PROBS = {2: (0.15, 0.45, 0.4), 3: (0.1, 0.4, 0.35, 0.15)}
+
+
 def _schedule_multi(rng: np.random.Generator, visible: list[SynthClass], frames: int) -> list[list[SynthClass]]:
-    counts = rng.choice(np.arange(min(3, len(visible)) + 1), size=frames, p=_count_probs(len(visible)))
+    probs = _SOURCE_COUNT_PROBS[min(len(visible), 3)]
+    counts = rng.choice(len(probs), size=frames, p=probs)
     if counts.max() < 2:  # every multi-source video has a second with several sources
         counts[rng.integers(frames)] = 2
     return [[visible[i] for i in sorted(rng.choice(len(visible), size=n, replace=False))] for n in counts]
-
-
-def _count_probs(visible: int) -> list[float]:
-    return [0.1, 0.4, 0.35, 0.15][: min(3, visible) + 1] if visible >= 3 else [0.15, 0.45, 0.4]
 
 
 _OBJECTS_PER_SUBSET: dict[str, Callable[[np.random.Generator], int]] = {
