@@ -155,11 +155,11 @@ class _LazyModel:
 
     @property
     def model(self) -> torch.nn.Module:
-        from aavs.models.vggish import load_vggish, random_vggish
+        from aavs.models.vggish import build_vggish, random_vggish
 
         if self._model is None:
             weights, pca = self._files
-            self._model = random_vggish().eval() if weights is None else load_vggish(weights, pca)[0]
+            self._model = random_vggish().eval() if weights is None else build_vggish(weights, pca)
         return self._model
 
 

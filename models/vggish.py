@@ -175,8 +175,13 @@ def load_vggish(weights: str | os.PathLike | None = None,
         weights_identity(None, pca)  # refuses PCA without weights
         warn_random_init()
         return random_vggish().eval(), RANDOM_INIT_IDENTITY
+    return build_vggish(weights, pca), weights_identity(weights, pca)
+
+
+def build_vggish(weights: str | os.PathLike, pca: str | os.PathLike | None = None) -> VGGish:
+    """VGGish in eval mode with the weights (and PCA) of these files; no identity (no hashing)."""
     model = VGGish()
     _load_weights(model, Path(weights))
     if pca is not None:
         _load_pca(model, Path(pca))
-    return model.eval(), weights_identity(weights, pca)
+    return model.eval()
