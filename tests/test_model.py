@@ -15,6 +15,16 @@ from aavs.models.modeling_aavs import AAVSOutput, frame_targets
 S = 128  # tiny preset input size
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP threads that wait on each other made these
+    tests 3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(task: str, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(task, preset="tiny")
