@@ -56,6 +56,10 @@ class AAVSConfig:
     audio_dim: int = 128  # VGGish embedding size
     audio_hidden_dim: int = 512  # hidden width of the audio projection MLP
     adapter_reduction: int = 4  # bottleneck adapters are d -> d / reduction -> d
+    # Train the Mask2Former weights too (both phases). The method freezes them because they are
+    # pre-trained; a randomly initialised preset (tiny) has nothing to preserve and cannot learn
+    # through adapters alone, so the tiny preset sets this.
+    train_base: bool = False
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -85,13 +89,15 @@ class AAVSConfig:
             "audio_dim": self.audio_dim,
             "audio_hidden_dim": self.audio_hidden_dim,
             "adapter_reduction": self.adapter_reduction,
+            "train_base": self.train_base,
             "mask2former": self.mask2former.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AAVSConfig":
         expected = {"task", "base", "image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction", "mask2former"}
-        if not isinstance(data, dict) or set(data) != expected:
+        optional = {"train_base"}
+        if not isinstance(data, dict) or not expected <= set(data) <= expected | optional:
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise InputError(f"AAVS config: expected the keys {sorted(expected)}, got {got}")
         fields = {k: v for k, v in data.items() if k != "mask2former"}

@@ -66,7 +66,7 @@ PRIOR_EMBEDDINGS = "model.model.transformer_module.decoder.prior_embeddings."
 CLASS_PREDICTOR = "model.class_predictor."
 AUDIO_PROJECTION = "audio_proj."
 PARTS = ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor",
-         "prior_embeddings", "swin_adapters")
+         "prior_embeddings", "swin_adapters", "base")  # base: the rest, trainable only with config.train_base
 _PHASE_A = {  # semantic network -> parts trained in phase A (phase B trains them all)
     False: ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor"),
     True: ("audio_projection", "query_embeddings", "decoder_adapters", "class_predictor", "prior_embeddings"),
@@ -249,6 +249,8 @@ class AAVS(nn.Module):
         parts: dict[str, list[tuple[str, nn.Parameter]]] = {part: [] for part in PARTS}
         for name, param in self.named_parameters():
             part = _part_of(name)
+            if part is None and self.config.train_base:
+                part = "base"
             if part is not None:
                 parts[part].append((name, param))
         return parts
@@ -434,7 +436,9 @@ def phase_parts(model: AAVS, phase: str) -> tuple[str, ...]:
     """Names of the parts trained in ``phase`` (aavs-method.md §4)."""
     if phase not in PHASES:
         raise ValueError(f"unknown training phase {phase!r}: expected A or B")
-    return _PHASE_A[model.config.semantic] if phase == "A" else PARTS
+    if phase == "B":
+        return PARTS
+    return _PHASE_A[model.config.semantic] + (("base",) if model.config.train_base else ())
 
 
 def set_phase(model: AAVS, phase: str) -> None:
@@ -504,7 +508,7 @@ def load_base_config(folder: Path) -> Mask2FormerConfig:
 
 
 def _apply_overrides(config: Mask2FormerConfig, fields: dict[str, Any], overrides: dict[str, Any]) -> None:
-    aavs_fields = ("image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction")
+    aavs_fields = ("image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction", "train_base")
     for key, value in overrides.items():
         if key in aavs_fields:
             fields[key] = value
@@ -568,7 +572,7 @@ def build_model(task: str, preset: str | None = None, pretrained: str | None = N
         for key, value in task_sizes(task).items():
             setattr(m2f_config, key, value)
         base = str(folder)
-    fields: dict[str, Any] = {"image_size": image_size}
+    fields: dict[str, Any] = {"image_size": image_size, "train_base": preset == "tiny"}
     _apply_overrides(m2f_config, fields, overrides)
     return build_from_config(AAVSConfig(task=task, base=base, mask2former=m2f_config, **fields))
 

@@ -8,7 +8,8 @@ feed-forward 2048 / 1024, 8 heads) with the task's class and query counts.
 ``tiny`` is a 4-stage Swin with embed 32 (depths 1-1-2-1, window 4, image 128) and a 64-wide decoder
 (2 encoder layers, ``decoder_layers`` 4, i.e. one masked-attention layer per feature level). It uses
 fewer queries (10 binary, 20 semantic) and 1024 loss points instead of 12544: its mask logits are
-32 x 32, so more points would only resample the same pixels.
+32 x 32, so more points would only resample the same pixels. Being random, ``tiny`` also trains its
+Mask2Former weights (``train_base``): a frozen random backbone leaves nothing for the adapters to adapt.
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny(task: str, seed: int = 0):
+def tiny(task: str, seed: int = 0, train_base: bool = False):
+    """The tiny preset with the method's freezing (the preset itself trains its random base)."""
     torch.manual_seed(seed)
-    return build_model(task, preset="tiny")
+    return build_model(task, preset="tiny", train_base=train_base)
 
 
 def batch(n: int = 2, seed: int = 1):
@@ -228,6 +229,20 @@ def test_phase_b_reinitialises_swin_adapters_once_and_groups_follow_the_phase():
     assert in_groups == sum(p.numel() for p in model.parameters() if p.requires_grad)
     set_phase(model, "A")
     assert torch.count_nonzero(adapter[0].weight) == 0
+
+
+def test_tiny_preset_trains_its_random_base_in_both_phases():
+    model = build_model("s4", preset="tiny")
+    assert model.config.train_base and not build_model("s4", preset="swin-base").config.train_base
+    adapters_only = {n for n, _ in tiny("s4").named_parameters() if expected_trainable(n, False, "A")}
+    for phase in ("A", "B"):
+        set_phase(model, phase)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert adapters_only <= trainable
+        # Phase A still holds the Swin adapters at zero; everything else learns.
+        assert frozen == ({n for n, _ in model.named_parameters() if ".adapter." in n and "swin" in n} if phase == "A" else set())
+        assert set(model.trainable_state_dict()) == {n for n, _ in model.named_parameters()}
 
 
 # ------------------------------------------------------------------------------------ prior
