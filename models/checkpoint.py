@@ -108,7 +108,7 @@ def _write(model: AAVS, folder: str | Path, weights: str) -> Path:
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         write_json(tmp / META_FILE, meta)
-    log.info("saved %s weights of the %s network to %s", weights, model.config.task, folder)
+    log.debug("saved %s weights of the %s network to %s", weights, model.config.task, folder)
     return folder
 
 

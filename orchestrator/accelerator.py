@@ -1,0 +1,64 @@
+"""One ``accelerate.Accelerator`` per training phase, for every strategy.
+
+Strategies: ``plain`` (one device), ``ddp`` (one process per worker, as Ray Train or torchrun starts
+them) and ``deepspeed`` (ZeRO stage 1/2/3 through accelerate's DeepSpeed plugin; it also runs on the
+CPU, where accelerate must *not* be given ``cpu=True``, which would silently fall back to DDP).
+
+Phase B trains a different parameter set than phase A, and a DeepSpeed engine cannot be re-prepared
+around a module it already wrapped, so every phase builds a fresh model and a fresh accelerator; the
+shared accelerate state is reset between them (the process group itself stays up).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.state import AcceleratorState
+
+from aavs.datasets.errors import InputError
+from aavs.orchestrator.config import ComputeConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_single_process_env() -> None:
+    """DeepSpeed insists on a process group; outside a launcher, make it a group of one."""
+    if "WORLD_SIZE" in os.environ or torch.distributed.is_initialized():
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+
+
+def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float | None,
+                     micro_batch: int) -> Accelerator:
+    AcceleratorState._reset_state(reset_partial_state=False)
+    use_cpu = compute.cpu or not torch.cuda.is_available()
+    if compute.mixed_precision == "fp16" and use_cpu:
+        raise InputError("compute.mixed_precision: fp16 needs a GPU; use 'bf16' or 'no' on the CPU")
+    kwargs = dict(mixed_precision=compute.mixed_precision, gradient_accumulation_steps=grad_accum)
+    if compute.strategy == "deepspeed":
+        _ensure_single_process_env()
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+            zero_stage=compute.zero_stage,
+            gradient_accumulation_steps=grad_accum,
+            gradient_clipping=grad_clip or 0.0,
+        )
+    else:
+        kwargs["cpu"] = compute.cpu
+    accelerator = Accelerator(**kwargs)
+    if compute.strategy == "deepspeed":
+        # We hand accelerate no DataLoader, so DeepSpeed cannot infer its micro batch size.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+    return accelerator
+
+
+def release(accelerator: Accelerator) -> None:
+    accelerator.free_memory()
+    AcceleratorState._reset_state(reset_partial_state=False)

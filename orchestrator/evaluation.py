@@ -1,0 +1,147 @@
+"""Validation, ``aavs evaluate``, and stage one's mask export: one prediction loop for all three.
+
+Per video, the network's per-class score maps (aavs-method.md section 3) become predictions:
+binary tasks take argmax over {background, sounding} and the F-score probability
+sigmoid(2 * s1 - s0); AVSS takes argmax over the 71 classes. Metrics use the annotated frames only;
+saved masks cover every frame (stage two needs a prior for each).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
+from aavs.datasets.errors import InputError
+from aavs.datasets.layout import SPLITS
+from aavs.datasets.masks import write_binary_masks, write_class_masks
+from aavs.datasets.metrics import BinaryMetric, SemanticMetric
+
+log = logging.getLogger(__name__)
+
+BINARY_TASKS = ("s4", "ms3", "avss-binary")
+
+
+def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], torch.Tensor]:
+    """Keep the frames that carry loss; return the (possibly smaller) batch and its ``loss_frames``.
+
+    Frames are independent batch items in AAVS, so a frame without a label (S4 train frames 1-4)
+    costs compute and adds nothing: it is dropped. In MS3 a video whose masks are all empty
+    contributes zero loss (as the reference does). If nothing is left, one frame stays with
+    ``loss_frames`` all False, so every worker still runs a forward and backward (DDP needs it).
+    """
+    keep = batch["annotated"].clone()
+    if task == "ms3":
+        start = 0
+        for n in batch["frames_per_video"]:
+            video = slice(start, start + n)
+            if not batch["labels"][video].any():
+                keep[video] = False
+            start += n
+    if not keep.any():
+        keep[0] = True
+        loss_frames = torch.zeros(1, dtype=torch.bool)
+    else:
+        loss_frames = torch.ones(int(keep.sum()), dtype=torch.bool)
+    frame_keys = ("pixel_values", "class_map", "labels", "annotated", "audio", "prior")
+    out = {k: (v[keep] if k in frame_keys else v) for k, v in batch.items()}
+    return out, loss_frames
+
+
+def new_metric(task: str) -> BinaryMetric | SemanticMetric:
+    return BinaryMetric() if task in BINARY_TASKS else SemanticMetric(num_classes=71)
+
+
+@torch.no_grad()
+def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
+             rank: int = 0, world: int = 1, save_masks: str | Path | None = None,
+             num_workers: int = 0) -> dict[str, float]:
+    """Metrics of ``model`` on ``dataset`` (videos sharded over ``world`` ranks, then merged)."""
+    _check_task(model, task)
+    was_training = model.training
+    model.eval()
+    metric = new_metric(task)
+    indices = list(range(rank, len(dataset), world))
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers,
+                        collate_fn=collate_videos)
+    for position, batch in enumerate(loader):
+        out = model(pixel_values=batch["pixel_values"].to(device), audio=batch["audio"].to(device),
+                    prior=batch["prior"].to(device) if "prior" in batch else None)
+        scores = model.class_scores(out).float().cpu()  # [T, C, 224, 224]
+        ann = batch["annotated"]
+        if task in BINARY_TASKS:
+            pred = scores[:, 1] > scores[:, 0]
+            prob = torch.sigmoid(2 * scores[:, 1] - scores[:, 0])
+            if ann.any():
+                metric.update(pred[ann], prob[ann], batch["labels"][ann].bool())
+        else:
+            pred = scores.argmax(1)
+            if ann.any():
+                metric.update(pred[ann], batch["class_map"][ann])
+        if save_masks is not None:
+            video = dataset.records[indices[position]]
+            if task in BINARY_TASKS:
+                write_binary_masks(save_masks, video, pred.numpy())
+            else:
+                write_class_masks(save_masks, video, pred.numpy())
+    if was_training:
+        model.train()
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, metric)
+        metric = gathered[0]
+        for other in gathered[1:]:
+            metric.merge(other)
+    return metric.compute()
+
+
+def _check_task(model, task: str) -> None:
+    binary_model = not model.config.semantic
+    if binary_model != (task in BINARY_TASKS):
+        kind = "binary (stage one / S4 / MS3)" if binary_model else "semantic (AVSS)"
+        raise InputError(f"--task {task}: the checkpoint holds a {kind} network (trained for "
+                         f"{model.config.task}); evaluate it on {'s4, ms3 or avss-binary' if binary_model else 'avss'}")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | None = None,
+                        split: str = "val", prior: str | Path | None = None,
+                        save_masks: str | Path | None = None, base: str | None = None,
+                        vggish: str | None = None, vggish_pca: str | None = None) -> dict[str, float]:
+    """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
+    from aavs.models import load_model
+
+    model = load_model(checkpoint, base=base, task=task).to(_device())
+    task = task or model.config.task
+    if model.config.semantic and prior is None:
+        log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")
+    dataset = AVSBenchDataset(data, task, split, image_size=model.config.image_size, prior=prior,
+                              vggish=vggish, vggish_pca=vggish_pca)
+    return evaluate(model, dataset, task, _device(), save_masks=save_masks)
+
+
+def export_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
+                 splits: Iterable[str] = SPLITS, vggish: str | None = None,
+                 vggish_pca: str | None = None) -> dict[str, dict[str, float]]:
+    """Stage one's prior for stage two: binary masks of every frame of every split of v1s, v1m, v2.
+
+    Returns the metrics of each split as a by-product (the masks and the metrics come from one pass).
+    """
+    from aavs.models import load_model
+
+    model = load_model(checkpoint).to(_device())
+    if model.config.semantic:
+        raise InputError(f"{checkpoint}: mask export needs a binary (stage-one) network, this one is {model.config.task}")
+    scores = {}
+    for split in splits:
+        dataset = AVSBenchDataset(data, "avss-binary", split, image_size=model.config.image_size,
+                                  vggish=vggish, vggish_pca=vggish_pca)
+        scores[split] = evaluate(model, dataset, "avss-binary", _device(), save_masks=out)
+    return scores

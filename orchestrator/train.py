@@ -1,0 +1,288 @@
+"""``train_func``: one stage of one trial, the same code for every launcher.
+
+Called in-process (``aavs run --local``), by every worker of a Ray Train ``TorchTrainer``, or inside a
+Ray Tune trial; it reads one plain ``config`` dict (see :class:`~aavs.orchestrator.config.TrainConfig`)
+and writes its trial folder (``metrics.jsonl``, ``status.json``, ``checkpoints/last``, ``best``).
+
+The recipe, as in aavs-method.md section 4:
+
+1. data: AVSBench videos of the task, audio embeddings cached once, frames paired with their second;
+2. phase A (first ``adapter_warmup`` of the epochs): audio projection, queries, decoder-side adapters
+   and class head at ``lr``, Swin adapters held at zero;
+3. phase B: a fresh model loads phase A's best weights, Swin adapters re-initialised and trainable,
+   everything trainable at ``lr_b``;
+4. after every epoch: val metrics, the best checkpoint by ``metric``, the full training state.
+
+Killed at any point, it resumes from ``checkpoints/last`` and ends with the same weights as a run
+that was never interrupted (the sampler is seeded by epoch; RNG states are part of the checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from aavs.datasets import atomic
+from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
+from aavs.datasets.errors import InputError
+from aavs.models import build_model, load_model, phase_parameter_groups, save_checkpoint, set_phase
+from aavs.orchestrator import trainstate
+from aavs.orchestrator.accelerator import make_accelerator, release
+from aavs.orchestrator.config import TrainConfig
+from aavs.orchestrator.evaluation import evaluate, training_frames
+from aavs.orchestrator.reporting import make_reporter, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial stops and keeps its last good checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Train one stage of one trial; returns the best metrics (also in ``status.json``)."""
+    cfg = TrainConfig.from_dict(config)
+    trial_dir = Path(cfg.trial_dir)
+    rank, world = _rank_and_world()
+    reporter = make_reporter(trial_dir, is_main=rank == 0)
+
+    state = trainstate.read_trainer_state(trial_dir)
+    if state is not None and state.epoch >= cfg.epochs - 1:
+        log.info("%s already finished (best %s = %s)", trial_dir, cfg.metric, state.best_value)
+        reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / trainstate.BEST)
+        return state.best_metrics
+    if rank == 0:
+        if state is None:  # a fresh start: nothing earlier in this folder counts
+            (trial_dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            _truncate_metrics(trial_dir, state.epoch)
+        atomic.write_json(trial_dir / "config.json", cfg.to_dict())
+    reporter.status("running", epoch=state.epoch + 1 if state else 0, epochs=cfg.epochs)
+
+    seed_everything(cfg.seed)
+    model = _build(cfg)
+    image_size = model.config.image_size
+    train_set = AVSBenchDataset(cfg.data_root, cfg.task, "train", image_size=image_size,
+                                prior="ground-truth" if cfg.prior else None,
+                                vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
+    val_set = AVSBenchDataset(cfg.data_root, cfg.task, "val", image_size=image_size, prior=cfg.prior,
+                              vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise InputError(f"{cfg.data_root}: task {cfg.task} has {len(train_set)} train and {len(val_set)} val videos; both must be non-empty")
+
+    start = 0 if state is None else state.epoch + 1
+    state = state or trainstate.TrainerState()
+    accelerator = optimizer = None
+    try:
+        for epoch in range(start, cfg.epochs):
+            phase = cfg.phase_of(epoch)
+            if accelerator is None or phase != state.phase or epoch == start:
+                if accelerator is not None:
+                    release(accelerator)
+                model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed=epoch == start and start > 0)
+                state.phase = phase
+            train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
+            metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,
+                               rank=rank, world=world)
+            row = {"epoch": epoch, "phase": phase, **train_stats, **{f"val/{k}": v for k, v in metrics.items()}}
+            improved = _is_better(row[cfg.metric], state.best_value, cfg.mode)
+            if improved:
+                state.best_value, state.best_epoch = float(row[cfg.metric]), epoch
+                state.best_metrics = {k: v for k, v in row.items() if k.startswith("val/")} | {"epoch": epoch}
+                if rank == 0:
+                    _save_best(accelerator.unwrap_model(model), trial_dir, state)
+            state.epoch = epoch
+            state.finished = epoch == cfg.epochs - 1
+            row["best/" + cfg.metric] = state.best_value
+            reporter.report(row, checkpoint=trial_dir / trainstate.BEST)
+            _save_last(cfg, trial_dir, model, optimizer, accelerator, state, rank)
+            reporter.status("done" if state.finished else "running", epoch=epoch + 1, epochs=cfg.epochs,
+                            best=state.best_metrics)
+    except TrainingDiverged as err:
+        reporter.status("failed", error=str(err))
+        raise
+    finally:
+        if accelerator is not None:
+            release(accelerator)
+    return state.best_metrics
+
+
+# ------------------------------------------------------------------------------------- phases
+def _build(cfg: TrainConfig):
+    spec = cfg.model
+    return build_model(cfg.task, preset=spec.get("preset"), pretrained=spec.get("pretrained"),
+                       **(spec.get("overrides") or {}))
+
+
+def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerState, phase: str,
+                 epoch: int, resumed: bool):
+    """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights.
+
+    - a resumed run: the weights, optimizer state and RNG of ``checkpoints/last``;
+    - the first epoch of phase B: phase A's best weights, then fresh Swin adapters;
+    - the first epoch of a run: the base model (plus ``init_from``'s matching weights).
+    """
+    model = _build(cfg)
+    if resumed:
+        set_phase(model, phase)
+        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.LAST / "model"))
+    elif phase == "B" and epoch > 0:
+        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.BEST))
+        set_phase(model, "B")  # re-initialises the Swin adapters, as the reference does
+    else:
+        if cfg.init_from:
+            _init_from(model, cfg.init_from)
+        set_phase(model, phase)
+    lr = cfg.lr if phase == "A" else cfg.learning_rate_b
+    optimizer = torch.optim.AdamW(phase_parameter_groups(model, phase, lr=lr, weight_decay=cfg.weight_decay),
+                                  lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if resumed:
+        last = trial_dir / trainstate.LAST
+        if cfg.compute.strategy == "deepspeed":
+            model.load_checkpoint(str(last / "deepspeed"), load_module_strict=False,
+                                  load_optimizer_states=True, load_lr_scheduler_states=False)
+        else:
+            trainstate.load_optimizer(last / "optimizer.pt", optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                                      accelerator.scaler)
+        trainstate.restore_trainer_rng(trial_dir)
+        log.info("resumed %s at epoch %d (phase %s)", trial_dir, epoch, phase)
+    return model, optimizer, accelerator
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_model(folder).trainable_state_dict()
+
+
+def _init_from(model, checkpoint: str) -> None:
+    """Copy every trainable tensor of ``checkpoint`` whose name and shape match (stage one -> two)."""
+    source = _load_weights(Path(checkpoint))
+    target = model.trainable_state_dict()
+    matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    target.update(matching)
+    model.load_trainable_state_dict(target)
+    log.info("init_from %s: %d tensors copied, %d left at their initial values",
+             checkpoint, len(matching), len(target) - len(matching))
+
+
+# ---------------------------------------------------------------------------------- one epoch
+def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int,
+                     world: int, rank: int) -> dict[str, float]:
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    if cfg.max_videos:
+        indices = indices[: max(1, math.ceil(cfg.max_videos / world))]
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.compute.num_workers, collate_fn=collate_videos,
+                        pin_memory=accelerator.device.type == "cuda",
+                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    model.train()
+    device = accelerator.device
+    losses, frames, wait, t_epoch = [], 0, 0.0, time.perf_counter()
+    t_ready = time.perf_counter()
+    for step, batch in enumerate(loader):
+        wait += time.perf_counter() - t_ready
+        batch, loss_frames = training_frames(batch, cfg.task)
+        with accelerator.accumulate(model):
+            out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True),
+                        audio=batch["audio"].to(device), labels=batch["labels"].to(device),
+                        prior=batch["prior"].to(device) if "prior" in batch else None,
+                        loss_frames=loss_frames.to(device))
+            loss = out.loss
+            _check_finite(loss, accelerator, epoch, step)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip and cfg.compute.strategy != "deepspeed":
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().float().item())
+        frames += batch["pixel_values"].shape[0]
+        t_ready = time.perf_counter()
+    elapsed = time.perf_counter() - t_epoch
+    return {"train/loss": float(np.mean(losses)) if losses else float("nan"),
+            "train/frames_per_s": frames / max(elapsed, 1e-9),
+            "train/data_wait_frac": wait / max(elapsed, 1e-9)}
+
+
+def _check_finite(loss: torch.Tensor, accelerator, epoch: int, step: int) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        raise TrainingDiverged(f"loss is not finite at epoch {epoch} step {step}; the trial stops, "
+                               f"its last good checkpoint is kept")
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def _save_best(model, trial_dir: Path, state: trainstate.TrainerState) -> None:
+    with atomic.atomic_dir(trial_dir / trainstate.BEST) as tmp:
+        save_checkpoint(model, tmp)
+        atomic.write_json(tmp / "metrics.json", state.best_metrics)
+
+
+def _save_last(cfg: TrainConfig, trial_dir: Path, model, optimizer, accelerator, state, rank: int) -> None:
+    last = trial_dir / trainstate.LAST
+    if cfg.compute.strategy == "deepspeed":
+        # Every rank writes its own optimizer partition into a folder that rank 0 then completes.
+        staging = trial_dir / "checkpoints" / f".deepspeed-epoch{state.epoch}"
+        model.save_checkpoint(str(staging), tag="state", exclude_frozen_parameters=True)
+        accelerator.wait_for_everyone()
+    if rank == 0:
+        with atomic.atomic_dir(last) as tmp:
+            save_checkpoint(accelerator.unwrap_model(model), tmp / "model")
+            if cfg.compute.strategy == "deepspeed":
+                shutil.move(str(staging), tmp / "deepspeed")
+            else:
+                inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+                trainstate.save_optimizer(tmp / "optimizer.pt", inner, accelerator.scaler)
+            trainstate.write_trainer_files(tmp, state)
+    accelerator.wait_for_everyone()
+
+
+def _truncate_metrics(trial_dir: Path, last_epoch: int) -> None:
+    """Drop report lines of epochs after the checkpoint (an epoch reported, then killed, is redone)."""
+    rows = [r for r in read_metrics(trial_dir) if r.get("epoch", -1) <= last_epoch]
+    atomic.write_text(trial_dir / "metrics.jsonl", "".join(_json_line(r) for r in rows))
+
+
+def _json_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
+def _final_report(trial_dir: Path, state: trainstate.TrainerState) -> dict[str, Any]:
+    rows = read_metrics(trial_dir)
+    return dict(rows[-1]) if rows else dict(state.best_metrics)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, before any accelerator exists (Ray Train has set up
+    the process group already; torchrun-style launchers only the environment)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

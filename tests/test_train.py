@@ -1,0 +1,166 @@
+"""train_func on the tiny preset and the synthetic set: learning, stage two with a prior, DeepSpeed,
+exact resume after SIGKILL, evaluate/score agreement, and the bad-input paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aavs.datasets.errors import InputError
+from aavs.orchestrator.cli import main
+from aavs.orchestrator.evaluation import export_masks
+from aavs.orchestrator.reporting import read_metrics
+from aavs.orchestrator.train import TrainingDiverged, train_func
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(root: Path, trial_dir: Path, **extra) -> dict:
+    base = {"task": "avss-binary", "data_root": str(root), "trial_dir": str(trial_dir), "epochs": 2,
+            "lr": 3e-3, "compute": {"num_workers": 0}}
+    base.update(extra)
+    return base
+
+
+@pytest.fixture(scope="module")
+def stage_one(synth_root: Path, tmp_path_factory) -> Path:
+    """A finished two-epoch stage-one trial (phase A then phase B)."""
+    trial = tmp_path_factory.mktemp("stage-one") / "t000"
+    train_func(config(synth_root, trial))
+    return trial
+
+
+def test_trial_folder_layout_and_phases(stage_one: Path):
+    rows = read_metrics(stage_one)
+    assert [r["epoch"] for r in rows] == [0, 1] and [r["phase"] for r in rows] == ["A", "B"]
+    status = json.loads((stage_one / "status.json").read_text())
+    assert status["status"] == "done" and status["epoch"] == 2
+    best = json.loads((stage_one / "best" / "metrics.json").read_text())
+    assert best["val/miou"] == max(r["val/miou"] for r in rows)
+    assert best["epoch"] == max(rows, key=lambda r: r["val/miou"])["epoch"]
+    for key in ("train/loss", "val/miou", "val/fscore", "train/data_wait_frac"):
+        assert all(isinstance(r[key], float) for r in rows)
+    assert (stage_one / "checkpoints" / "last" / "optimizer.pt").exists()
+
+
+def test_evaluate_reproduces_the_reported_val_metric_and_score_agrees(stage_one, synth_root, tmp_path, capsys):
+    best = json.loads((stage_one / "best" / "metrics.json").read_text())
+    masks = tmp_path / "masks"
+    code = main(["evaluate", str(stage_one / "best"), "--data", str(synth_root), "--split", "val",
+                 "--save-masks", str(masks), "--json"])
+    assert code == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
+    assert evaluated["fscore"] == pytest.approx(best["val/fscore"], abs=1e-6)
+    # Hard masks on disk: the same mIoU (the F-score differs: its probability is now the mask itself).
+    assert main(["score", str(masks), "--data", str(synth_root), "--task", "avss-binary", "--split", "val", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["miou"] == pytest.approx(evaluated["miou"], abs=1e-6)
+
+
+def test_stage_two_runs_with_stage_one_masks_as_prior(stage_one, synth_root, tmp_path):
+    masks = tmp_path / "prior"
+    export_masks(stage_one / "best", synth_root, masks)
+    pngs = sorted(masks.rglob("*.png"))
+    assert len(pngs) == sum(5 if p in ("v1s", "v1m") else 10 for p in ("v1s", "v1m", "v2")) * 2 * 3
+    trial = tmp_path / "semantic"
+    best = train_func(config(synth_root, trial, task="avss", epochs=1, adapter_warmup=0.0,
+                             prior=str(masks), init_from=str(stage_one / "best"), max_videos=3))
+    assert set(best) >= {"val/miou", "val/fscore", "val/miou_no_bg", "val/fscore_no_bg"}
+    assert 0.0 <= best["val/miou"] <= 1.0
+    # a prior folder missing a video is refused up front, naming the missing file
+    victim = next((masks / "v2").iterdir())
+    for png in victim.iterdir():
+        png.unlink()
+    with pytest.raises(InputError, match=str(victim)):
+        train_func(config(synth_root, tmp_path / "again", task="avss", epochs=1, prior=str(masks)))
+
+
+def test_checkpoint_that_does_not_match_the_model_is_refused(stage_one, synth_root, tmp_path):
+    # A binary (stage-one) checkpoint cannot be evaluated as the 71-class network ...
+    with pytest.raises(InputError, match="binary"):
+        from aavs.orchestrator.evaluation import evaluate_checkpoint
+        evaluate_checkpoint(stage_one / "best", synth_root, task="avss", split="val")
+    # ... and a resume state of another architecture fails naming the mismatching weights.
+    trial = tmp_path / "other"
+    (trial / "checkpoints").mkdir(parents=True)
+    os.symlink(stage_one / "checkpoints" / "last", trial / "checkpoints" / "last")
+    with pytest.raises(InputError):
+        train_func(config(synth_root, trial, task="avss-binary", epochs=3,
+                          model={"preset": "tiny", "overrides": {"num_queries": 7}}))
+
+
+def test_nan_loss_stops_the_trial_and_keeps_the_last_good_checkpoint(synth_root, tmp_path):
+    trial = tmp_path / "nan"
+    # Phase A at a sane rate, then phase B at an absurd one: the weights overflow and the loss is NaN.
+    with pytest.raises(TrainingDiverged, match="not finite at epoch 1"):
+        train_func(config(synth_root, trial, epochs=2, lr_b=1e30, max_videos=2))
+    status = json.loads((trial / "status.json").read_text())
+    assert status["status"] == "failed" and "not finite" in status["error"]
+    state = json.loads((trial / "checkpoints" / "last" / "trainer.json").read_text())["state"]
+    assert state["epoch"] == 0 and (trial / "best" / "model.safetensors").exists()
+    weights = load_file(str(trial / "best" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def _run_in_subprocess(cfg: dict) -> subprocess.Popen:
+    code = f"import json; from aavs.orchestrator.train import train_func; train_func(json.loads({json.dumps(json.dumps(cfg))}))"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_exact_resume_after_sigkill(synth_root, tmp_path):
+    common = dict(epochs=3, adapter_warmup=0.34, max_videos=6)
+    straight = _run_in_subprocess(config(synth_root, tmp_path / "straight", **common))
+    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    victim = _run_in_subprocess(config(synth_root, killed_dir, **common))
+    deadline = time.time() + 600
+    while len(read_metrics(killed_dir)) < 2 and time.time() < deadline:  # let epochs 0 and 1 finish
+        time.sleep(0.02)
+    time.sleep(0.5)  # past epoch 1's checkpoint, into epoch 2
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert len(read_metrics(killed_dir)) == 2, "the run finished before it was killed; lengthen its epochs"
+
+    resumed = _run_in_subprocess(config(synth_root, killed_dir, **common))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    final_a = load_file(str(tmp_path / "straight" / "checkpoints" / "last" / "model" / "model.safetensors"))
+    final_b = load_file(str(killed_dir / "checkpoints" / "last" / "model" / "model.safetensors"))
+    assert final_a.keys() == final_b.keys()
+    for key in final_a:
+        assert torch.equal(final_a[key], final_b[key]), key
+    assert [r["epoch"] for r in read_metrics(killed_dir)] == [0, 1, 2]
+    assert [r["val/miou"] for r in read_metrics(killed_dir)] == [r["val/miou"] for r in read_metrics(tmp_path / "straight")]
+
+
+def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root, tmp_path):
+    from aavs.models import load_model
+
+    trial = tmp_path / "ds"
+    code = subprocess.run(
+        [sys.executable, "-c", "import json,sys; from aavs.orchestrator.train import train_func; "
+         "train_func(json.loads(sys.argv[1]))",
+         json.dumps(config(synth_root, trial, epochs=2, max_videos=2, compute={"num_workers": 0, "strategy": "deepspeed", "zero_stage": 2}))],
+        capture_output=True, text=True, timeout=900)
+    assert code.returncode == 0, code.stderr[-3000:]
+    assert "DEEPSPEED" in code.stderr or (trial / "checkpoints" / "last" / "deepspeed").is_dir()
+    assert (trial / "checkpoints" / "last" / "deepspeed" / "latest").exists()
+    rows = read_metrics(trial)
+    assert [r["phase"] for r in rows] == ["A", "B"]
+    model = load_model(trial / "best")
+    assert model.config.task == "avss-binary"
+    best = json.loads((trial / "best" / "metrics.json").read_text())
+    from aavs.orchestrator.evaluation import evaluate_checkpoint
+    assert evaluate_checkpoint(trial / "best", synth_root, split="val")["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
