@@ -20,8 +20,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+demo: $(STAMP)
+	$(BIN)/aavs run experiments/demo.yaml --results results
+
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_data.py
+	$(BIN)/python tests/benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,6 +16,7 @@ import socket
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 
 from aavs.datasets.errors import InputError
@@ -52,10 +53,16 @@ def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float |
         )
     else:
         kwargs["cpu"] = compute.cpu
+        # Some trainable weights sit out a forward: the prior embeddings of a semantic network run
+        # without a prior, Swin's final norm (Mask2Former reads the stage outputs before it).
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     accelerator = Accelerator(**kwargs)
     if compute.strategy == "deepspeed":
         # We hand accelerate no DataLoader, so DeepSpeed cannot infer its micro batch size.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = micro_batch
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else accelerator.num_processes
+        ds_config["train_batch_size"] = micro_batch * grad_accum * world
     return accelerator
 
 

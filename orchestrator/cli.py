@@ -94,6 +94,52 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- experiments
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.evaluation import evaluate_checkpoint
+
+    scores = evaluate_checkpoint(args.checkpoint, args.data, task=args.task, split=args.split,
+                                 prior=args.prior, save_masks=args.save_masks, base=args.base,
+                                 vggish=args.vggish, vggish_pca=args.vggish_pca)
+    if args.json:
+        _print_json(scores)
+    else:
+        from aavs.datasets.score import render_scores
+
+        render_scores(_console(), scores, title=f"{args.checkpoint} on {args.split}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.experiment import run_experiment
+    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+
+    results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local)
+    _console().print(render_leaderboard(load_leaderboard(results)))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.experiment import resume_experiment
+    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+
+    results = resume_experiment(args.results_dir, local=args.local)
+    _console().print(render_leaderboard(load_leaderboard(results)))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard, watch
+
+    if args.json:
+        _print_json(load_leaderboard(args.results_dir))
+    elif args.watch:
+        watch(args.results_dir, _console(), args.stage, args.top)
+    else:
+        _console().print(render_leaderboard(load_leaderboard(args.results_dir), args.stage, args.top))
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aavs", description=__doc__.split("\n\n")[0])
@@ -141,15 +187,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_checkpoint)
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split (and its masks)")
+    p.add_argument("checkpoint", help="our checkpoint folder, or a released .pth with --base and --task")
+    p.add_argument("--data", required=True)
+    p.add_argument("--task", choices=TASKS + ("avss-binary",), default=None,
+                   help="default: the checkpoint's own task")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--prior", default=None, help="stage one's masks folder (AVSS)")
+    p.add_argument("--save-masks", default=None, help="write the predicted masks here")
+    p.add_argument("--base", default=None, help="Mask2Former folder (released .pth only)")
+    p.add_argument("--vggish", default=None)
+    p.add_argument("--vggish-pca", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="run an experiment: every stage, Ray Tune trials, best checkpoint hand-over")
+    p.add_argument("experiment")
+    p.add_argument("--local", action="store_true", help="no Ray: trials one after another in this process")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key of the file")
+    p.add_argument("--results", default="results", help="results root (default: ./results)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted experiment")
+    p.add_argument("results_dir")
+    p.add_argument("--local", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("leaderboard", help="rich table of trials and stages")
+    p.add_argument("results_dir")
+    p.add_argument("--watch", action="store_true", help="refresh in place as trials report")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--stage", default=None)
+    p.add_argument("--top", type=int, default=None)
+    p.set_defaults(func=cmd_leaderboard)
     return parser
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Our messages through rich on stderr (stdout stays free for --json); other libraries keep
+    their own logging setup, and the root logger is left alone."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=__import__("rich.console").console.Console(stderr=True), show_path=False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[handler], force=True)
+    logger = logging.getLogger("aavs")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=Console(stderr=True), show_path=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

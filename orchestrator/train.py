@@ -95,7 +95,13 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
             if accelerator is None or phase != state.phase or epoch == start:
                 if accelerator is not None:
                     release(accelerator)
-                model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed=epoch == start and start > 0)
+                resumed = epoch == start and start > 0
+                if resumed and phase != state.phase:
+                    # Killed right after the last epoch of a phase: start the next phase as the
+                    # uninterrupted run did, from the RNG state it had at that point.
+                    trainstate.restore_trainer_rng(trial_dir)
+                    resumed = False
+                model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
                 state.phase = phase
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
             metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,

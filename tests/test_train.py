@@ -118,31 +118,42 @@ def _run_in_subprocess(cfg: dict) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _checkpointed_epoch(trial_dir: Path) -> int:
+    try:
+        return json.loads((trial_dir / "checkpoints" / "last" / "trainer.json").read_text())["state"]["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+
+
 def test_exact_resume_after_sigkill(synth_root, tmp_path):
-    common = dict(epochs=3, adapter_warmup=0.34, max_videos=6)
+    """Killed mid-epoch inside phase B, and mid-epoch right after phase A ended (the restart must then
+    enter phase B exactly as the uninterrupted run did): both end with the uninterrupted weights."""
+    common = dict(epochs=3, adapter_warmup=0.34, max_videos=6)  # phase A = epoch 0
     straight = _run_in_subprocess(config(synth_root, tmp_path / "straight", **common))
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-2000:]
-
-    killed_dir = tmp_path / "killed"
-    victim = _run_in_subprocess(config(synth_root, killed_dir, **common))
-    deadline = time.time() + 600
-    while len(read_metrics(killed_dir)) < 2 and time.time() < deadline:  # let epochs 0 and 1 finish
-        time.sleep(0.02)
-    time.sleep(0.5)  # past epoch 1's checkpoint, into epoch 2
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
-    assert len(read_metrics(killed_dir)) == 2, "the run finished before it was killed; lengthen its epochs"
-
-    resumed = _run_in_subprocess(config(synth_root, killed_dir, **common))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     final_a = load_file(str(tmp_path / "straight" / "checkpoints" / "last" / "model" / "model.safetensors"))
-    final_b = load_file(str(killed_dir / "checkpoints" / "last" / "model" / "model.safetensors"))
-    assert final_a.keys() == final_b.keys()
-    for key in final_a:
-        assert torch.equal(final_a[key], final_b[key]), key
-    assert [r["epoch"] for r in read_metrics(killed_dir)] == [0, 1, 2]
-    assert [r["val/miou"] for r in read_metrics(killed_dir)] == [r["val/miou"] for r in read_metrics(tmp_path / "straight")]
+
+    for kill_after in (0, 1):
+        killed_dir = tmp_path / f"killed-after-{kill_after}"
+        victim = _run_in_subprocess(config(synth_root, killed_dir, **common))
+        deadline = time.time() + 600
+        while _checkpointed_epoch(killed_dir) < kill_after and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # into the next epoch
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=60)
+        assert victim.returncode == -signal.SIGKILL
+        assert _checkpointed_epoch(killed_dir) == kill_after, "killed too late; lengthen the epochs"
+
+        resumed = _run_in_subprocess(config(synth_root, killed_dir, **common))
+        assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+        final_b = load_file(str(killed_dir / "checkpoints" / "last" / "model" / "model.safetensors"))
+        assert final_a.keys() == final_b.keys()
+        for key in final_a:
+            assert torch.equal(final_a[key], final_b[key]), (kill_after, key)
+        assert [r["epoch"] for r in read_metrics(killed_dir)] == [0, 1, 2]
+        assert [r["val/miou"] for r in read_metrics(killed_dir)] == \
+            [r["val/miou"] for r in read_metrics(tmp_path / "straight")]
 
 
 def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root, tmp_path):

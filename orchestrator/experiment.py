@@ -1,0 +1,369 @@
+"""``aavs run`` and ``aavs resume``: the stages of an experiment, one after the other.
+
+For each stage: sample its trials (deterministically), run them (Ray Tune, or in this process with
+``--local``), pick the best trial by the stage's metric, export that checkpoint's masks when a later
+stage uses them as its prior, evaluate it on the test split, and record ``best.json``. Everything
+goes under ``results/<name>/``::
+
+    spec.yaml, spec.json            the resolved experiment and its hash
+    data/                           the synthetic data set (when the spec asks for one)
+    cache/                          audio embeddings, computed once for all trials and nodes
+    <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
+    <stage>/trials/t000/ ...        each trial's folder (train_func's metrics, checkpoints, status)
+    <stage>/masks/                  the best checkpoint's masks of every split (a later stage's prior)
+    <stage>/best.json               the stage's best trial, checkpoint, value, test metrics
+    <stage>/done.json               written last: the stage is complete for these inputs
+    leaderboard.json
+
+A stage whose inputs are unchanged since it completed is not run again; an interrupted stage picks up
+where it stopped (finished trials are kept, running ones resume from their last epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aavs.datasets import atomic
+from aavs.datasets.errors import InputError
+from aavs.orchestrator import trainstate
+from aavs.orchestrator.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("done", "stopped", "failed")
+
+
+class StageFailed(RuntimeError):
+    """No trial of a stage produced a checkpoint."""
+
+
+# ----------------------------------------------------------------------------------- entry points
+def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
+                   results_root: str | Path = "results", local: bool = False) -> Path:
+    spec, raw = load_spec(spec_file, overrides)
+    results_dir = Path(results_root).expanduser().resolve() / spec.name
+    _save_spec(results_dir, raw, spec)
+    run_stages(spec, results_dir, local=local)
+    return results_dir
+
+
+def resume_experiment(results_dir: str | Path, local: bool = False) -> Path:
+    results_dir = Path(results_dir).expanduser().resolve()
+    spec_file = results_dir / "spec.yaml"
+    if not spec_file.is_file():
+        raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
+    raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    spec = parse_spec(raw, str(spec_file))
+    run_stages(spec, results_dir, local=local)
+    return results_dir
+
+
+def _save_spec(results_dir: Path, raw: dict, spec: ExperimentSpec) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(results_dir / "spec.yaml", yaml.safe_dump(raw, sort_keys=False))
+    atomic.write_json(results_dir / "spec.json", {"hash": spec_hash(spec.to_dict()), "spec": spec.to_dict()})
+
+
+# ----------------------------------------------------------------------------------------- stages
+def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[str, dict[str, Any]]:
+    from aavs.orchestrator.leaderboard import write_leaderboard
+
+    data_root = prepare_data(spec, results_dir)
+    cache = results_dir / "cache"
+    _precompute_embeddings(spec, data_root, cache)
+    runner = LocalRunner() if local else RayRunner(spec, results_dir)
+    bests: dict[str, dict[str, Any]] = {}
+    needs_masks = {s.prior for s in spec.stages if s.prior}
+    for stage in spec.stages:
+        stage_dir = results_dir / stage.name
+        inputs = _stage_inputs(spec, stage, data_root, bests)
+        digest = spec_hash(inputs)
+        done = _read_json(stage_dir / "done.json")
+        if done and done.get("inputs_hash") == digest:
+            log.info("stage %s: unchanged since it completed; skipping", stage.name)
+            bests[stage.name] = _read_json(stage_dir / "best.json")
+            continue
+        _supersede_if_changed(stage_dir, digest)
+        atomic.write_json(stage_dir / "inputs.json", {"inputs_hash": digest, "inputs": inputs})
+        configs = trial_configs(spec, stage, data_root, cache, stage_dir, bests)
+        pending = {tid: c for tid, c in configs.items() if _status(Path(c["trial_dir"])) not in TERMINAL}
+        log.info("stage %s: %d trials (%d to run)", stage.name, len(configs), len(pending))
+        if pending:
+            runner.run_trials(stage, pending)
+        write_leaderboard(results_dir)
+        best = pick_best(stage, configs)
+        best.update(stage=stage.name, data_root=str(data_root))
+        if stage.name in needs_masks:
+            best["masks"] = str(runner.export_masks(best["checkpoint"], data_root, stage_dir / "masks", spec, cache))
+        best["test"] = runner.evaluate(best["checkpoint"], data_root, stage.task,
+                                       bests[stage.prior]["masks"] if stage.prior else None, spec, cache)
+        atomic.write_json(stage_dir / "best.json", best)
+        atomic.write_json(stage_dir / "done.json", {"inputs_hash": digest})
+        bests[stage.name] = best
+        write_leaderboard(results_dir)
+        log.info("stage %s: best trial %s, %s = %.4f", stage.name, best["trial_id"], best["metric"], best["value"])
+    return bests
+
+
+def prepare_data(spec: ExperimentSpec, results_dir: Path) -> Path:
+    if spec.data.root:
+        if not (Path(spec.data.root) / "metadata.csv").is_file():
+            raise InputError(f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root)")
+        return Path(spec.data.root)
+    from aavs.datasets.synth import write_synthetic_avsbench
+
+    root = results_dir / "data"
+    if not (root / "metadata.csv").is_file():
+        write_synthetic_avsbench(root, **spec.data.synthetic)
+    return root
+
+
+def _precompute_embeddings(spec: ExperimentSpec, data_root: Path, cache: Path) -> None:
+    """All audio embeddings once, here, before any trial starts (trials then only read the cache)."""
+    from aavs.datasets.audio_features import embed_videos
+    from aavs.datasets.layout import read_metadata
+
+    embed_videos(data_root, read_metadata(data_root), vggish=spec.model.vggish,
+                 vggish_pca=spec.model.vggish_pca, cache_dir=cache)
+
+
+def _stage_inputs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, bests: dict) -> dict[str, Any]:
+    def upstream(name: str | None) -> str | None:
+        return bests[name]["checkpoint_sha256"] if name else None
+
+    return {"stage": asdict(stage), "model": asdict(spec.model), "data": str(data_root),
+            "synthetic": spec.data.synthetic, "compute": {k: v for k, v in asdict(spec.compute).items()
+                                                          if k in ("strategy", "zero_stage", "mixed_precision", "workers_per_trial")},
+            "prior": upstream(stage.prior), "init_from": upstream(stage.init_from)}
+
+
+def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
+    old = _read_json(stage_dir / "inputs.json")
+    if old and old.get("inputs_hash") != digest:
+        target = stage_dir.with_name(f"{stage_dir.name}.superseded-{old['inputs_hash']}")
+        log.warning("stage %s: its inputs changed; moving the earlier results to %s", stage_dir.name, target)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(stage_dir, target)
+
+
+def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
+                  stage_dir: Path, bests: dict) -> dict[str, dict[str, Any]]:
+    """Each trial's ``train_func`` config: stage defaults, then the sampled parameters."""
+    model: dict[str, Any] = {"preset": spec.model.preset} if spec.model.preset else {"pretrained": spec.model.pretrained}
+    if spec.model.overrides:
+        model["overrides"] = dict(spec.model.overrides)
+    semantic = stage.task == "avss"
+    base = {
+        "task": stage.task, "data_root": str(data_root), "model": model,
+        "vggish": spec.model.vggish, "vggish_pca": spec.model.vggish_pca, "audio_cache": str(cache),
+        "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
+        "max_videos": stage.max_videos,
+        # aavs-method.md section 4: phase A is half of stage one and a third of stage two; the
+        # reference clips gradients (norm 0.01) in stage one only.
+        "adapter_warmup": 1 / 3 if semantic else 0.5, "grad_clip": None if semantic else 0.01,
+        "prior": bests[stage.prior]["masks"] if stage.prior else None,
+        "init_from": bests[stage.init_from]["checkpoint"] if stage.init_from else None,
+        "compute": {"strategy": spec.compute.strategy, "zero_stage": spec.compute.zero_stage,
+                    "mixed_precision": spec.compute.mixed_precision, "num_workers": spec.compute.loader_workers,
+                    "cpu": spec.compute.gpus_per_worker == 0},
+    }
+    configs = {}
+    for i, params in enumerate(sample_trials(stage.params, stage.tune.num_samples, stage.tune.seed)):
+        trial_id = f"t{i:03d}"
+        configs[trial_id] = {**base, **params, "trial_dir": str(stage_dir / "trials" / trial_id)}
+        atomic.write_json(stage_dir / "trials" / trial_id / "params.json", params)
+    return configs
+
+
+def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the best value of the stage's metric among those with a best checkpoint."""
+    candidates = []
+    for trial_id, config in configs.items():
+        trial_dir = Path(config["trial_dir"])
+        metrics = _read_json(trial_dir / trainstate.BEST / "metrics.json")
+        if metrics and stage.tune.metric in metrics:
+            candidates.append((metrics[stage.tune.metric], trial_id, trial_dir))
+    if not candidates:
+        raise StageFailed(f"stage {stage.name}: no trial produced a checkpoint (see the trials' status.json)")
+    reverse = stage.tune.mode == "max"
+    value, trial_id, trial_dir = sorted(candidates, key=lambda c: (-c[0] if reverse else c[0], c[1]))[0]
+    checkpoint = trial_dir / trainstate.BEST
+    return {"trial_id": trial_id, "metric": stage.tune.metric, "mode": stage.tune.mode, "value": value,
+            "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_digest(checkpoint),
+            "params": _read_json(trial_dir / "params.json")}
+
+
+def checkpoint_digest(checkpoint: Path) -> str:
+    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _status(trial_dir: Path) -> str | None:
+    status = _read_json(trial_dir / "status.json")
+    return status.get("status") if status else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def masks_ready(out: Path, checkpoint: str) -> bool:
+    done = _read_json(out / "_SUCCESS.json")
+    return bool(done) and done.get("checkpoint_sha256") == checkpoint_digest(Path(checkpoint))
+
+
+def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | None,
+                       vggish_pca: str | None, cache: str) -> str:
+    """Write the masks into a temporary folder, then rename it: ``out`` is complete or absent."""
+    from aavs.orchestrator.evaluation import export_masks
+
+    os.environ.setdefault("AAVS_CACHE_DIR", cache)
+    out_path = Path(out)
+    if masks_ready(out_path, checkpoint):
+        return out
+    with atomic.atomic_dir(out_path) as tmp:
+        scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca)
+        atomic.write_json(tmp / "_SUCCESS.json", {"checkpoint": checkpoint, "scores": scores,
+                                                   "checkpoint_sha256": checkpoint_digest(Path(checkpoint))})
+    return out
+
+
+def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior: str | None,
+                              vggish: str | None, vggish_pca: str | None, cache: str) -> dict[str, float]:
+    from aavs.orchestrator.evaluation import evaluate_checkpoint
+
+    os.environ.setdefault("AAVS_CACHE_DIR", cache)
+    return evaluate_checkpoint(checkpoint, data_root, task=task, split="test", prior=prior,
+                               vggish=vggish, vggish_pca=vggish_pca)
+
+
+# ---------------------------------------------------------------------------------------- runners
+class LocalRunner:
+    """``--local``: trials one after another in this process (no Ray). Schedulers do not apply."""
+
+    def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
+        from aavs.orchestrator.train import TrainingDiverged, train_func
+
+        for trial_id, config in configs.items():
+            log.info("stage %s: trial %s", stage.name, trial_id)
+            try:
+                train_func(config)
+            except TrainingDiverged as err:
+                log.error("stage %s: trial %s failed: %s", stage.name, trial_id, err)
+
+    def export_masks(self, checkpoint, data_root, out, spec, cache) -> Path:
+        return Path(export_stage_masks(checkpoint, str(data_root), str(out), spec.model.vggish,
+                                       spec.model.vggish_pca, str(cache)))
+
+    def evaluate(self, checkpoint, data_root, task, prior, spec, cache) -> dict[str, float]:
+        return evaluate_stage_checkpoint(checkpoint, str(data_root), task, prior, spec.model.vggish,
+                                         spec.model.vggish_pca, str(cache))
+
+
+class RayRunner(LocalRunner):
+    """Each stage a Ray Tune ``Tuner``; a trial with several workers runs a Ray Train ``TorchTrainer``.
+
+    A single-worker trial runs ``train_func`` directly as the Tune function trial: a nested Train
+    run would add ~25 s of fixed cost per trial for nothing. Mask export and test evaluation run as
+    one Ray task each, with the resources of one worker.
+    """
+
+    def __init__(self, spec: ExperimentSpec, results_dir: Path):
+        import ray
+
+        self.spec, self.results_dir = spec, results_dir
+        if not ray.is_initialized():
+            ray.init(log_to_driver=True, configure_logging=False)
+
+    def _task_options(self) -> dict[str, Any]:
+        c = self.spec.compute
+        return {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker}
+
+    def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
+        from ray import tune
+
+        c, t = self.spec.compute, stage.tune
+        launch = {"workers": c.workers_per_trial, "cpus": c.cpus_per_worker, "gpus": c.gpus_per_worker,
+                  "max_failures": c.max_failures, "storage": str(self.results_dir / "ray"),
+                  "name": f"{stage.name}"}
+        if c.workers_per_trial == 1:
+            trainable = tune.with_resources(tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker})
+        else:
+            # The trial only drives a TorchTrainer whose workers hold the CPUs and GPUs. Ray refuses
+            # an empty request, and any CPU held here would be missing from the workers' placement
+            # group (a deadlock on a small machine): the trial asks for a token of memory instead.
+            trainable = tune.with_resources(tune_trial, {"memory": 1 << 20})
+        scheduler = None
+        if t.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=stage.epochs,
+                                      grace_period=t.grace_period, reduction_factor=t.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(sorted(configs)),
+                         "configs": configs, "launch": launch},
+            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler,
+                                        max_concurrent_trials=t.max_concurrent or None),
+            run_config=tune.RunConfig(name=stage.name,
+                                      storage_path=str(self.results_dir / "ray"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=c.max_failures)),
+        )
+        tuner.fit()
+        for config in configs.values():  # trials a scheduler stopped early end "stopped", not "running"
+            trial_dir = Path(config["trial_dir"])
+            if _status(trial_dir) == "running":
+                status = _read_json(trial_dir / "status.json") or {}
+                atomic.write_json(trial_dir / "status.json", {**status, "status": "stopped"})
+
+    def export_masks(self, checkpoint, data_root, out, spec, cache) -> Path:
+        import ray
+
+        task = ray.remote(export_stage_masks).options(**self._task_options())
+        return Path(ray.get(task.remote(checkpoint, str(data_root), str(out), spec.model.vggish,
+                                        spec.model.vggish_pca, str(cache))))
+
+    def evaluate(self, checkpoint, data_root, task, prior, spec, cache) -> dict[str, float]:
+        import ray
+
+        remote = ray.remote(evaluate_stage_checkpoint).options(**self._task_options())
+        return ray.get(remote.remote(checkpoint, str(data_root), task, prior, spec.model.vggish,
+                                     spec.model.vggish_pca, str(cache)))
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """A Ray Tune function trial: one ``train_func`` run, direct or through a ``TorchTrainer``."""
+    from aavs.orchestrator.train import train_func
+
+    train_config, launch = config["configs"][config["trial_id"]], config["launch"]
+    if launch["workers"] == 1:
+        train_func(train_config)
+        return
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=train_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=launch["workers"], use_gpu=launch["gpus"] > 0,
+            resources_per_worker={"CPU": launch["cpus"], **({"GPU": launch["gpus"]} if launch["gpus"] else {})}),
+        run_config=ray.train.RunConfig(
+            name=f"{launch['name']}-{config['trial_id']}", storage_path=launch["storage"],
+            failure_config=ray.train.FailureConfig(max_failures=launch["max_failures"]),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
