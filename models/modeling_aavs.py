@@ -321,12 +321,14 @@ class AAVS(nn.Module):
             scale = 1.0
         mask_labels, class_labels = frame_targets(targets, self.config.num_labels)
         index = index.to(output.masks_queries_logits.device)
+        # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
+        # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them.
         loss_dict = self.model.get_loss_dict(
-            masks_queries_logits=output.masks_queries_logits[index],
-            class_queries_logits=output.class_queries_logits[index],
-            mask_labels=[m.to(output.masks_queries_logits.dtype) for m in mask_labels],
+            masks_queries_logits=output.masks_queries_logits[index].float(),
+            class_queries_logits=output.class_queries_logits[index].float(),
+            mask_labels=[m.float() for m in mask_labels],
             class_labels=class_labels,
-            auxiliary_predictions=[{k: v[index] for k, v in aux.items()} for aux in output.auxiliary_logits or []],
+            auxiliary_predictions=[{k: v[index].float() for k, v in aux.items()} for aux in output.auxiliary_logits or []],
         )
         return self.model.get_loss(loss_dict) * scale
 

@@ -52,6 +52,19 @@ def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], t
     return out, loss_frames
 
 
+def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
+    """The network's inputs of a batch on ``device``; floating ones in ``dtype`` (the weights' dtype:
+    DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs)."""
+    inputs = {"pixel_values": batch["pixel_values"].to(device, dtype, non_blocking=True),
+              "audio": batch["audio"].to(device, dtype)}
+    inputs["prior"] = batch["prior"].to(device, dtype) if "prior" in batch else None
+    return inputs
+
+
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
 def new_metric(task: str) -> BinaryMetric | SemanticMetric:
     return BinaryMetric() if task in BINARY_TASKS else SemanticMetric(num_classes=71)
 
@@ -68,9 +81,9 @@ def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | 
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers,
                         collate_fn=collate_videos)
+    dtype = weights_dtype(model)
     for position, batch in enumerate(loader):
-        out = model(pixel_values=batch["pixel_values"].to(device), audio=batch["audio"].to(device),
-                    prior=batch["prior"].to(device) if "prior" in batch else None)
+        out = model(**model_inputs(batch, device, dtype))
         scores = model.class_scores(out).float().cpu()  # [T, C, 224, 224]
         ann = batch["annotated"]
         if task in BINARY_TASKS:

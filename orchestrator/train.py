@@ -39,7 +39,7 @@ from aavs.models import build_model, load_model, phase_parameter_groups, save_ch
 from aavs.orchestrator import trainstate
 from aavs.orchestrator.accelerator import make_accelerator, release
 from aavs.orchestrator.config import TrainConfig
-from aavs.orchestrator.evaluation import evaluate, training_frames
+from aavs.orchestrator.evaluation import evaluate, model_inputs, training_frames, weights_dtype
 from aavs.orchestrator.reporting import make_reporter, read_metrics
 
 log = logging.getLogger(__name__)
@@ -201,16 +201,14 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     model.train()
-    device = accelerator.device
+    device, dtype = accelerator.device, weights_dtype(accelerator.unwrap_model(model))
     losses, frames, wait, t_epoch = [], 0, 0.0, time.perf_counter()
     t_ready = time.perf_counter()
     for step, batch in enumerate(loader):
         wait += time.perf_counter() - t_ready
         batch, loss_frames = training_frames(batch, cfg.task)
         with accelerator.accumulate(model):
-            out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True),
-                        audio=batch["audio"].to(device), labels=batch["labels"].to(device),
-                        prior=batch["prior"].to(device) if "prior" in batch else None,
+            out = model(**model_inputs(batch, device, dtype), labels=batch["labels"].to(device),
                         loss_frames=loss_frames.to(device))
             loss = out.loss
             _check_finite(loss, accelerator, epoch, step)
@@ -224,6 +222,7 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
         t_ready = time.perf_counter()
     elapsed = time.perf_counter() - t_epoch
     return {"train/loss": float(np.mean(losses)) if losses else float("nan"),
+            "train/steps_per_s": len(losses) / max(elapsed, 1e-9),
             "train/frames_per_s": frames / max(elapsed, 1e-9),
             "train/data_wait_frac": wait / max(elapsed, 1e-9)}
 
