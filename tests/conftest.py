@@ -29,3 +29,15 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic set that a test may break."""
     return Path(shutil.copytree(synth_root, tmp_path / "data"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a shared 2-core machine OpenMP threads that wait on each
+    other made the model tests 3x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

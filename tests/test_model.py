@@ -15,14 +15,7 @@ from aavs.models.modeling_aavs import AAVSOutput, frame_targets
 S = 128  # tiny preset input size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads that wait on each other made these
-    tests 3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(task: str, seed: int = 0, train_base: bool = False):

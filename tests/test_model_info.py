@@ -5,21 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from rich.console import Console
 
 from aavs.models.info import model_info, render_model_info
 from aavs.orchestrator.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads that wait on each other made these
-    tests 3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def adapter_params(d: int) -> int:
