@@ -10,6 +10,7 @@ goes under ``results/<name>/``::
     cache/                          audio embeddings, computed once for all trials and nodes
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
     <stage>/trials/t000/ ...        each trial's folder (train_func's metrics, checkpoints, status)
+    <stage>/trials/t000/node.json   the Ray node the trial last ran on (its rank 0)
     <stage>/masks/                  the best checkpoint's masks of every split (a later stage's prior)
     <stage>/best.json               the stage's best trial, checkpoint, value, test metrics
     <stage>/done.json               written last: the stage is complete for these inputs
@@ -17,6 +18,11 @@ goes under ``results/<name>/``::
 
 A stage whose inputs are unchanged since it completed is not run again; an interrupted stage picks up
 where it stopped (finished trials are kept, running ones resume from their last epoch).
+
+On a cluster the results folder must be storage that every node sees at the same path (NFS, EFS, a
+mounted bucket): trials on one node write checkpoints that a task on another reads, and stage two's
+trials read the masks stage one exported. Object-store URIs (s3://...) are refused: everything here is
+read and written as files.
 """
 
 from __future__ import annotations
@@ -24,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yaml
 
@@ -49,14 +59,14 @@ class StageFailed(RuntimeError):
 def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
                    results_root: str | Path = "results", local: bool = False) -> Path:
     spec, raw = load_spec(spec_file, overrides)
-    results_dir = Path(results_root).expanduser().resolve() / spec.name
+    results_dir = results_path(results_root) / spec.name
     _save_spec(results_dir, raw, spec)
     run_stages(spec, results_dir, local=local)
     return results_dir
 
 
 def resume_experiment(results_dir: str | Path, local: bool = False) -> Path:
-    results_dir = Path(results_dir).expanduser().resolve()
+    results_dir = results_path(results_dir)
     spec_file = results_dir / "spec.yaml"
     if not spec_file.is_file():
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
@@ -64,6 +74,26 @@ def resume_experiment(results_dir: str | Path, local: bool = False) -> Path:
     spec = parse_spec(raw, str(spec_file))
     run_stages(spec, results_dir, local=local)
     return results_dir
+
+
+def results_path(value: str | Path) -> Path:
+    """A results location as an absolute local path: a path, or a ``file://`` URI.
+
+    Other URI schemes are refused with the value named: checkpoints, masks and the leaderboard are
+    plain files, so an object store has to be mounted as a filesystem to hold them.
+    """
+    text = str(value)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and scheme.group(1).lower() != "file":
+        raise InputError(f"results storage {text!r}: {scheme.group(1)}:// URIs are not supported (checkpoints, "
+                         "masks and leaderboard.json are written as files); mount the storage as a shared "
+                         "filesystem at the same path on every node (NFS, EFS, gcsfuse, s3fs ...) and give that path")
+    if scheme:
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise InputError(f"results storage {text!r}: a file:// URI names a local path (file:///path), not a host")
+        text = url2pathname(parsed.path)
+    return Path(text).expanduser().resolve()
 
 
 def _save_spec(results_dir: Path, raw: dict, spec: ExperimentSpec) -> None:
@@ -102,9 +132,11 @@ def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[str
         best = pick_best(stage, configs)
         best.update(stage=stage.name, data_root=str(data_root))
         if stage.name in needs_masks:
-            best["masks"] = str(runner.export_masks(best["checkpoint"], data_root, stage_dir / "masks", spec, cache))
+            best["masks"] = str(runner.export_masks(best["checkpoint"], data_root, stage_dir / "masks", spec, cache,
+                                                    stage.resources))
         best["test"] = runner.evaluate(best["checkpoint"], data_root, stage.task,
-                                       bests[stage.prior]["masks"] if stage.prior else None, spec, cache)
+                                       bests[stage.prior]["masks"] if stage.prior else None, spec, cache,
+                                       stage.resources)
         atomic.write_json(stage_dir / "best.json", best)
         atomic.write_json(stage_dir / "done.json", {"inputs_hash": digest})
         bests[stage.name] = best
@@ -139,7 +171,9 @@ def _stage_inputs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, bests
     def upstream(name: str | None) -> str | None:
         return bests[name]["checkpoint_sha256"] if name else None
 
-    return {"stage": asdict(stage), "model": asdict(spec.model), "data": str(data_root),
+    placement = ("resources",)  # where a stage runs does not change what it computes
+    return {"stage": {k: v for k, v in asdict(stage).items() if k not in placement},
+            "model": asdict(spec.model), "data": str(data_root),
             "synthetic": spec.data.synthetic, "compute": {k: v for k, v in asdict(spec.compute).items()
                                                           if k in ("strategy", "zero_stage", "mixed_precision", "workers_per_trial")},
             "prior": upstream(stage.prior), "init_from": upstream(stage.init_from)}
@@ -219,6 +253,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def ray_node_id() -> str | None:
+    """The id of the Ray node this process runs on; None outside Ray."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def record_node(trial_dir: str) -> None:
+    """``node.json`` in the trial folder: which node ran it (a stage's ``resources`` decide where)."""
+    atomic.write_json(Path(trial_dir) / "node.json", {"node_id": ray_node_id()})
+
+
 def masks_ready(out: Path, checkpoint: str) -> bool:
     done = _read_json(out / "_SUCCESS.json")
     return bool(done) and done.get("checkpoint_sha256") == checkpoint_digest(Path(checkpoint))
@@ -235,7 +283,7 @@ def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | 
         return out
     with atomic.atomic_dir(out_path) as tmp:
         scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca)
-        atomic.write_json(tmp / "_SUCCESS.json", {"checkpoint": checkpoint, "scores": scores,
+        atomic.write_json(tmp / "_SUCCESS.json", {"checkpoint": checkpoint, "scores": scores, "node_id": ray_node_id(),
                                                    "checkpoint_sha256": checkpoint_digest(Path(checkpoint))})
     return out
 
@@ -263,11 +311,11 @@ class LocalRunner:
             except TrainingDiverged as err:
                 log.error("stage %s: trial %s failed: %s", stage.name, trial_id, err)
 
-    def export_masks(self, checkpoint, data_root, out, spec, cache) -> Path:
+    def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None) -> Path:
         return Path(export_stage_masks(checkpoint, str(data_root), str(out), spec.model.vggish,
                                        spec.model.vggish_pca, str(cache)))
 
-    def evaluate(self, checkpoint, data_root, task, prior, spec, cache) -> dict[str, float]:
+    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None) -> dict[str, float]:
         return evaluate_stage_checkpoint(checkpoint, str(data_root), task, prior, spec.model.vggish,
                                          spec.model.vggish_pca, str(cache))
 
@@ -287,9 +335,9 @@ class RayRunner(LocalRunner):
         if not ray.is_initialized():
             ray.init(log_to_driver=True, configure_logging=False)
 
-    def _task_options(self) -> dict[str, Any]:
+    def _task_options(self, resources: dict[str, float] | None) -> dict[str, Any]:
         c = self.spec.compute
-        return {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker}
+        return {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker, "resources": dict(resources or {})}
 
     def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
         from ray import tune
@@ -297,9 +345,10 @@ class RayRunner(LocalRunner):
         c, t = self.spec.compute, stage.tune
         launch = {"workers": c.workers_per_trial, "cpus": c.cpus_per_worker, "gpus": c.gpus_per_worker,
                   "max_failures": c.max_failures, "storage": str(self.results_dir / "ray"),
-                  "name": f"{stage.name}"}
+                  "name": f"{stage.name}", "resources": stage.resources}
         if c.workers_per_trial == 1:
-            trainable = tune.with_resources(tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker})
+            trainable = tune.with_resources(tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker,
+                                                         **stage.resources})
         else:
             # The trial only drives a TorchTrainer whose workers hold the CPUs and GPUs. Ray refuses
             # an empty request, and any CPU held here would be missing from the workers' placement
@@ -328,17 +377,17 @@ class RayRunner(LocalRunner):
                 status = _read_json(trial_dir / "status.json") or {}
                 atomic.write_json(trial_dir / "status.json", {**status, "status": "stopped"})
 
-    def export_masks(self, checkpoint, data_root, out, spec, cache) -> Path:
+    def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None) -> Path:
         import ray
 
-        task = ray.remote(export_stage_masks).options(**self._task_options())
+        task = ray.remote(export_stage_masks).options(**self._task_options(resources))
         return Path(ray.get(task.remote(checkpoint, str(data_root), str(out), spec.model.vggish,
                                         spec.model.vggish_pca, str(cache))))
 
-    def evaluate(self, checkpoint, data_root, task, prior, spec, cache) -> dict[str, float]:
+    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None) -> dict[str, float]:
         import ray
 
-        remote = ray.remote(evaluate_stage_checkpoint).options(**self._task_options())
+        remote = ray.remote(evaluate_stage_checkpoint).options(**self._task_options(resources))
         return ray.get(remote.remote(checkpoint, str(data_root), task, prior, spec.model.vggish,
                                      spec.model.vggish_pca, str(cache)))
 
@@ -349,6 +398,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     train_config, launch = config["configs"][config["trial_id"]], config["launch"]
     if launch["workers"] == 1:
+        record_node(train_config["trial_dir"])
         train_func(train_config)
         return
     import ray.train
@@ -356,14 +406,26 @@ def tune_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
-        train_func,
+        _train_func_recording_node,
         train_loop_config=train_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=launch["workers"], use_gpu=launch["gpus"] > 0,
-            resources_per_worker={"CPU": launch["cpus"], **({"GPU": launch["gpus"]} if launch["gpus"] else {})}),
+            resources_per_worker={"CPU": launch["cpus"], **({"GPU": launch["gpus"]} if launch["gpus"] else {}),
+                                  **launch["resources"]}),
         run_config=ray.train.RunConfig(
             name=f"{launch['name']}-{config['trial_id']}", storage_path=launch["storage"],
             failure_config=ray.train.FailureConfig(max_failures=launch["max_failures"]),
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
+
+
+def _train_func_recording_node(config: dict[str, Any]) -> dict[str, Any]:
+    """``train_func`` on a Ray Train worker; rank 0 records its node first."""
+    import ray.train
+
+    from aavs.orchestrator.train import train_func
+
+    if ray.train.get_context().get_world_rank() == 0:
+        record_node(config["trial_dir"])
+    return train_func(config)

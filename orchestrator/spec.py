@@ -87,6 +87,10 @@ class StageSpec:
     prior: str | None = None
     init_from: str | None = None
     max_videos: int | None = None
+    # Custom Ray resources each trial (and the stage's mask export and test evaluation) requests,
+    # e.g. {node_a: 0.01} to keep the stage on the nodes that advertise node_a. Placement only:
+    # not part of the stage's inputs, so moving a stage never re-runs it.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -206,8 +210,8 @@ def sample_trials(params: Mapping[str, Any], num_samples: int, seed: int) -> lis
 
 # -------------------------------------------------------------------------------------- parsing
 def _parse_stage(where: _Where, raw: Any, earlier: list[str]) -> StageSpec:
-    raw = _mapping(where, raw, ("name", "task", "epochs", "params", "tune", "prior", "init_from", "max_videos"),
-                   required=("name", "task"))
+    raw = _mapping(where, raw, ("name", "task", "epochs", "params", "tune", "prior", "init_from", "max_videos",
+                                "resources"), required=("name", "task"))
     name = _typed(where / "name", raw["name"], str, "a plain name (letters, digits, . _ -)")
     if not NAME.match(name):
         raise (where / "name").error("a plain name (letters, digits, . _ -)", name)
@@ -249,7 +253,27 @@ def _parse_stage(where: _Where, raw: Any, earlier: list[str]) -> StageSpec:
     if max_videos is not None:
         max_videos = _int(where / "max_videos", max_videos, 1)
     return StageSpec(name=name, task=task, epochs=epochs, params=params, tune=tune,
-                     prior=raw.get("prior"), init_from=raw.get("init_from"), max_videos=max_videos)
+                     prior=raw.get("prior"), init_from=raw.get("init_from"), max_videos=max_videos,
+                     resources=_resources(where / "resources", raw.get("resources")))
+
+
+RESERVED_RESOURCES = ("cpu", "gpu", "memory", "object_store_memory", "custom_resources")
+
+
+def _resources(where: _Where, raw: Any) -> dict[str, float]:
+    """Custom Ray resource names to amounts > 0 (CPUs and GPUs come from ``compute``)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise where.error("a mapping of custom Ray resource names to amounts, e.g. {node_a: 0.01}", raw)
+    out = {}
+    for name, amount in raw.items():
+        if not isinstance(name, str) or not name or name.lower() in RESERVED_RESOURCES:
+            raise (where / name).error("a custom resource name (CPUs and GPUs are set under compute)", name)
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+            raise (where / name).error("a number > 0", amount)
+        out[name] = float(amount)
+    return out
 
 
 def parse_spec(raw: Any, source: str) -> ExperimentSpec:
