@@ -21,6 +21,7 @@ from aavs.datasets.errors import InputError
 log = logging.getLogger("aavs")
 
 TASKS = ("s4", "ms3", "avss")
+DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head started as cluster/README.md says
 
 
 def _print_json(obj: Any) -> None:
@@ -128,6 +129,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_through(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Exit status 0 once submitted (with --follow: when the job SUCCEEDED), 1 when it did not succeed."""
+    from aavs.orchestrator import submit
+
+    job = submit.prepare_submission(args.experiment, args.set, results=args.results,
+                                    working_dir=args.working_dir, runtime_env_file=args.runtime_env)
+    client = submit.connect(args.address)
+    job_id = submit.submit(client, job)
+    sys.stdout.write(job_id + "\n")
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    status = submit.follow(client, job_id, _write_through)
+    log.info("job %s: %s", job_id, status.value)
+    if (job.results_dir / "leaderboard.json").is_file():
+        from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+
+        _console().print(render_leaderboard(load_leaderboard(job.results_dir)))
+    else:
+        log.warning("%s is not visible from this machine: run `aavs leaderboard` where the cluster's "
+                    "storage is mounted", job.results_dir)
+    return 0 if status.value == "SUCCEEDED" else 1
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard, watch
 
@@ -212,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir")
     p.add_argument("--local", action="store_true")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("submit", help="run an experiment on a Ray cluster (Ray job submission)")
+    p.add_argument("experiment", help="experiment file inside the working directory")
+    p.add_argument("--address", default=DEFAULT_JOB_API, help=f"the cluster's job API (default: {DEFAULT_JOB_API})")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs, then show the leaderboard")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key of the file")
+    p.add_argument("--results", default="results",
+                   help="results root, a path every node sees (made absolute here; default: ./results)")
+    p.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
+    p.add_argument("--runtime-env", default=None, help="a Ray runtime_env YAML to start from (pip, env_vars ...)")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="rich table of trials and stages")
     p.add_argument("results_dir")
