@@ -26,6 +26,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_data.py
 	$(BIN)/python tests/benchmarks/bench_train.py
+	$(BIN)/python tests/benchmarks/bench_model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
