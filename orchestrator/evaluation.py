@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import SPLITS
+from aavs.datasets.layout import SPLITS, VideoRecord
 from aavs.datasets.masks import write_binary_masks, write_class_masks
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 
@@ -74,11 +75,24 @@ def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | 
              rank: int = 0, world: int = 1, save_masks: str | Path | None = None,
              num_workers: int = 0) -> dict[str, float]:
     """Metrics of ``model`` on ``dataset`` (videos sharded over ``world`` ranks, then merged)."""
+    return accumulate(model, dataset, task, device, rank, world, save_masks, num_workers).compute()
+
+
+@torch.no_grad()
+def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
+               rank: int = 0, world: int = 1, save_masks: str | Path | None = None, num_workers: int = 0,
+               videos: Sequence[int] | None = None,
+               on_video: Callable[[VideoRecord, np.ndarray], None] | None = None) -> BinaryMetric | SemanticMetric:
+    """:func:`evaluate`'s pass, returning the metric itself (the report's per-class IoU).
+
+    ``videos``: dataset indices to predict (default all); ``on_video(record, masks)`` receives each
+    video's predicted masks (bool ``[T, 224, 224]`` for binary tasks, class indices for AVSS).
+    """
     _check_task(model, task)
     was_training = model.training
     model.eval()
     metric = new_metric(task)
-    indices = list(range(rank, len(dataset), world))
+    indices = list(range(len(dataset)) if videos is None else videos)[rank::world]
     loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers,
                         collate_fn=collate_videos)
     dtype = weights_dtype(model)
@@ -101,6 +115,8 @@ def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | 
                 write_binary_masks(save_masks, video, pred.numpy())
             else:
                 write_class_masks(save_masks, video, pred.numpy())
+        if on_video is not None:
+            on_video(dataset.records[indices[position]], pred.numpy())
     if was_training:
         model.train()
     if world > 1:
@@ -109,7 +125,7 @@ def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | 
         metric = gathered[0]
         for other in gathered[1:]:
             metric.merge(other)
-    return metric.compute()
+    return metric
 
 
 def _check_task(model, task: str) -> None:
