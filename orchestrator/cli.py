@@ -115,8 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aavs.orchestrator.experiment import run_experiment
     from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
 
-    results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local)
-    _console().print(render_leaderboard(load_leaderboard(results)))
+    console = _console()
+    results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local,
+                             console=console)
+    console.print(render_leaderboard(load_leaderboard(results)))
     return 0
 
 
@@ -124,8 +126,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from aavs.orchestrator.experiment import resume_experiment
     from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
 
-    results = resume_experiment(args.results_dir, local=args.local)
-    _console().print(render_leaderboard(load_leaderboard(results)))
+    console = _console()
+    results = resume_experiment(args.results_dir, local=args.local, console=console)
+    console.print(render_leaderboard(load_leaderboard(results)))
     return 0
 
 
@@ -159,10 +162,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard, watch
+    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard, select
+    from aavs.orchestrator.live import watch
 
     if args.json:
-        _print_json(load_leaderboard(args.results_dir))
+        _print_json(select(load_leaderboard(args.results_dir), args.stage, args.top))
     elif args.watch:
         watch(args.results_dir, _console(), args.stage, args.top)
     else:
@@ -258,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir")
     p.add_argument("--watch", action="store_true", help="refresh in place as trials report")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--stage", default=None)
-    p.add_argument("--top", type=int, default=None)
+    p.add_argument("--stage", default=None, help="only this stage")
+    p.add_argument("--top", type=int, default=None, help="only the K best trials of each stage")
     p.set_defaults(func=cmd_leaderboard)
     return parser
 

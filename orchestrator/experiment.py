@@ -35,7 +35,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -45,6 +45,9 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import trainstate
 from aavs.orchestrator.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +60,23 @@ class StageFailed(RuntimeError):
 
 # ----------------------------------------------------------------------------------- entry points
 def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
-                   results_root: str | Path = "results", local: bool = False) -> Path:
+                   results_root: str | Path = "results", local: bool = False,
+                   console: Console | None = None) -> Path:
     spec, raw = load_spec(spec_file, overrides)
     results_dir = results_path(results_root) / spec.name
     _save_spec(results_dir, raw, spec)
-    run_stages(spec, results_dir, local=local)
+    run_stages(spec, results_dir, local=local, console=console)
     return results_dir
 
 
-def resume_experiment(results_dir: str | Path, local: bool = False) -> Path:
+def resume_experiment(results_dir: str | Path, local: bool = False, console: Console | None = None) -> Path:
     results_dir = results_path(results_dir)
     spec_file = results_dir / "spec.yaml"
     if not spec_file.is_file():
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
     raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
     spec = parse_spec(raw, str(spec_file))
-    run_stages(spec, results_dir, local=local)
+    run_stages(spec, results_dir, local=local, console=console)
     return results_dir
 
 
@@ -103,7 +107,17 @@ def _save_spec(results_dir: Path, raw: dict, spec: ExperimentSpec) -> None:
 
 
 # ----------------------------------------------------------------------------------------- stages
-def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[str, dict[str, Any]]:
+def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
+               console: Console | None = None) -> dict[str, dict[str, Any]]:
+    """Every stage, while a live view follows the results folder: it keeps leaderboard.json current
+    as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn)."""
+    from aavs.orchestrator.live import LiveView
+
+    with LiveView(results_dir, console):
+        return _run_stages(spec, results_dir, local)
+
+
+def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[str, dict[str, Any]]:
     from aavs.orchestrator.leaderboard import write_leaderboard
 
     data_root = prepare_data(spec, results_dir)
@@ -332,6 +346,9 @@ class RayRunner(LocalRunner):
         import ray
 
         self.spec, self.results_dir = spec, results_dir
+        # Tune's console output off (with verbose=0, its new engine still prints a header per
+        # stage): the live view (aavs.orchestrator.live) shows the trials instead.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if not ray.is_initialized():
             ray.init(log_to_driver=True, configure_logging=False)
 

@@ -1,85 +1,214 @@
 """``results/<name>/leaderboard.json`` and the rich tables drawn from it.
 
-The JSON file is rebuilt from the results folder alone (spec, trial folders, ``best.json``), so any
+The leaderboard is built from the results folder alone (spec, trial folders, ``best.json``), so any
 machine that sees the folder (another terminal, a laptop with the cluster's shared storage mounted)
-renders the same table, and ``--watch`` simply re-reads it.
+gets the same data. The driver of a run keeps ``leaderboard.json`` current (at stage boundaries and,
+through :mod:`aavs.orchestrator.live`, whenever a trial reports); readers (``aavs leaderboard``, its
+``--json`` and ``--watch``, the report) take that file, and rebuild the same data in memory only
+when its recorded fingerprint of the source files no longer matches them: a reader never writes
+into the folder, yet never shows stale data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
+from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.reporting import read_metrics
+from aavs.orchestrator.spec import sample_trials
 
 FILE = "leaderboard.json"
+TERMINAL = ("done", "stopped", "failed")
+STATUS_LABEL = {"stopped": "stopped early"}
+STATUS_STYLE = {"done": "green", "running": "yellow", "stopped": "magenta", "failed": "bold red", "pending": "dim"}
+BEST_STYLE = "bold green"
+# The per-trial files a leaderboard is built from (relative to a stage folder); their sizes and
+# modification times make the fingerprint that tells whether leaderboard.json is current.
+_STAGE_SOURCES = ("best.json", "done.json", "masks/_SUCCESS.json", "trials/*/metrics.jsonl", "trials/*/status.json",
+                  "trials/*/params.json", "trials/*/config.json", "trials/*/best/metrics.json")
 
 
 def _read(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
 
 
-def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
-    """The leaderboard of an experiment folder, from its files."""
+def _number(value: Any) -> float | None:
+    """A finite float, or None (NaN and infinities would make leaderboard.json invalid JSON)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------ building
+def sources_digest(results_dir: str | Path) -> str:
+    """A digest of the names, sizes and modification times of every file the leaderboard reads."""
     results_dir = Path(results_dir)
+    spec = _read(results_dir / "spec.json")
+    files = [results_dir / "spec.json"]
+    for stage in (spec or {}).get("spec", {}).get("stages", []):
+        for pattern in _STAGE_SOURCES:
+            files.extend(sorted((results_dir / stage["name"]).glob(pattern)))
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        h.update(f"{f.relative_to(results_dir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
+    """The leaderboard of an experiment folder, from its files (see the module docstring)."""
+    results_dir = Path(results_dir)
+    digest = sources_digest(results_dir)  # before reading: a file changed meanwhile makes it stale, never fresh
     spec = _read(results_dir / "spec.json")
     if spec is None:
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.json)")
-    stages = []
-    for stage in spec["spec"]["stages"]:
-        stage_dir = results_dir / stage["name"]
-        metric, mode = stage["tune"]["metric"], stage["tune"]["mode"]
-        best = _read(stage_dir / "best.json")
-        trials = [_trial_row(d, metric, stage["epochs"]) for d in sorted((stage_dir / "trials").glob("t*"))
-                  if d.is_dir()]
-        ranked = sorted((t for t in trials if t["best"] is not None),
-                        key=lambda t: (-t["best"] if mode == "max" else t["best"], t["trial_id"]))
-        for rank, row in enumerate(ranked, 1):
-            row["rank"] = rank
-        prior_from = None
-        if stage.get("prior"):
-            upstream = _read(results_dir / stage["prior"] / "best.json")
-            if upstream:
-                prior_from = {"stage": stage["prior"], "trial_id": upstream["trial_id"],
-                              "checkpoint": upstream["checkpoint"], "masks": upstream.get("masks")}
-        done = (stage_dir / "done.json").exists()
-        status = "done" if done else ("running" if trials else "pending")
-        stages.append({"name": stage["name"], "task": stage["task"], "metric": metric, "mode": mode,
-                       "epochs": stage["epochs"], "status": status, "best": best, "prior_from": prior_from,
-                       "trials": sorted(trials, key=lambda t: (t.get("rank") or 10**6, t["trial_id"]))})
-    return {"name": spec["spec"]["name"], "updated": time.time(), "stages": stages}
+    stages = [_stage(results_dir, stage) for stage in spec["spec"]["stages"]]
+    progress = {"trials_done": sum(sum(t["status"] in TERMINAL for t in s["trials"]) for s in stages),
+                "trials": sum(s["planned_trials"] for s in stages),
+                "epochs_done": sum(_epochs_done(s) for s in stages),
+                "epochs": sum(s["planned_trials"] * s["epochs"] for s in stages)}
+    statuses = {s["status"] for s in stages}
+    status = ("done" if statuses == {"done"} else "failed" if "failed" in statuses
+              else "pending" if statuses == {"pending"} else "running")
+    board = {"name": spec["spec"]["name"], "results_dir": str(results_dir), "updated": time.time(),
+             "sources_digest": digest, "status": status, "progress": progress, "stages": stages}
+    board["summary"] = summary_text(board)
+    return board
 
 
-def _trial_row(trial_dir: Path, metric: str, epochs: int) -> dict[str, Any]:
-    rows = read_metrics(trial_dir)
-    status = (_read(trial_dir / "status.json") or {}).get("status", "pending")
-    values = [r.get(metric) for r in rows]
-    finite = [(v, r) for v, r in zip(values, rows) if isinstance(v, (int, float)) and not math.isnan(v)]
+def _epochs_done(stage: dict[str, Any]) -> int:
+    """Epochs trained, counting a trial that ended early (stopped, failed) as all of its epochs."""
+    return sum(t["epochs"] if t["status"] in TERMINAL else min(t["epochs_done"], t["epochs"]) for t in stage["trials"])
+
+
+def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
+    stage_dir = results_dir / stage["name"]
+    metric, mode = stage["tune"]["metric"], stage["tune"]["mode"]
+    searched = sorted(k for k, v in stage["params"].items() if isinstance(v, dict))
+    planned = len(sample_trials(stage["params"], stage["tune"]["num_samples"], stage["tune"]["seed"]))
+    prior_from = _upstream(results_dir, stage.get("prior"))
+    init_from = _upstream(results_dir, stage.get("init_from"))
+    trials = [_trial(results_dir, d, metric, mode, stage["epochs"]) for d in sorted((stage_dir / "trials").glob("t*"))
+              if d.is_dir()]
+    ranked = sorted((t for t in trials if t["best"] is not None),
+                    key=lambda t: (-t["best"] if mode == "max" else t["best"], t["trial_id"]))
+    for rank, row in enumerate(ranked, 1):
+        row["rank"] = rank
+    for row in trials:  # a trial that has not started yet will be fed what the stage feeds now
+        if row["fed_by"] is None and (prior_from or init_from):
+            row["fed_by"] = {"prior": prior_from, "init": init_from}
+    best = _read(stage_dir / "best.json")
+    done = (stage_dir / "done.json").exists() and best is not None
+    leader = best["trial_id"] if best else (ranked[0]["trial_id"] if ranked else None)
+    for row in trials:
+        row["leader"] = row["trial_id"] == leader
+        if best and row["trial_id"] == best["trial_id"]:
+            row["test"] = best.get("test")
+    if done:
+        status = "done"
+    elif not trials:
+        status = "pending"
+    elif len(trials) == planned and all(t["status"] in TERMINAL for t in trials) and not ranked:
+        status = "failed"
+    else:
+        status = "running"
+    return {"name": stage["name"], "task": stage["task"], "metric": metric, "mode": mode, "epochs": stage["epochs"],
+            "status": status, "planned_trials": max(planned, len(trials)), "trial_count": len(trials),
+            "searched": searched,
+            "fixed": {k: v for k, v in stage["params"].items() if k not in searched},
+            "prior_from": prior_from, "init_from": init_from,
+            "best": _best_summary(best) if best else None,
+            "trials": sorted(trials, key=lambda t: (t["rank"] or 10**6, t["trial_id"]))}
+
+
+def _best_summary(best: dict[str, Any]) -> dict[str, Any]:
+    keys = ("trial_id", "metric", "mode", "value", "checkpoint", "checkpoint_sha256", "params", "test", "masks",
+            "data_root")
+    return {k: best.get(k) for k in keys}
+
+
+def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: int) -> dict[str, Any]:
+    status_doc = _read(trial_dir / "status.json") or {}
+    config = _read(trial_dir / "config.json") or {}
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in read_metrics(trial_dir):  # a finished trial run again reports its last epoch again
+        if isinstance(row.get("epoch"), int):
+            by_epoch[row["epoch"]] = row
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    scored = [r for r in rows if _number(r.get(metric)) is not None]
     best_row = None
-    if finite:
-        best_row = (max if not metric.endswith("loss") else min)(finite, key=lambda x: x[0])[1]
+    if scored:  # the first of equal values: the checkpoint a strict improvement kept
+        best_row = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
+    history = {"epoch": [r["epoch"] for r in rows], "phase": [r.get("phase") for r in rows]}
+    for key in dict.fromkeys(("val/miou", "val/fscore", metric)):
+        history[key] = [_number(r.get(key)) for r in rows]
+    links = {"prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
+             "init": _checkpoint_link(results_dir, config.get("init_from"))}
     return {
-        "trial_id": trial_dir.name, "rank": None, "status": status,
-        "params": _read(trial_dir / "params.json") or {},
-        "epochs_done": len(rows), "epochs": epochs,
-        "best": best_row.get(metric) if best_row else None,
-        "best_epoch": best_row.get("epoch") if best_row else None,
-        "val/miou": best_row.get("val/miou") if best_row else None,
-        "val/fscore": best_row.get("val/fscore") if best_row else None,
-        "curve": [r.get(metric) for r in rows],
+        "trial_id": trial_dir.name, "rank": None, "status": status_doc.get("status", "pending"),
+        "error": status_doc.get("error"), "params": _read(trial_dir / "params.json") or {},
+        "epochs_done": len(rows), "epochs": int(config.get("epochs", epochs)),
+        "best": _number(best_row[metric]) if best_row else None,
+        "best_epoch": best_row["epoch"] if best_row else None,
+        "val/miou": _number(best_row.get("val/miou")) if best_row else None,
+        "val/fscore": _number(best_row.get("val/fscore")) if best_row else None,
+        "test": None, "leader": False,
+        "fed_by": links if links["prior"] or links["init"] else None,
+        "history": history,
     }
+
+
+def _masks_checkpoint(masks: str | None) -> str | None:
+    """The checkpoint a stage-one masks folder was exported from (its ``_SUCCESS.json``)."""
+    if not masks or masks == "ground-truth":
+        return None
+    return (_read(Path(masks) / "_SUCCESS.json") or {}).get("checkpoint")
+
+
+def _checkpoint_link(results_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
+    """``.../<stage>/trials/<trial>/best`` as {stage, trial_id, epoch, checkpoint}; None if not such a path.
+
+    The stage and trial come from the path's last parts, so a results folder moved or mounted
+    elsewhere still links (the checkpoint's epoch is read from the folder's own copy).
+    """
+    if not checkpoint:
+        return None
+    parts = Path(checkpoint).parts
+    if len(parts) < 4 or parts[-3] != "trials":
+        return {"stage": None, "trial_id": None, "epoch": None, "checkpoint": checkpoint}
+    stage, trial_id = parts[-4], parts[-2]
+    metrics = _read(results_dir / stage / "trials" / trial_id / parts[-1] / "metrics.json") or {}
+    return {"stage": stage, "trial_id": trial_id, "epoch": metrics.get("epoch"), "checkpoint": checkpoint}
+
+
+def _upstream(results_dir: Path, stage_name: str | None) -> dict[str, Any] | None:
+    """What the best trial of an earlier stage hands over: its checkpoint (and masks)."""
+    if not stage_name:
+        return None
+    best = _read(results_dir / stage_name / "best.json")
+    if not best:
+        return {"stage": stage_name, "trial_id": None, "epoch": None, "checkpoint": None}
+    link = _checkpoint_link(results_dir, best["checkpoint"]) or {}
+    return {"stage": stage_name, "trial_id": best["trial_id"], "epoch": link.get("epoch"),
+            "checkpoint": best["checkpoint"], "checkpoint_sha256": best.get("checkpoint_sha256"),
+            "masks": best.get("masks")}
 
 
 def write_leaderboard(results_dir: str | Path) -> dict[str, Any]:
@@ -89,80 +218,113 @@ def write_leaderboard(results_dir: str | Path) -> dict[str, Any]:
 
 
 def load_leaderboard(results_dir: str | Path) -> dict[str, Any]:
-    """The current leaderboard: rebuilt from the folder (always fresh, also while a run writes)."""
+    """``leaderboard.json`` if it is current, else the same data rebuilt in memory (nothing written)."""
+    results_dir = Path(results_dir)
+    board = _read(results_dir / FILE)
+    if board and board.get("sources_digest") == sources_digest(results_dir):
+        return board
     return build_leaderboard(results_dir)
 
 
 # ------------------------------------------------------------------------------------- rendering
-def _pct(value: Any) -> str:
-    return "-" if not isinstance(value, (int, float)) or math.isnan(value) else f"{100 * value:.2f}"
+def pct(value: Any) -> str:
+    """A score in [0, 1] as a percentage with two decimals; ``-`` when there is none."""
+    value = _number(value)
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def _fmt_param(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-STATUS_STYLE = {"done": "green", "running": "yellow", "stopped": "dim", "failed": "red", "pending": "dim"}
+def _link_label(link: dict[str, Any] | None, with_stage: bool = False) -> str:
+    if not link or not link.get("trial_id"):
+        return "-"
+    label = link["trial_id"] + (f"@e{link['epoch']}" if link.get("epoch") is not None else "")
+    return f"{link['stage']}/{label}" if with_stage else label
 
 
-def stage_table(stage: dict[str, Any], top: int | None = None) -> Table:
-    title = f"{stage['name']} ({stage['task']}, {stage['status']})"
-    if stage.get("prior_from"):
-        p = stage["prior_from"]
-        title += f"  prior: {p['stage']}/{p['trial_id']}"
-    table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
-    params = sorted({k for t in stage["trials"] for k in t["params"]})
+def status_label(status: str) -> str:
+    return STATUS_LABEL.get(status, status)
+
+
+def stage_table(stage: dict[str, Any]) -> Table:
+    """One stage's trials, best first; the best (or, while running, the leading) trial in BEST_STYLE."""
+    title = Text(f"{stage['name']}", style="bold")
+    title.append(f" {stage['task']}, {stage['status']}, by {stage['metric']} ({stage['mode']})", style="")
+    upstream = stage.get("prior_from") or stage.get("init_from")
+    if upstream:
+        sha = (upstream.get("checkpoint_sha256") or "")[:8]
+        title.append(f"\n  fed by {_link_label(upstream, with_stage=True)}" + (f" (sha {sha})" if sha else ""))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  expand=False)
     table.add_column("#", justify="right")
     table.add_column("trial")
     table.add_column("status")
-    for p in params:
+    for p in stage["searched"]:
         table.add_column(p, justify="right")
     table.add_column("ep", justify="right")
-    table.add_column("mIoU", justify="right")
-    table.add_column("F", justify="right")
+    table.add_column("val mIoU", justify="right")
+    table.add_column("val F", justify="right")
     table.add_column("test mIoU/F", justify="right")
-    best_id = stage["best"]["trial_id"] if stage.get("best") else (stage["trials"][0]["trial_id"] if stage["trials"] and stage["trials"][0]["rank"] == 1 else None)
-    for row in stage["trials"][: top or None]:
-        test = stage["best"].get("test") if stage.get("best") and row["trial_id"] == stage["best"]["trial_id"] else None
-        cells = [str(row["rank"] or "-"), row["trial_id"],
-                 Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
-                 *[_fmt_param(row["params"].get(p, "-")) for p in params],
-                 f"{row['epochs_done']}/{row['epochs']}", _pct(row["val/miou"]), _pct(row["val/fscore"]),
-                 f"{_pct(test.get('miou'))}/{_pct(test.get('fscore'))}" if test else "-"]
-        table.add_row(*cells, style="bold green" if row["trial_id"] == best_id else None)
+    if upstream:
+        table.add_column("from")
+    for row in stage["trials"]:
+        test = row.get("test")
+        cells: list[Any] = [str(row["rank"] or "-"), row["trial_id"],
+                            Text(status_label(row["status"]), style=STATUS_STYLE.get(row["status"], "")),
+                            *[_fmt_param(row["params"].get(p, "-")) for p in stage["searched"]],
+                            f"{row['epochs_done']}/{row['epochs']}", pct(row["val/miou"]), pct(row["val/fscore"]),
+                            f"{pct(test.get('miou'))}/{pct(test.get('fscore'))}" if test else "-"]
+        if upstream:
+            fed = row["fed_by"] or {}
+            cells.append(_link_label(fed.get("prior") or fed.get("init")))
+        table.add_row(*cells, style=BEST_STYLE if row["leader"] else None)
+    notes = []
+    if stage["fixed"]:
+        notes.append("fixed: " + ", ".join(f"{k}={_fmt_param(v)}" for k, v in stage["fixed"].items()))
+    hidden = stage["trial_count"] - len(stage["trials"])
+    if hidden > 0:
+        notes.append(f"{hidden} more trial(s) not shown")
+    notes.extend(f"{t['trial_id']} failed: {t['error']}" for t in stage["trials"] if t["status"] == "failed" and t["error"])
+    if not stage["trials"]:
+        notes.append(f"{stage['planned_trials']} trial(s) planned, none started")
+    if notes:
+        table.caption, table.caption_justify = "\n".join(notes), "left"
     return table
 
 
-def summary_line(board: dict[str, Any]) -> Text:
+def summary_text(board: dict[str, Any]) -> str:
+    """One line comparing the stages: each one's best trial, its val score and test scores."""
     parts = []
     for stage in board["stages"]:
+        done = sum(t["status"] in TERMINAL for t in stage["trials"])
+        head = f"{stage['name']} {done}/{stage['planned_trials']}"
         best = stage.get("best")
+        leader = next((t for t in stage["trials"] if t["leader"]), None)
         if best:
             test = best.get("test") or {}
-            parts.append(f"{stage['name']}: {best['trial_id']} val {_pct(best['value'])} test mIoU {_pct(test.get('miou'))} F {_pct(test.get('fscore'))}")
+            parts.append(f"{head} best {best['trial_id']} val {pct(best['value'])}"
+                         f" test {pct(test.get('miou'))}/{pct(test.get('fscore'))}")
+        elif leader:
+            parts.append(f"{head} leading {leader['trial_id']} val {pct(leader['best'])}")
         else:
-            parts.append(f"{stage['name']}: {stage['status']}")
-    return Text(" | ".join(parts), style="bold")
+            parts.append(f"{head} {stage['status']}")
+    return " -> ".join(parts)
 
 
-def render_leaderboard(board: dict[str, Any], stage: str | None = None, top: int | None = None) -> Group:
+def select(board: dict[str, Any], stage: str | None = None, top: int | None = None) -> dict[str, Any]:
+    """The board with only ``stage`` (default all) and each stage's first ``top`` trials (default all)."""
     stages = [s for s in board["stages"] if stage is None or s["name"] == stage]
     if stage is not None and not stages:
         raise InputError(f"--stage {stage}: no such stage; expected one of {[s['name'] for s in board['stages']]}")
-    return Group(Text(f"experiment {board['name']}", style="bold"), *[stage_table(s, top) for s in stages],
-                 summary_line(board))
+    if top is not None and top < 1:
+        raise InputError(f"--top {top}: expected a positive number of trials")
+    return {**board, "stages": [{**s, "trials": s["trials"][:top]} for s in stages]}
 
 
-def watch(results_dir: Path, console: Console, stage: str | None, top: int | None, interval: float = 2.0) -> None:
-    from rich.live import Live
-
-    with Live(render_leaderboard(load_leaderboard(results_dir), stage, top), console=console,
-              refresh_per_second=1) as live:
-        while True:
-            time.sleep(interval)
-            board = load_leaderboard(results_dir)
-            live.update(render_leaderboard(board, stage, top))
-            if all(s["status"] == "done" for s in board["stages"]):
-                break
+def render_leaderboard(board: dict[str, Any], stage: str | None = None, top: int | None = None) -> Group:
+    board = select(board, stage, top)
+    heading = Text(f"experiment {board['name']} ({board['status']})", style="bold")
+    tables = [part for s in board["stages"] for part in (stage_table(s), Text(""))]
+    return Group(heading, Text(""), *tables, Text(board["summary"], style="bold"))

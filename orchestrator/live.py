@@ -1,0 +1,175 @@
+"""The live view of an experiment, drawn from its results folder alone.
+
+One implementation serves ``aavs run`` (in-process ``--local`` trials and Ray Tune trials alike) and
+``aavs leaderboard --watch`` (another terminal, another machine with the shared storage mounted): a
+background thread polls the files every trial writes wherever it runs (``metrics.jsonl``,
+``status.json``, ``best/``), rebuilds the leaderboard when they changed, keeps ``leaderboard.json``
+current when it is the run's driver (a watcher only reads), and shows it:
+
+- on a terminal, a rich ``Live`` display refreshed in place: progress bars of trials and epochs
+  above the leaderboard tables (Ray's own console tables stay off: Tune runs with ``verbose=0``);
+- anywhere else (CI logs, a file), one plain line per event: an epoch reported, a trial ended,
+  a stage done.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.file_proxy import FileProxy
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aavs.orchestrator.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
+                                           write_leaderboard)
+
+log = logging.getLogger(__name__)
+
+FINAL = ("done", "failed")
+
+
+class _NonInteractiveProxy(FileProxy):
+    """``sys.stderr`` while the live display runs: writes land above the display, also those of
+    other rich consoles on stderr (the log handler's), which see no terminal here, so a data set's
+    decoding bar in a ``--local`` trial draws no second live display into ours."""
+
+    @property
+    def rich_proxied_file(self) -> "_NonInteractiveProxy":
+        # rich consoles write around a FileProxy, to the file it wraps; these must go through it.
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+
+class LiveView:
+    """Follow ``results_dir`` while a run (here or elsewhere) writes it; see the module docstring.
+
+    ``console``: where to show it (None: only keep ``leaderboard.json`` current). ``write``: whether
+    this process owns ``leaderboard.json`` (the run's driver) or only reads (a watcher).
+    """
+
+    def __init__(self, results_dir: str | Path, console: Console | None = None, *, write: bool = True,
+                 interval: float = 1.0, stage: str | None = None, top: int | None = None,
+                 transient: bool = True) -> None:
+        self.results_dir = Path(results_dir)
+        self.console, self.write, self.interval = console, write, interval
+        self.stage, self.top, self.transient = stage, top, transient
+        self.board: dict[str, Any] | None = None
+        self._digest: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._live: Live | None = None
+        self._stderr: Any = None
+        self._progress = Progress(TextColumn("{task.description:>6}"), BarColumn(bar_width=36),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), auto_refresh=False)
+        self._tasks = {name: self._progress.add_task(name, total=None) for name in ("trials", "epochs")}
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "LiveView":
+        self.poll()  # synchronously: a bad folder or --stage is an error here, not in the thread
+        if self.console is not None:
+            render_leaderboard(self.board, self.stage, self.top)
+            if self.console.is_terminal:
+                self._stderr, sys.stderr = sys.stderr, _NonInteractiveProxy(self.console, sys.stderr)
+                self._live = Live(get_renderable=self._renderable, console=self.console, refresh_per_second=2,
+                                  transient=self.transient, redirect_stdout=True, redirect_stderr=False)
+                self._live.start()
+            else:
+                self._line(f"experiment {self.board['name']}: {self.board['summary']}")
+        self._thread = threading.Thread(target=self._run, name="aavs-live-view", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.poll()  # the final state: the last epochs and statuses, leaderboard.json current
+        except Exception:  # noqa: BLE001 - never hide the run's own outcome behind the view's
+            log.debug("live view: final refresh failed", exc_info=True)
+        finally:
+            if self._live is not None:
+                self._live.stop()
+                sys.stderr = self._stderr
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a half-moved stage folder; the next poll sees it whole
+                log.debug("live view: refresh failed", exc_info=True)
+
+    def poll(self) -> bool:
+        """Rebuild the leaderboard if the folder changed since the last poll; True if it did."""
+        digest = sources_digest(self.results_dir)
+        if digest == self._digest and self.board is not None:
+            return False
+        board = write_leaderboard(self.results_dir) if self.write else build_leaderboard(self.results_dir)
+        old, self.board, self._digest = self.board, board, digest
+        progress = board["progress"]
+        self._progress.update(self._tasks["trials"], total=progress["trials"], completed=progress["trials_done"])
+        self._progress.update(self._tasks["epochs"], total=progress["epochs"], completed=progress["epochs_done"])
+        if self.console is not None and self._live is None and old is not None:
+            for line in event_lines(old, board):
+                self._line(line)
+        return True
+
+    # ---------------------------------------------------------------------------------- output
+    def _renderable(self) -> RenderableType:
+        return Group(self._progress, render_leaderboard(self.board, self.stage, self.top))
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Plain lines for what changed between two leaderboards: epochs reported, trials ended, stages done."""
+    p = new["progress"]
+    prefix = f"[{p['trials_done']}/{p['trials']} trials {p['epochs_done']}/{p['epochs']} epochs]"
+    before = {(s["name"], t["trial_id"]): t for s in old["stages"] for t in s["trials"]}
+    old_status = {s["name"]: s["status"] for s in old["stages"]}
+    lines = []
+    for stage in new["stages"]:
+        for trial in stage["trials"]:
+            was = before.get((stage["name"], trial["trial_id"]))
+            seen = set(was["history"]["epoch"]) if was else set()
+            history = trial["history"]
+            for i, epoch in enumerate(history["epoch"]):
+                if epoch in seen:
+                    continue
+                lines.append(f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
+                             f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
+                             f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})")
+            if trial["status"] != (was["status"] if was else "pending") and trial["status"] != "running":
+                detail = f": {trial['error']}" if trial["error"] else ""
+                lines.append(f"{prefix} {stage['name']} {trial['trial_id']} {status_label(trial['status'])}"
+                             f" after {trial['epochs_done']}/{trial['epochs']} epochs{detail}")
+        if stage["status"] != old_status.get(stage["name"]) and stage["status"] in FINAL:
+            best = stage["best"] or {}
+            test = best.get("test") or {}
+            lines.append(f"{prefix} stage {stage['name']} {stage['status']}" + (
+                f": best {best['trial_id']} {stage['metric']} {pct(best['value'])},"
+                f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}" if best else ""))
+    return lines
+
+
+def watch(results_dir: str | Path, console: Console, stage: str | None = None, top: int | None = None,
+          interval: float = 2.0) -> None:
+    """``aavs leaderboard --watch``: follow the folder (reading only) until every stage ended or Ctrl-C."""
+    try:
+        with LiveView(results_dir, console, write=False, interval=interval, stage=stage, top=top,
+                      transient=False) as view:
+            while view.board["status"] not in FINAL:
+                time.sleep(interval / 2)
+    except KeyboardInterrupt:
+        log.debug("watch interrupted")
