@@ -174,6 +174,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.report import write_report
+
+    write_report(args.results_dir)
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aavs", description=__doc__.split("\n\n")[0])
@@ -265,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default=None, help="only this stage")
     p.add_argument("--top", type=int, default=None, help="only the K best trials of each stage")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("report", help="write RESULTS/<name>/report: learning curves, per-class IoU, sample grids")
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

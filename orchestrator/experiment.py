@@ -14,7 +14,8 @@ goes under ``results/<name>/``::
     <stage>/masks/                  the best checkpoint's masks of every split (a later stage's prior)
     <stage>/best.json               the stage's best trial, checkpoint, value, test metrics
     <stage>/done.json               written last: the stage is complete for these inputs
-    leaderboard.json
+    leaderboard.json                kept current while trials report (aavs.orchestrator.live)
+    report/<stage>/                 learning curves, per-class IoU, sample predictions (PNG), at each stage's end
 
 A stage whose inputs are unchanged since it completed is not run again; an interrupted stage picks up
 where it stopped (finished trials are kept, running ones resume from their last epoch).
@@ -35,7 +36,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -155,8 +156,19 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[st
         atomic.write_json(stage_dir / "done.json", {"inputs_hash": digest})
         bests[stage.name] = best
         write_leaderboard(results_dir)
+        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources))
         log.info("stage %s: best trial %s, %s = %.4f", stage.name, best["trial_id"], best["metric"], best["value"])
     return bests
+
+
+def _write_report(results_dir: Path, call: Callable[..., Any]) -> None:
+    """The report's pictures; if they fail, the stage's results stand and the run goes on."""
+    from aavs.orchestrator.report import write_report
+
+    try:
+        write_report(results_dir, call=call)
+    except Exception:  # noqa: BLE001 - a missing picture must not cost the experiment
+        log.exception("writing the report failed; `aavs report %s` tries again", results_dir)
 
 
 def prepare_data(spec: ExperimentSpec, results_dir: Path) -> Path:
@@ -333,6 +345,10 @@ class LocalRunner:
         return evaluate_stage_checkpoint(checkpoint, str(data_root), task, prior, spec.model.vggish,
                                          spec.model.vggish_pca, str(cache))
 
+    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
+        """``fn(*args)`` where this runner runs its tasks (here: in this process)."""
+        return fn(*args)
+
 
 class RayRunner(LocalRunner):
     """Each stage a Ray Tune ``Tuner``; a trial with several workers runs a Ray Train ``TorchTrainer``.
@@ -407,6 +423,12 @@ class RayRunner(LocalRunner):
         remote = ray.remote(evaluate_stage_checkpoint).options(**self._task_options(resources))
         return ray.get(remote.remote(checkpoint, str(data_root), task, prior, spec.model.vggish,
                                      spec.model.vggish_pca, str(cache)))
+
+    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
+        """``fn(*args)`` as one Ray task with the resources of one worker."""
+        import ray
+
+        return ray.get(ray.remote(fn).options(**self._task_options(resources)).remote(*args))
 
 
 def tune_trial(config: dict[str, Any]) -> None:
