@@ -23,6 +23,7 @@ _EXPORTS = {
     "TASKS": "configuration_aavs",
     "save_checkpoint": "checkpoint",
     "load_model": "checkpoint",
+    "read_weights": "checkpoint",
     "import_released_checkpoint": "checkpoint",
     "model_info": "info",
 }

@@ -134,6 +134,18 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
+def read_weights(folder: str | Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint folder's ``model.safetensors``, without building a network (a
+    training run reloading its own checkpoints already has one)."""
+    weights_file = Path(folder) / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise InputError(f"{weights_file} is missing")
+    try:
+        return load_file(str(weights_file))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
+
+
 def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
     meta = _read_meta(folder)
     try:
@@ -149,12 +161,7 @@ def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
         raise InputError(f"{folder} stores only the trainable weights; its base Mask2Former folder {config.base} "
                          "is missing: pass base= (--base) with that folder")
     weights_file = folder / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise InputError(f"{weights_file} is missing")
-    try:
-        state = load_file(str(weights_file))
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    state = read_weights(folder)
     model = build_from_config(config, load_base=not full)
     set_phase(model, meta["phase"])
     if full:

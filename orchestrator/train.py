@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from aavs.datasets import atomic
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
-from aavs.datasets.errors import InputError
-from aavs.models import build_model, load_model, phase_parameter_groups, save_checkpoint, set_phase
+from aavs.models import build_model, phase_parameter_groups, read_weights, save_checkpoint, set_phase
 from aavs.orchestrator import trainstate
 from aavs.orchestrator.accelerator import make_accelerator, release
 from aavs.orchestrator.config import TrainConfig
@@ -76,23 +75,13 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
     reporter.status("running", epoch=state.epoch + 1 if state else 0, epochs=cfg.epochs)
 
     seed_everything(cfg.seed)
-    model = _build(cfg)
-    image_size = model.config.image_size
-    train_set = AVSBenchDataset(cfg.data_root, cfg.task, "train", image_size=image_size,
-                                prior="ground-truth" if cfg.prior else None,
-                                vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
-    val_set = AVSBenchDataset(cfg.data_root, cfg.task, "val", image_size=image_size, prior=cfg.prior,
-                              vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise InputError(f"{cfg.data_root}: task {cfg.task} has {len(train_set)} train and {len(val_set)} val videos; both must be non-empty")
-
     start = 0 if state is None else state.epoch + 1
     state = state or trainstate.TrainerState()
-    accelerator = optimizer = None
+    accelerator = optimizer = train_set = val_set = None
     try:
         for epoch in range(start, cfg.epochs):
             phase = cfg.phase_of(epoch)
-            if accelerator is None or phase != state.phase or epoch == start:
+            if accelerator is None or phase != state.phase:
                 if accelerator is not None:
                     release(accelerator)
                 resumed = epoch == start and start > 0
@@ -103,6 +92,8 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                     resumed = False
                 model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
                 state.phase = phase
+            if train_set is None:  # the network decides the input size
+                train_set, val_set = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
             metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,
                                rank=rank, world=world)
@@ -130,6 +121,13 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- phases
+def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
+    """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
+    common = dict(image_size=image_size, vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
+    train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, **common)
+    return train, AVSBenchDataset(cfg.data_root, cfg.task, "val", prior=cfg.prior, **common)
+
+
 def _build(cfg: TrainConfig):
     spec = cfg.model
     return build_model(cfg.task, preset=spec.get("preset"), pretrained=spec.get("pretrained"),
@@ -147,9 +145,9 @@ def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerSta
     model = _build(cfg)
     if resumed:
         set_phase(model, phase)
-        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.LAST / "model"))
+        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.LAST / "model", model))
     elif phase == "B" and epoch > 0:
-        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.BEST))
+        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.BEST, model))
         set_phase(model, "B")  # re-initialises the Swin adapters, as the reference does
     else:
         if cfg.init_from:
@@ -173,13 +171,15 @@ def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerSta
     return model, optimizer, accelerator
 
 
-def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_model(folder).trainable_state_dict()
+def _load_weights(folder: Path, model) -> dict[str, torch.Tensor]:
+    """The trainable weights of ``model`` as stored in a checkpoint folder (which may hold all weights)."""
+    trainable = model.trainable_state_dict()
+    return {k: v for k, v in read_weights(folder).items() if k in trainable}
 
 
 def _init_from(model, checkpoint: str) -> None:
     """Copy every trainable tensor of ``checkpoint`` whose name and shape match (stage one -> two)."""
-    source = _load_weights(Path(checkpoint))
+    source = _load_weights(Path(checkpoint), model)
     target = model.trainable_state_dict()
     matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     target.update(matching)

@@ -196,5 +196,6 @@ def test_stage_one_learns_beyond_the_all_background_baseline(tmp_path_factory):
     per_video = [np.mean([empty(r.mask_path(root, i)) for i in range(r.num_frames)])
                  for r in select_videos(root, "avss-binary", "val")]
     baseline = float(np.mean(per_video))
-    best = train_func(config(root, tmp_path_factory.mktemp("learn-trial") / "t", epochs=6, lr=1e-3))
-    assert best["val/miou"] > baseline + 0.05, (best, baseline)
+    # (10 epochs at 1.5e-3 reached 0.45-0.51 against a baseline of 0.16 for seeds 3407, 1 and 2.)
+    best = train_func(config(root, tmp_path_factory.mktemp("learn-trial") / "t", epochs=10, lr=1.5e-3))
+    assert best["val/miou"] > baseline + 0.1, (best, baseline)
