@@ -143,7 +143,8 @@ def _device() -> torch.device:
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | None = None,
                         split: str = "val", prior: str | Path | None = None,
                         save_masks: str | Path | None = None, base: str | None = None,
-                        vggish: str | None = None, vggish_pca: str | None = None) -> dict[str, float]:
+                        vggish: str | None = None, vggish_pca: str | None = None,
+                        cache_dir: str | Path | None = None) -> dict[str, float]:
     """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
     from aavs.models import load_model
 
@@ -152,13 +153,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | No
     if model.config.semantic and prior is None:
         log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")
     dataset = AVSBenchDataset(data, task, split, image_size=model.config.image_size, prior=prior,
-                              vggish=vggish, vggish_pca=vggish_pca)
+                              vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
     return evaluate(model, dataset, task, _device(), save_masks=save_masks)
 
 
 def export_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
                  splits: Iterable[str] = SPLITS, vggish: str | None = None,
-                 vggish_pca: str | None = None) -> dict[str, dict[str, float]]:
+                 vggish_pca: str | None = None, cache_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Stage one's prior for stage two: binary masks of every frame of every split of v1s, v1m, v2.
 
     Returns the metrics of each split as a by-product (the masks and the metrics come from one pass).
@@ -171,6 +172,6 @@ def export_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
     scores = {}
     for split in splits:
         dataset = AVSBenchDataset(data, "avss-binary", split, image_size=model.config.image_size,
-                                  vggish=vggish, vggish_pca=vggish_pca)
+                                  vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
         scores[split] = evaluate(model, dataset, "avss-binary", _device(), save_masks=out)
     return scores

@@ -29,6 +29,7 @@ read and written as files.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -271,8 +272,6 @@ def _status(trial_dir: Path) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -303,12 +302,11 @@ def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | 
     """Write the masks into a temporary folder, then rename it: ``out`` is complete or absent."""
     from aavs.orchestrator.evaluation import export_masks
 
-    os.environ.setdefault("AAVS_CACHE_DIR", cache)
     out_path = Path(out)
     if masks_ready(out_path, checkpoint):
         return out
     with atomic.atomic_dir(out_path) as tmp:
-        scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca)
+        scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
         atomic.write_json(tmp / "_SUCCESS.json", {"checkpoint": checkpoint, "scores": scores, "node_id": ray_node_id(),
                                                    "checkpoint_sha256": checkpoint_digest(Path(checkpoint))})
     return out
@@ -318,9 +316,8 @@ def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior:
                               vggish: str | None, vggish_pca: str | None, cache: str) -> dict[str, float]:
     from aavs.orchestrator.evaluation import evaluate_checkpoint
 
-    os.environ.setdefault("AAVS_CACHE_DIR", cache)
     return evaluate_checkpoint(checkpoint, data_root, task=task, split="test", prior=prior,
-                               vggish=vggish, vggish_pca=vggish_pca)
+                               vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
 
 
 # ---------------------------------------------------------------------------------------- runners
@@ -338,12 +335,12 @@ class LocalRunner:
                 log.error("stage %s: trial %s failed: %s", stage.name, trial_id, err)
 
     def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None) -> Path:
-        return Path(export_stage_masks(checkpoint, str(data_root), str(out), spec.model.vggish,
-                                       spec.model.vggish_pca, str(cache)))
+        return Path(self.call(export_stage_masks, checkpoint, str(data_root), str(out), spec.model.vggish,
+                              spec.model.vggish_pca, str(cache), resources=resources))
 
     def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None) -> dict[str, float]:
-        return evaluate_stage_checkpoint(checkpoint, str(data_root), task, prior, spec.model.vggish,
-                                         spec.model.vggish_pca, str(cache))
+        return self.call(evaluate_stage_checkpoint, checkpoint, str(data_root), task, prior, spec.model.vggish,
+                         spec.model.vggish_pca, str(cache), resources=resources)
 
     def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
         """``fn(*args)`` where this runner runs its tasks (here: in this process)."""
@@ -409,20 +406,6 @@ class RayRunner(LocalRunner):
             if _status(trial_dir) == "running":
                 status = _read_json(trial_dir / "status.json") or {}
                 atomic.write_json(trial_dir / "status.json", {**status, "status": "stopped"})
-
-    def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None) -> Path:
-        import ray
-
-        task = ray.remote(export_stage_masks).options(**self._task_options(resources))
-        return Path(ray.get(task.remote(checkpoint, str(data_root), str(out), spec.model.vggish,
-                                        spec.model.vggish_pca, str(cache))))
-
-    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None) -> dict[str, float]:
-        import ray
-
-        remote = ray.remote(evaluate_stage_checkpoint).options(**self._task_options(resources))
-        return ray.get(remote.remote(checkpoint, str(data_root), task, prior, spec.model.vggish,
-                                     spec.model.vggish_pca, str(cache)))
 
     def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
         """``fn(*args)`` as one Ray task with the resources of one worker."""
