@@ -96,7 +96,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                 train_set, val_set = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
             metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,
-                               rank=rank, world=world)
+                               rank=rank, world=world, num_workers=cfg.compute.num_workers)
             row = {"epoch": epoch, "phase": phase, **train_stats, **{f"val/{k}": v for k, v in metrics.items()}}
             improved = _is_better(row[cfg.metric], state.best_value, cfg.mode)
             if improved:
@@ -211,13 +211,14 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
             out = model(**model_inputs(batch, device, dtype), labels=batch["labels"].to(device),
                         loss_frames=loss_frames.to(device))
             loss = out.loss
-            _check_finite(loss, accelerator, epoch, step)
+            value = loss.detach().float().item()  # the step's one host sync
+            _check_finite(value, accelerator, epoch, step)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.grad_clip and cfg.compute.strategy != "deepspeed":
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach().float().item())
+        losses.append(value)
         frames += batch["pixel_values"].shape[0]
         t_ready = time.perf_counter()
     elapsed = time.perf_counter() - t_epoch
@@ -227,11 +228,14 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
             "train/data_wait_frac": wait / max(elapsed, 1e-9)}
 
 
-def _check_finite(loss: torch.Tensor, accelerator, epoch: int, step: int) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+def _check_finite(value: float, accelerator, epoch: int, step: int) -> None:
+    """Stop on a NaN or infinite loss; with several workers all stop together (one alone would hang
+    the others in their next all-reduce)."""
+    bad = not math.isfinite(value)
     if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    if bad.item() > 0:
+        flag = torch.tensor([float(bad)], device=accelerator.device)
+        bad = accelerator.reduce(flag, reduction="sum").item() > 0
+    if bad:
         raise TrainingDiverged(f"loss is not finite at epoch {epoch} step {step}; the trial stops, "
                                f"its last good checkpoint is kept")
 
