@@ -40,9 +40,18 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """A local Ray with its dashboard (on 127.0.0.1, a free port), as a user's would have: Ray Train's
+    placement-group cleaner asks the dashboard's state API whether a finished trial's controller is
+    gone; without it a worker group's CPUs can stay reserved after the trial ends."""
+    import socket
+
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
