@@ -48,7 +48,7 @@ class LocalReporter:
         if checkpoint is not None:
             line["checkpoint"] = str(checkpoint)
         with open(self.trial_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+            f.write(metrics_line(line))
 
     def status(self, status: str, **extra: Any) -> None:
         if self.is_main:
@@ -103,6 +103,18 @@ def _in_tune_trial() -> bool:
 def make_reporter(trial_dir: str | os.PathLike, is_main: bool) -> Reporter:
     in_ray = _in_train_worker() or _in_tune_trial()
     return RayReporter(trial_dir, is_main) if in_ray else LocalReporter(trial_dir, is_main)
+
+
+def metrics_line(row: dict[str, Any]) -> str:
+    """One report as a line of ``metrics.jsonl``."""
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
+def keep_metrics_through(trial_dir: str | os.PathLike, last_epoch: int) -> None:
+    """Drop report lines of epochs after ``last_epoch`` (an epoch reported, then killed before its
+    checkpoint, is redone and reported again)."""
+    rows = [r for r in read_metrics(trial_dir) if r.get("epoch", -1) <= last_epoch]
+    atomic.write_text(Path(trial_dir) / METRICS_FILE, "".join(metrics_line(r) for r in rows))
 
 
 def read_metrics(trial_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from aavs.orchestrator import trainstate
 from aavs.orchestrator.accelerator import make_accelerator, release
 from aavs.orchestrator.config import TrainConfig
 from aavs.orchestrator.evaluation import evaluate, model_inputs, training_frames, weights_dtype
-from aavs.orchestrator.reporting import make_reporter, read_metrics
+from aavs.orchestrator.reporting import keep_metrics_through, make_reporter, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
         if state is None:  # a fresh start: nothing earlier in this folder counts
             (trial_dir / "metrics.jsonl").unlink(missing_ok=True)
         else:
-            _truncate_metrics(trial_dir, state.epoch)
+            keep_metrics_through(trial_dir, state.epoch)
         atomic.write_json(trial_dir / "config.json", cfg.to_dict())
     reporter.status("running", epoch=state.epoch + 1 if state else 0, epochs=cfg.epochs)
 
@@ -105,11 +105,10 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                 if rank == 0:
                     _save_best(accelerator.unwrap_model(model), trial_dir, state)
             state.epoch = epoch
-            state.finished = epoch == cfg.epochs - 1
             row["best/" + cfg.metric] = state.best_value
             reporter.report(row, checkpoint=trial_dir / trainstate.BEST)
             _save_last(cfg, trial_dir, model, optimizer, accelerator, state, rank)
-            reporter.status("done" if state.finished else "running", epoch=epoch + 1, epochs=cfg.epochs,
+            reporter.status("done" if epoch == cfg.epochs - 1 else "running", epoch=epoch + 1, epochs=cfg.epochs,
                             best=state.best_metrics)
     except TrainingDiverged as err:
         reporter.status("failed", error=str(err))
@@ -270,18 +269,6 @@ def _save_last(cfg: TrainConfig, trial_dir: Path, model, optimizer, accelerator,
                 trainstate.save_optimizer(tmp / "optimizer.pt", inner, accelerator.scaler)
             trainstate.write_trainer_files(tmp, state)
     accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(trial_dir: Path, last_epoch: int) -> None:
-    """Drop report lines of epochs after the checkpoint (an epoch reported, then killed, is redone)."""
-    rows = [r for r in read_metrics(trial_dir) if r.get("epoch", -1) <= last_epoch]
-    atomic.write_text(trial_dir / "metrics.jsonl", "".join(_json_line(r) for r in rows))
-
-
-def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row, sort_keys=True) + "\n"
 
 
 def _final_report(trial_dir: Path, state: trainstate.TrainerState) -> dict[str, Any]:

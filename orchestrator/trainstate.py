@@ -38,7 +38,6 @@ class TrainerState:
     best_value: float | None = None
     best_epoch: int | None = None
     best_metrics: dict[str, Any] = field(default_factory=dict)
-    finished: bool = False
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
