@@ -7,12 +7,14 @@ random frozen weights could not be recovered) every weight is stored. Folders ar
 
 Released checkpoints are ``torch.save``d state dicts of the reference module: ``audio_proj.*`` (the
 128-512-256 MLP, ``Sequential`` indices 0 and 2) and ``model.`` + the key names of transformers 4.35.2's
-``Mask2FormerForUniversalSegmentation``, with the adapters added by the reference. The reference code
-is not available; the layout assumed here (each adapter is ``Sequential(Linear, ReLU, Linear)``, so
-``.{0,2}.{weight,bias}``) is::
+``Mask2FormerForUniversalSegmentation``, with the adapters the reference adds (each adapter is
+``Sequential(Linear, ReLU, Linear)``, so ``.{0,2}.{weight,bias}``; docs/method.md, "Released
+checkpoints")::
 
-    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.swin_adapt_1.{0,2}.*   Swin attention output
-    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.swin_adapt_3.{0,2}.*   Swin MLP output
+    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.attention.output.swin_adapt_1.{0,2}.*
+        Swin attention output (inside 4.35.2's SwinSelfOutput, after its ``dense`` projection)
+    model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.output.swin_adapt_3.{0,2}.*
+        Swin MLP output (inside 4.35.2's SwinOutput, after its ``dense`` projection)
     model.model.pixel_level_module.decoder.encoder.layers.{i}.self_attn.avs_adapt.{0,2}.*      deformable attention
     model.model.transformer_module.decoder.layers.{i}.self_attn.avs_adapt.{0,2}.*              decoder self-attention
     model.model.transformer_module.{silence,uncertain,audio}_embed.weight  [1, 256] (or bare [256])  AVSS only
@@ -81,8 +83,8 @@ _SWIN_BLOCK_RENAMES = (
     ("attention.output.dense.", "attention.o_proj."),
     ("intermediate.dense.", "mlp.fc1."),
     ("output.dense.", "mlp.fc2."),
-    ("swin_adapt_1.", "attention.o_proj.adapter."),
-    ("swin_adapt_3.", "mlp.fc2.adapter."),
+    ("attention.output.swin_adapt_1.", "attention.o_proj.adapter."),
+    ("output.swin_adapt_3.", "mlp.fc2.adapter."),
 )
 _DERIVED = "attention.self.relative_position_index"
 _DECODER_ADAPTERS = (

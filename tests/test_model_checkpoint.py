@@ -200,8 +200,8 @@ def test_load_model_errors(tmp_path):
 # independently of aavs.models.checkpoint so that the import is checked against a second reading.
 TO_REFERENCE = [
     (r"\.encoder\.swin\.(embeddings|encoder)\.", r".encoder.\1."),
-    (r"\.attention\.o_proj\.adapter\.", ".swin_adapt_1."),
-    (r"\.mlp\.fc2\.adapter\.", ".swin_adapt_3."),
+    (r"\.attention\.o_proj\.adapter\.", ".attention.output.swin_adapt_1."),
+    (r"\.mlp\.fc2\.adapter\.", ".output.swin_adapt_3."),
     (r"\.attention\.([qkv])_proj\.", lambda m: ".attention.self." + {"q": "query", "k": "key", "v": "value"}[m[1]] + "."),
     (r"\.attention\.relative_position_bias\.relative_position_bias_table$", ".attention.self.relative_position_bias_table"),
     (r"\.attention\.o_proj\.", ".attention.output.dense."),
@@ -238,7 +238,7 @@ def test_import_released_reference_layout_reproduces_outputs(task, tmp_path):
     expected = outputs(model, pixels, audio, prior)
     released = tmp_path / "released.pth"
     state = reference_state_dict(model)
-    assert "model.model.pixel_level_module.encoder.encoder.layers.0.blocks.0.swin_adapt_1.0.weight" in state
+    assert "model.model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.output.swin_adapt_1.0.weight" in state
     assert "model.model.pixel_level_module.encoder.encoder.layers.2.blocks.1.attention.self.query.weight" in state
     assert "model.model.transformer_module.decoder.layers.0.self_attn.avs_adapt.2.bias" in state
     torch.save(state, released)
