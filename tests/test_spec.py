@@ -108,3 +108,16 @@ def test_cli_bad_experiment_file_exits_2(tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     assert main(["run", str(tmp_path / "broken.yaml"), "--local"]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, stages", [("s4.yaml", ["s4"]), ("ms3.yaml", ["ms3"]),
+                                          ("avss.yaml", ["localize", "semantic"])])
+def test_reproducing_experiments_are_the_papers_recipe(name, stages):
+    """One fp32 trial per stage, 60 epochs, fixed learning rates 1e-3 then 1e-4, no init_from."""
+    spec, _ = load_spec(REPO / "experiments" / name)
+    assert [s.name for s in spec.stages] == stages
+    assert spec.compute.mixed_precision == "no" and spec.compute.strategy == "plain"
+    assert spec.model.pretrained and spec.model.vggish and not spec.model.vggish_pca
+    for stage in spec.stages:
+        assert stage.epochs == 60 and stage.tune.num_samples == 1 and stage.init_from is None
+        assert sample_trials(stage.params, 1, stage.tune.seed) == [{"lr": 1e-3, "lr_b": 1e-4, "weight_decay": 0.05}]
