@@ -6,8 +6,13 @@ n_fft 512, 64 HTK-mel bands over 125-7500 Hz with triangles in the mel domain an
 log(mel + 0.01), non-overlapping examples of 96 frames. Each example (0.96 s) gives one embedding;
 example t is the audio of frame t.
 
-Embeddings are deterministic per (wav bytes, weights), so they are computed once and cached on disk,
-one ``.npy`` per clip under ``<cache>/<weights identity>/<sha256 of the wav>.npy``.
+An embedding is the raw output of VGGish's last fully connected layer (no ReLU, no PCA, no
+quantisation), as the reference feeds it (docs/method.md, section "Audio"); the AudioSet PCA
+post-processing is an explicit option (``vggish_pca``).
+
+Embeddings are deterministic per (wav bytes, weights, feature mode), so they are computed once and
+cached on disk, one ``.npy`` per clip under ``<cache>/<key>/<sha256 of the wav>.npy``, where the key
+(:func:`cache_key`) covers the front end, the feature definition, the feature mode and the weights.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96  # 0.96 s
 # Part of every cache key: bump it when the front end changes so old embeddings are not reused.
 FRONT_END_VERSION = "vggish-frontend-v1"
+# Part of every cache key: bump it when what the network outputs changes. v1 ended with a ReLU after
+# the last fc layer; v2 is the raw last-fc output.
+FEATURE_VERSION = "vggish-features-v2"
 BATCH_EXAMPLES = 64
 
 
@@ -109,13 +117,19 @@ def embed_clip(path: str | os.PathLike, model: torch.nn.Module) -> np.ndarray:
     return embed_examples(waveform_to_examples(samples, rate), model)
 
 
-class EmbeddingCache:
-    """Embeddings on disk keyed by the wav's sha256 under a folder per weights identity."""
+def cache_key(identity: str, mode: str) -> str:
+    """The cache folder of embeddings from these weights (:func:`~aavs.models.vggish.weights_identity`)
+    in this feature mode (:func:`~aavs.models.vggish.feature_mode`), under the current definitions."""
+    text = f"{FRONT_END_VERSION}:{FEATURE_VERSION}:{mode}:{identity}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def __init__(self, identity: str, cache_dir: str | os.PathLike | None = None) -> None:
-        key = hashlib.sha256(f"{FRONT_END_VERSION}:{identity}".encode()).hexdigest()[:24]
+
+class EmbeddingCache:
+    """Embeddings on disk keyed by the wav's sha256 under a folder per :func:`cache_key`."""
+
+    def __init__(self, identity: str, mode: str, cache_dir: str | os.PathLike | None = None) -> None:
         self.folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.folder = self.folder / key
+        self.folder = self.folder / cache_key(identity, mode)
 
     def path(self, wav_sha: str) -> Path:
         return self.folder / f"{wav_sha}.npy"
@@ -147,9 +161,10 @@ class _LazyModel:
     """Loads VGGish only when a clip misses the cache (the identity is needed for every lookup)."""
 
     def __init__(self, vggish: str | os.PathLike | None, vggish_pca: str | os.PathLike | None) -> None:
-        from aavs.models.vggish import weights_identity
+        from aavs.models.vggish import feature_mode, weights_identity
 
         self.identity = weights_identity(vggish, vggish_pca)  # also refuses PCA without weights up front
+        self.mode = feature_mode(vggish_pca)
         self._files = (vggish, vggish_pca)
         self._model: torch.nn.Module | None = None
 
@@ -174,7 +189,7 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
     lazy = _LazyModel(vggish, vggish_pca)
     if lazy.identity == RANDOM_INIT_IDENTITY:
         warn_random_init()  # cached or not, these embeddings are not VGGish's
-    cache = EmbeddingCache(lazy.identity, cache_dir)
+    cache = EmbeddingCache(lazy.identity, lazy.mode, cache_dir)
     out: dict[str, np.ndarray] = {}
     misses: list[tuple[VideoRecord, Path, str]] = []
     for record in records:
@@ -196,7 +211,7 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
                 out[record.uid] = embedding
                 progress.advance(task)
     summary = {"videos": len(records), "computed": len(misses), "cached": len(records) - len(misses),
-               "weights": lazy.identity, "cache_dir": str(cache.folder)}
+               "weights": lazy.identity, "features": lazy.mode, "cache_dir": str(cache.folder)}
     return out, summary
 
 
@@ -213,8 +228,8 @@ def compute_features(root: str | os.PathLike, vggish: str | os.PathLike | None =
     """Embed every video of a data root into the cache; a summary for ``aavs features``."""
     records = read_metadata(root)
     _, summary = _embed_all(root, records, vggish, vggish_pca, cache_dir)
-    log.info("%d videos: %d embedded, %d already cached (%s) in %s", summary["videos"], summary["computed"],
-             summary["cached"], summary["weights"], summary["cache_dir"])
+    log.info("%d videos: %d embedded, %d already cached (%s, %s) in %s", summary["videos"], summary["computed"],
+             summary["cached"], summary["weights"], summary["features"], summary["cache_dir"])
     return summary
 
 

@@ -3,6 +3,11 @@
 The converted release (harritaylor/torchvggish: ``vggish-10086976.pth`` and
 ``vggish_pca_params-970ea276.pth``) loads into :class:`VGGish` as is. Without weights the network is
 randomly initialised from a fixed seed, which is only good for tests and synthetic data.
+
+The embedding is the raw output of the last fully connected layer: no ReLU after it, no PCA, no
+quantisation (signed floats of order one). That is what the reference feeds the segmentation network
+(docs/method.md, section "Audio"). The AudioSet-style post-processing (PCA, clip, 8-bit quantise) is a
+different feature space, applied only when PCA parameters are given explicitly.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ EMBEDDING_SIZE = 128
 RANDOM_INIT_IDENTITY = "random-init-v1"
 RANDOM_INIT_SEED = 20170301  # arbitrary, fixed: the random network must be the same in every process
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
+# What an embedding is: the raw last-fc output, or the opt-in AudioSet post-processing of it.
+RAW_FEATURES, PCA_FEATURES = "fc-raw", "fc-pca-quantised"
 _CONV_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
 
 
@@ -40,15 +47,21 @@ def _features() -> nn.Sequential:
 
 
 class VGGish(nn.Module):
-    """log-mel examples ``[n, 1, 96, 64]`` -> embeddings ``[n, 128]`` (PCA-quantised when loaded)."""
+    """log-mel examples ``[n, 1, 96, 64]`` -> embeddings ``[n, 128]``.
+
+    The embedding is the last Linear's output as is; with :meth:`set_pca` it is post-processed the
+    AudioSet way instead (:meth:`postprocess`).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.features = _features()
+        # Same indices (0, 2, 4) as the release's Sequential, so its parameter names load unchanged;
+        # the release's port has a ReLU after index 4, which the reference's extractor does not apply.
         self.embeddings = nn.Sequential(
             nn.Linear(512 * 4 * 6, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, EMBEDDING_SIZE), nn.ReLU(inplace=True))
+            nn.Linear(4096, EMBEDDING_SIZE))
         # PCA post-processing; buffers so that they follow .to(device) but stay out of the state dict
         # of the release's weights file.
         self.register_buffer("pca_eigen_vectors", None, persistent=False)
@@ -66,11 +79,14 @@ class VGGish(nn.Module):
         x = self.features(x)  # [n, 512, 6, 4]
         # NCHW -> NHWC before flattening, as the port does, so the release's fc weights line up.
         x = x.transpose(1, 3).transpose(1, 2).contiguous().flatten(1)  # [n, 6 * 4 * 512]
-        x = self.embeddings(x)  # [n, 128]
+        x = self.embeddings(x)  # [n, 128], raw last-fc output
         return self.postprocess(x) if self.has_pca else x
 
     def postprocess(self, emb: torch.Tensor) -> torch.Tensor:
-        """PCA, clip to [-2, 2], quantise to 0..255 (kept as float), as the release's Postprocessor."""
+        """PCA, clip to [-2, 2], quantise to 0..255 (kept as float): the AudioSet release's format.
+
+        Applied to the raw last-fc output (no ReLU in between).
+        """
         x = (emb - self.pca_means) @ self.pca_eigen_vectors.T
         x = x.clamp(QUANTIZE_MIN, QUANTIZE_MAX)
         return torch.round((x - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
@@ -161,6 +177,11 @@ def weights_identity(weights: str | os.PathLike | None = None, pca: str | os.Pat
             raise InputError(f"{path}: VGGish {label} file missing")
         digest.update(f"{label}:{_sha256(Path(path))};".encode())
     return f"sha256-{digest.hexdigest()}"
+
+
+def feature_mode(pca: str | os.PathLike | None) -> str:
+    """What the embeddings of VGGish loaded with this PCA file (or none) are, for the cache key."""
+    return RAW_FEATURES if pca is None else PCA_FEATURES
 
 
 def warn_random_init() -> None:

@@ -22,6 +22,10 @@ log = logging.getLogger("aavs")
 
 TASKS = ("s4", "ms3", "avss")
 DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head started as cluster/README.md says
+# The embeddings default to VGGish's raw last-fc output, as the reference feeds them (docs/method.md,
+# section "Audio"); the AudioSet post-processing is a different feature space, only on request.
+VGGISH_PCA_HELP = ("opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
+                   "(.pth or .npz; needs --vggish) instead of the raw last-fc output")
 
 
 def _print_json(obj: Any) -> None:
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="compute and cache the VGGish audio embeddings")
     p.add_argument("data")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (.pth); random init without")
-    p.add_argument("--vggish-pca", default=None, help="VGGish PCA parameters (.pth or .npz), with --vggish")
+    p.add_argument("--vggish-pca", default=None, help=VGGISH_PCA_HELP)
     p.add_argument("--cache", default=None, help="cache folder (default: $AAVS_CACHE_DIR or ~/.cache/aavs/vggish)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_features)
@@ -237,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=None, help="stage one's masks folder (AVSS)")
     p.add_argument("--save-masks", default=None, help="write the predicted masks here")
     p.add_argument("--base", default=None, help="Mask2Former folder (released .pth only)")
-    p.add_argument("--vggish", default=None)
-    p.add_argument("--vggish-pca", default=None)
+    p.add_argument("--vggish", default=None, help="converted VGGish weights (.pth); random init without")
+    p.add_argument("--vggish-pca", default=None, help=VGGISH_PCA_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

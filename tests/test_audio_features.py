@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -13,7 +14,7 @@ import torch
 from aavs.datasets import audio_features as af
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import VideoRecord
-from aavs.models.vggish import RANDOM_INIT_IDENTITY, load_vggish, random_vggish
+from aavs.models.vggish import PCA_FEATURES, RANDOM_INIT_IDENTITY, RAW_FEATURES, load_vggish, random_vggish
 
 
 # -------------------------------------------------------------------------- independent front end
@@ -110,7 +111,31 @@ def test_vggish_parameter_names_shapes_and_nhwc_flatten():
         fmap = model.features(x)  # [2, 512, 6, 4]
     assert fmap.shape == (2, 512, 6, 4) and out.shape == (2, 128)
     torch.testing.assert_close(seen["in"], fmap.permute(0, 2, 3, 1).reshape(2, -1))  # NHWC order
-    assert (out >= 0).all()  # the release ends with a ReLU
+
+
+def _last_fc_by_hand(model, x):
+    """The last Linear's output, from the layers' parameters (the release's port's layer indices)."""
+    state = model.state_dict()
+    h = model.features(x).permute(0, 2, 3, 1).flatten(1)
+    h = torch.relu(torch.nn.functional.linear(h, state["embeddings.0.weight"], state["embeddings.0.bias"]))
+    h = torch.relu(torch.nn.functional.linear(h, state["embeddings.2.weight"], state["embeddings.2.bias"]))
+    return torch.nn.functional.linear(h, state["embeddings.4.weight"], state["embeddings.4.bias"])
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_default_embedding_is_the_raw_last_linear_output(loaded, weights_file):
+    model = load_vggish(weights_file[0])[0] if loaded else random_vggish().eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen = {}
+    last.register_forward_hook(lambda module, inputs, output: seen.update(out=output.clone()))
+    x = torch.randn(4, 1, 96, 64)
+    with torch.no_grad():
+        out = model(x)
+        by_hand = _last_fc_by_hand(model, x)
+    torch.testing.assert_close(out, seen["out"], rtol=0, atol=0)  # nothing after the last Linear
+    torch.testing.assert_close(out, by_hand, rtol=1e-4, atol=1e-4)
+    assert (out < 0).any() and (out > 0).any()  # signed: no ReLU
+    assert not torch.equal(out, out.round())  # not quantised
 
 
 def test_random_init_is_deterministic_and_leaves_global_rng(caplog):
@@ -208,6 +233,46 @@ def test_embed_videos_caches_and_invalidates(tmp_path, monkeypatch, weights_file
     weights = weights_file[0]  # other weights -> other cache entries
     other = af.embed_videos(tmp_path, records, vggish=weights, cache_dir=cache)
     assert calls[-2:] == ["a", "b"] and not np.allclose(other["b"], first["b"])
+
+
+def _pca_file(folder):
+    rng = np.random.default_rng(1)
+    path = folder / "pca.pth"
+    torch.save({"pca_eigen_vectors": torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32)),
+                "pca_means": torch.from_numpy(rng.normal(size=(128, 1)).astype(np.float32))}, path)
+    return path
+
+
+def test_raw_and_pca_embeddings_have_separate_cache_entries(tmp_path, weights_file):
+    assert af.cache_key("some-weights", RAW_FEATURES) != af.cache_key("some-weights", PCA_FEATURES)
+    records = [_clip(tmp_path, "a", 300)]
+    cache, weights, pca = tmp_path / "cache", weights_file[0], _pca_file(tmp_path)
+    raw = af.embed_videos(tmp_path, records, vggish=weights, cache_dir=cache)["a"]
+    post = af.embed_videos(tmp_path, records, vggish=weights, vggish_pca=pca, cache_dir=cache)["a"]
+    entries = sorted(cache.rglob("*.npy"))
+    assert len(entries) == 2 and entries[0].name == entries[1].name and entries[0].parent != entries[1].parent
+    assert raw.min() < 0 and not np.array_equal(raw, np.round(raw))
+    assert post.min() >= 0 and post.max() <= 255 and np.array_equal(post, np.round(post))
+    np.testing.assert_array_equal(af.embed_videos(tmp_path, records, vggish=weights, cache_dir=cache)["a"], raw)
+    np.testing.assert_array_equal(
+        af.embed_videos(tmp_path, records, vggish=weights, vggish_pca=pca, cache_dir=cache)["a"], post)
+
+
+def test_entry_under_the_old_key_format_is_not_reused(tmp_path, monkeypatch):
+    """The old code keyed the folder by front end and weights only; its (ReLU'd) entries must be ignored."""
+    records = [_clip(tmp_path, "a", 300)]
+    wav = records[0].audio_path(tmp_path)
+    old_key = hashlib.sha256(f"{af.FRONT_END_VERSION}:{RANDOM_INIT_IDENTITY}".encode()).hexdigest()[:24]
+    assert af.cache_key(RANDOM_INIT_IDENTITY, RAW_FEATURES) != old_key
+    stale = tmp_path / "cache" / old_key / f"{hashlib.sha256(wav.read_bytes()).hexdigest()}.npy"
+    stale.parent.mkdir(parents=True)
+    np.save(stale, np.full((2, 128), 7.0, dtype=np.float32))
+    calls = []
+    real = af.embed_clip
+    monkeypatch.setattr(af, "embed_clip", lambda path, model: calls.append(path) or real(path, model))
+    got = af.embed_videos(tmp_path, records, cache_dir=tmp_path / "cache")["a"]
+    assert calls == [wav]
+    np.testing.assert_array_equal(got, real(wav, random_vggish().eval()))
 
 
 def test_damaged_cache_entry_is_recomputed(tmp_path):
