@@ -2,7 +2,8 @@
 
 One item is one video (all its frames): stage one and two both train on whole clips, with frame t
 seeing second t's VGGish embedding. :func:`collate_videos` concatenates the frames of a batch of
-videos into one frame batch.
+videos into one frame batch. A training set (``training=True``) builds its items as the reference's
+training loader does: see :func:`source_frames` and :func:`read_sounding_maps`.
 
 Loading is cheap: audio embeddings are computed (or read from the disk cache) once at construction;
 when the split's resized frames, masks and priors fit in ``cache_mb`` they are decoded once at
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ from torch.utils.data import Dataset
 
 from aavs.datasets.audio_features import align_to_frames, embed_videos
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import TASK_NUM_CLASSES, VideoRecord, select_videos
-from aavs.datasets.masks import first_missing, read_binary_masks, read_colour
+from aavs.datasets.layout import BINARY_TASKS, VideoRecord, select_videos
+from aavs.datasets.masks import first_missing, read_binary_masks, read_colour, read_sounding
 from aavs.datasets.transforms import MASK_SIZE, normalize_resized, resize_frame
 
 log = logging.getLogger(__name__)
@@ -34,27 +35,59 @@ GROUND_TRUTH = "ground-truth"
 DEFAULT_CACHE_MB = 1024.0
 
 
-def read_frames(root: Path, record: VideoRecord, size: int) -> np.ndarray:
-    """uint8 ``[T, size, size, 3]``: the video's frames, RGB, resized (PIL bilinear)."""
-    frames = []
-    for i in range(record.num_frames):
+def source_frames(record: VideoRecord, training: bool) -> tuple[int, ...]:
+    """The file frame behind each of the video's ``T`` items (item t is paired with second t's audio).
+
+    For training, a video whose only mask is frame 0's (the v1s training split: S4, and the v1s part of
+    both AVSS stages) is frame 0 ``T`` times, every copy labelled with frame 0's mask: the reference
+    trains on these five image-audio pairs (docs/method.md, "Training schedule inside one stage").
+    Otherwise item t is frame t.
+    """
+    if training and record.annotated_frames == (0,):
+        return (0,) * record.num_frames
+    return tuple(range(record.num_frames))
+
+
+def _read_each(frames: Sequence[int], read: Callable[[int], np.ndarray]) -> np.ndarray:
+    """``read(i)`` for each of ``frames``, stacked; a file that several items show is read once."""
+    decoded = {i: read(i) for i in dict.fromkeys(frames)}
+    return np.stack([decoded[i] for i in frames])
+
+
+def read_frames(root: Path, record: VideoRecord, size: int, frames: Sequence[int]) -> np.ndarray:
+    """uint8 ``[len(frames), size, size, 3]``: the given frames, RGB, resized (PIL bilinear)."""
+    def read(i: int) -> np.ndarray:
         path = record.frame_path(root, i)
         try:
             with Image.open(path) as image:
-                frames.append(resize_frame(image, size))
+                return resize_frame(image, size)
         except FileNotFoundError:
             raise InputError(f"{path}: frame missing") from None
         except OSError as err:
             raise InputError(f"{path}: frame not readable ({err})") from None
-    return np.stack(frames)
+
+    return _read_each(frames, read)
 
 
-def read_class_map(root: Path, record: VideoRecord) -> np.ndarray:
-    """uint8 ``[T, 224, 224]`` class indices of the annotated frames, 0 on the others."""
-    class_map = np.zeros((record.num_frames, MASK_SIZE, MASK_SIZE), dtype=np.uint8)
-    for i in record.annotated_frames:
-        class_map[i] = read_colour(record.mask_path(root, i))
-    return class_map
+def read_class_map(root: Path, record: VideoRecord, frames: Sequence[int]) -> np.ndarray:
+    """uint8 ``[len(frames), 224, 224]`` class indices (nearest resize), 0 on frames without a mask."""
+    def read(i: int) -> np.ndarray:
+        if i not in record.annotated_frames:
+            return np.zeros((MASK_SIZE, MASK_SIZE), dtype=np.uint8)
+        return read_colour(record.mask_path(root, i)).astype(np.uint8)
+
+    return _read_each(frames, read)
+
+
+def read_sounding_maps(root: Path, record: VideoRecord, frames: Sequence[int]) -> np.ndarray:
+    """bool ``[len(frames), 224, 224]``: the reference's binary training targets (S4, MS3, stage one),
+    built by :func:`~aavs.datasets.masks.read_sounding` (bilinear, grey, > 0); False without a mask."""
+    def read(i: int) -> np.ndarray:
+        if i not in record.annotated_frames:
+            return np.zeros((MASK_SIZE, MASK_SIZE), dtype=bool)
+        return read_sounding(record.mask_path(root, i))
+
+    return _read_each(frames, read)
 
 
 class AVSBenchDataset(Dataset):
@@ -65,18 +98,24 @@ class AVSBenchDataset(Dataset):
     ``embeddings``: optional precomputed ``{uid: [n_seconds, 128]}``, otherwise VGGish (``vggish``
     weights, ``vggish_pca`` parameters, random init without) through the disk cache ``cache_dir``.
     ``cache_mb``: memory budget for decoding the whole split once (0 disables it).
+    ``training``: items as the reference's training loader builds them, for the loss: frame 0 repeated
+    in videos annotated only there (:func:`source_frames`) and, for binary tasks, ``labels`` from
+    :func:`read_sounding_maps`. Evaluation sets (the default) keep every file frame and the
+    nearest-neighbour masks the AVSBench metrics are defined on.
     """
 
     def __init__(self, root: str | os.PathLike, task: str, split: str, image_size: int = 384,
                  prior: str | os.PathLike | None = None, vggish: str | os.PathLike | None = None,
                  vggish_pca: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 embeddings: dict[str, np.ndarray] | None = None, cache_mb: float = DEFAULT_CACHE_MB) -> None:
+                 embeddings: dict[str, np.ndarray] | None = None, cache_mb: float = DEFAULT_CACHE_MB,
+                 training: bool = False) -> None:
         self.root = Path(root)
-        self.task, self.split, self.image_size = task, split, int(image_size)
+        self.task, self.split, self.image_size, self.training = task, split, int(image_size), training
         self.records = select_videos(self.root, task, split)
         if not self.records:
             raise InputError(f"{self.root / 'metadata.csv'}: no {task} videos in split {split!r}")
-        self.binary = TASK_NUM_CLASSES[task] == 2
+        self.binary = task in BINARY_TASKS
+        self.reference_targets = self.binary and training
         self.prior = self._check_prior(prior)
         if embeddings is None:
             embeddings = embed_videos(self.root, self.records, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
@@ -112,7 +151,8 @@ class AVSBenchDataset(Dataset):
         return aligned
 
     def _bytes_needed(self) -> int:
-        per_frame = self.image_size**2 * 3 + MASK_SIZE**2 + (MASK_SIZE**2 * 4 if isinstance(self.prior, Path) else 0)
+        per_frame = (self.image_size**2 * 3 + MASK_SIZE**2 * (2 if self.reference_targets else 1)
+                     + (MASK_SIZE**2 * 4 if isinstance(self.prior, Path) else 0))
         return per_frame * sum(r.num_frames for r in self.records)
 
     def _load_all(self) -> list[dict[str, np.ndarray]]:
@@ -129,11 +169,15 @@ class AVSBenchDataset(Dataset):
         return arrays
 
     def _load_arrays(self, record: VideoRecord) -> dict[str, np.ndarray]:
-        """The decoded files of one video: frames uint8, class map uint8, prior float32 (from a folder)."""
-        arrays = {"frames": read_frames(self.root, record, self.image_size),
-                  "class_map": read_class_map(self.root, record)}
+        """The decoded files of one video, per item: frames uint8, class map uint8, the reference's
+        binary targets bool (binary training sets), prior float32 (from a folder)."""
+        frames = source_frames(record, self.training)
+        arrays = {"frames": read_frames(self.root, record, self.image_size, frames),
+                  "class_map": read_class_map(self.root, record, frames)}
+        if self.reference_targets:
+            arrays["sounding"] = read_sounding_maps(self.root, record, frames)
         if isinstance(self.prior, Path):
-            arrays["prior"] = read_binary_masks(self.prior, record)
+            arrays["prior"] = read_binary_masks(self.prior, record, frames)
         return arrays
 
     def __len__(self) -> int:
@@ -143,12 +187,11 @@ class AVSBenchDataset(Dataset):
         record = self.records[index]
         arrays = self._cache[index] if self._cache is not None else self._load_arrays(record)
         class_map = torch.from_numpy(arrays["class_map"]).long()  # [T, 224, 224]
-        annotated = torch.zeros(record.num_frames, dtype=torch.bool)
-        annotated[list(record.annotated_frames)] = True
+        annotated = torch.tensor([i in record.annotated_frames for i in source_frames(record, self.training)])
         item = {
             "pixel_values": normalize_resized(arrays["frames"]),  # [T, 3, S, S]
             "class_map": class_map,
-            "labels": (class_map != 0).long() if self.binary else class_map,
+            "labels": self._labels(arrays, class_map),
             "annotated": annotated,  # [T]
             "audio": torch.from_numpy(self.audio[record.uid].copy()),  # [T, 128]
             "uid": record.uid,
@@ -159,6 +202,12 @@ class AVSBenchDataset(Dataset):
         elif self.prior is not None:
             item["prior"] = torch.from_numpy(np.array(arrays["prior"], dtype=np.float32))  # [T, 224, 224]
         return item
+
+    def _labels(self, arrays: dict[str, np.ndarray], class_map: torch.Tensor) -> torch.Tensor:
+        """int64 ``[T, 224, 224]``: the class map (AVSS), or sounding = 1 (binary tasks)."""
+        if self.reference_targets:
+            return torch.from_numpy(arrays["sounding"]).long()
+        return (class_map != 0).long() if self.binary else class_map
 
 
 _FRAME_KEYS = ("pixel_values", "class_map", "labels", "annotated", "audio", "prior")

@@ -12,7 +12,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from aavs.datasets.layout import LABEL2IDX, VideoRecord, label2idx_problems, parse_metadata
+from aavs.datasets.layout import LABEL2IDX, MAX_CLASSES, VideoRecord, label2idx_problems, parse_metadata
 from aavs.datasets.palette import unknown_colours
 
 # Audio more than this much shorter than the clip (one second per frame) is reported.
@@ -35,23 +35,28 @@ def check_data_root(root: str | os.PathLike) -> list[Problem]:
         return [Problem(str(root), "data root missing (expected a folder with metadata.csv, label2idx.json, v1s/, v1m/, v2/)")]
     records, meta = parse_metadata(root)
     problems = [Problem(where, message) for where, message in meta]
-    problems += _check_label2idx(root / LABEL2IDX)
+    label_problems, num_classes = _check_label2idx(root / LABEL2IDX)
+    problems += label_problems
     if records:
-        problems += _check_videos(root, records)
+        problems += _check_videos(root, records, num_classes)
     return problems
 
 
-def _check_label2idx(path: Path) -> list[Problem]:
+def _check_label2idx(path: Path) -> tuple[list[Problem], int]:
+    """The problems of label2idx.json and its class count (:data:`MAX_CLASSES` when it is unusable,
+    so that the masks are then checked against the whole palette)."""
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return [Problem(str(path), "label2idx.json is missing (expected 71 class names -> index, background = 0)")]
+        missing = "label2idx.json is missing (expected class names -> index, background = 0)"
+        return [Problem(str(path), missing)], MAX_CLASSES
     except (ValueError, UnicodeDecodeError) as err:
-        return [Problem(str(path), f"not valid JSON: {err}")]
-    return [Problem(str(path), m) for m in label2idx_problems(mapping)]
+        return [Problem(str(path), f"not valid JSON: {err}")], MAX_CLASSES
+    problems = [Problem(str(path), m) for m in label2idx_problems(mapping)]
+    return problems, MAX_CLASSES if problems else len(mapping)
 
 
-def _check_videos(root: Path, records: list[VideoRecord]) -> list[Problem]:
+def _check_videos(root: Path, records: list[VideoRecord], num_classes: int) -> list[Problem]:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -59,13 +64,14 @@ def _check_videos(root: Path, records: list[VideoRecord]) -> list[Problem]:
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("checking videos", total=len(records))
         for record in records:
-            problems += check_video(root, record)
+            problems += check_video(root, record, num_classes)
             progress.advance(task)
     return problems
 
 
-def check_video(root: Path, record: VideoRecord) -> list[Problem]:
-    """The problems of one video's folder: frames, masks and audio."""
+def check_video(root: Path, record: VideoRecord, num_classes: int) -> list[Problem]:
+    """The problems of one video's folder: frames, masks (colours of the first ``num_classes``
+    classes only) and audio."""
     folder = record.video_dir(root)
     if not folder.is_dir():
         return [Problem(str(folder), f"video folder missing (listed in metadata.csv as {record.subset}/{record.split})")]
@@ -78,7 +84,7 @@ def check_video(root: Path, record: VideoRecord) -> list[Problem]:
             problems += _check_frame(path)
     for i in expected:
         if (path := record.mask_path(root, i)).is_file():
-            problems += _check_mask(path)
+            problems += _check_mask(path, num_classes)
     return problems + _check_audio(record.audio_path(root), record.num_frames)
 
 
@@ -108,18 +114,19 @@ def _check_frame(path: Path) -> list[Problem]:
     return []
 
 
-def _check_mask(path: Path) -> list[Problem]:
+def _check_mask(path: Path, num_classes: int) -> list[Problem]:
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return [Problem(str(path), f"mask not readable as an image: {err}")]
-    bad = unknown_colours(rgb)
+    bad = unknown_colours(rgb, num_classes)
     if not bad:
         return []
     shown = "; ".join(f"colour {c} in {n} pixels" for c, n in bad[:3])
     more = f"; and {len(bad) - 3} more colours" if len(bad) > 3 else ""
-    return [Problem(str(path), f"not an AVSBench palette colour: {shown}{more}")]
+    which = "" if num_classes == MAX_CLASSES else f" of the {num_classes} classes of label2idx.json"
+    return [Problem(str(path), f"not an AVSBench palette colour{which}: {shown}{more}")]
 
 
 def _check_audio(path: Path, frames: int) -> list[Problem]:

@@ -2,7 +2,7 @@
 
 ```
 DATA/metadata.csv                          uid, split (train|val|test), label (v1s|v1m|v2), ...
-DATA/label2idx.json                        class name -> index, 71 entries, background = 0
+DATA/label2idx.json                        class name -> index, background = 0 (AVSBench: 71 entries)
 DATA/<label>/<uid>/frames/<i>.jpg          one frame per second
 DATA/<label>/<uid>/labels_rgb/<i>.png      palette-coloured masks
 DATA/<label>/<uid>/audio.wav
@@ -16,15 +16,28 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Sequence
 
 from aavs.datasets.errors import InputError
 
 SUBSETS = ("v1s", "v1m", "v2")
 FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
 TASK_SUBSETS = {"s4": ("v1s",), "ms3": ("v1m",), "avss": ("v1s", "v1m", "v2"), "avss-binary": ("v1s", "v1m", "v2")}
-TASK_NUM_CLASSES = {"s4": 2, "ms3": 2, "avss": 71, "avss-binary": 2}
+BINARY_TASKS = ("s4", "ms3", "avss-binary")  # background / sounding; avss takes the data's classes
 SPLITS = ("train", "val", "test")
-NUM_CLASSES = 71
+MAX_CLASSES = 256  # the PASCAL VOC colour map's length, which the palette (and a uint8 index) covers
+# AVSBench-semantic's label2idx.json (background + 70 sources), as the reference's AVSS config lists it
+# (GeWu-Lab/Stepping-Stones, avss/.models/config.json id2label): the class list of the released
+# checkpoints. Our networks take theirs from the data root (docs/method.md §1).
+AVSBENCH_CLASSES = (
+    "background", "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
+    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck", "elephant",
+    "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar", "gun", "guzheng",
+    "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen", "horse", "keyboard", "leopard",
+    "lion", "man", "marimba", "missile-rocket", "motorcycle", "mower", "parrot", "piano", "pig", "pipa",
+    "saw", "saxophone", "sheep", "sitar", "sorna", "squirrel", "tabla", "tank", "tiger", "tractor", "train",
+    "trombone", "truck", "trumpet", "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
+)
 REQUIRED_COLUMNS = ("uid", "split", "label")
 METADATA = "metadata.csv"
 LABEL2IDX = "label2idx.json"
@@ -132,22 +145,27 @@ def read_metadata(root: str | os.PathLike) -> list[VideoRecord]:
 
 
 def select_videos(root: str | os.PathLike, task: str, split: str) -> list[VideoRecord]:
-    """The videos of ``task`` in ``split``, in metadata order (AVSS: the union of v1s, v1m and v2)."""
+    """The videos of ``task`` in ``split``: subset by subset (AVSS: v1s, then v1m, then v2), each in
+    metadata order, the order in which the reference concatenates them (and trains stage two)."""
     if task not in TASK_SUBSETS:
         raise InputError(f"unknown task {task!r} (expected one of {', '.join(TASK_SUBSETS)})")
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-    subsets = TASK_SUBSETS[task]
-    return [r for r in read_metadata(root) if r.split == split and r.subset in subsets]
+    records = [r for r in read_metadata(root) if r.split == split]
+    return [r for subset in TASK_SUBSETS[task] for r in records if r.subset == subset]
 
 
 def label2idx_problems(mapping: object) -> list[str]:
-    """What is wrong with a parsed label2idx.json (empty when it is a valid 71-class map)."""
+    """What is wrong with a parsed label2idx.json (empty when it is a valid map).
+
+    Any class count from 2 (background + one source) to :data:`MAX_CLASSES` is valid: the data set
+    decides the semantic network's classes (AVSBench: 71).
+    """
     if not isinstance(mapping, dict):
         return [f"expected a JSON object class name -> index, got {type(mapping).__name__}"]
     problems = []
-    if len(mapping) != NUM_CLASSES:
-        problems.append(f"has {len(mapping)} classes, expected {NUM_CLASSES} (70 + background)")
+    if not 2 <= len(mapping) <= MAX_CLASSES:
+        problems.append(f"has {len(mapping)} classes, expected 2..{MAX_CLASSES} (background + at least one source)")
     bad = [k for k, v in mapping.items() if not isinstance(v, int) or isinstance(v, bool)]
     if bad:
         problems.append(f"non-integer index for {', '.join(map(repr, bad[:5]))}")
@@ -165,10 +183,33 @@ def read_label2idx(root: str | os.PathLike) -> dict[str, int]:
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path}: missing (expected a JSON object of {NUM_CLASSES} class names -> index)") from None
+        raise InputError(f"{path}: missing (expected a JSON object class name -> index, background = 0)") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
     problems = label2idx_problems(mapping)
     if problems:
         raise InputError(f"{path}: {'; '.join(problems)}")
     return mapping
+
+
+def class_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """The data root's classes in index order (background first): the semantic network's classes."""
+    mapping = read_label2idx(root)
+    return tuple(sorted(mapping, key=mapping.__getitem__))
+
+
+def describe_classes(names: Sequence[str], shown: int = 8) -> str:
+    """``N classes [a, b, ...]`` for messages: the count and the first ``shown`` names."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"{len(names)} classes [{', '.join(names[:shown])}{more}]"
+
+
+def class_list_mismatch(have: str, names: Sequence[str], want: str, others: Sequence[str]) -> str | None:
+    """Why two class lists differ, naming both (None when they are equal): ``have`` and ``want``
+    describe their owners, e.g. "checkpoint X" and "data D's label2idx.json"."""
+    names, others = tuple(names), tuple(others)
+    if names == others:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(names, others)) if a != b), None)
+    where = "" if first is None else f" (class {first} is {names[first]!r} in one, {others[first]!r} in the other)"
+    return f"{have} has {describe_classes(names)} but {want} has {describe_classes(others)}{where}"

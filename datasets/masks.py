@@ -17,9 +17,9 @@ from PIL import Image
 
 from aavs.datasets.atomic import write_bytes
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import VideoRecord
+from aavs.datasets.layout import MAX_CLASSES, VideoRecord
 from aavs.datasets.palette import decode_colour_mask, encode_class_map, unknown_colours
-from aavs.datasets.transforms import MASK_SIZE, resize_mask
+from aavs.datasets.transforms import MASK_SIZE, opencv_grey, opencv_linear_resize, resize_mask
 
 
 def mask_file(root: str | os.PathLike, record: VideoRecord, i: int) -> Path:
@@ -42,16 +42,25 @@ def write_binary_masks(out_root: str | os.PathLike, record: VideoRecord, masks: 
     masks = np.asarray(masks)
     _check_frames(record, masks, 3)
     for i, mask in enumerate(masks):
-        image = Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L")
-        write_bytes(mask_file(out_root, record, i), _png_bytes(image))
+        write_bytes(mask_file(out_root, record, i), binary_mask_png(mask))
 
 
 def write_class_masks(out_root: str | os.PathLike, record: VideoRecord, class_maps: np.ndarray) -> None:
-    """``class_maps`` int ``[T, H, W]`` (0..70) -> one palette-coloured RGB PNG per frame."""
+    """``class_maps`` int ``[T, H, W]`` class indices -> one palette-coloured RGB PNG per frame."""
     class_maps = np.asarray(class_maps)
     _check_frames(record, class_maps, 3)
     for i, class_map in enumerate(class_maps):
-        write_bytes(mask_file(out_root, record, i), _png_bytes(Image.fromarray(encode_class_map(class_map), mode="RGB")))
+        write_bytes(mask_file(out_root, record, i), class_mask_png(class_map))
+
+
+def binary_mask_png(mask: np.ndarray) -> bytes:
+    """One bool ``[H, W]`` mask as the grayscale PNG (0/255) of the binary mask files."""
+    return _png_bytes(Image.fromarray(np.where(np.asarray(mask).astype(bool), 255, 0).astype(np.uint8), mode="L"))
+
+
+def class_mask_png(class_map: np.ndarray) -> bytes:
+    """One ``[H, W]`` class-index map as the palette-coloured RGB PNG of the class mask files."""
+    return _png_bytes(Image.fromarray(encode_class_map(class_map), mode="RGB"))
 
 
 def _open(path: Path) -> Image.Image:
@@ -77,14 +86,30 @@ def read_gray(path: Path, resample: Literal["bilinear", "nearest"] = "bilinear")
     return np.clip(values / 255.0, 0.0, 1.0).astype(np.float32)
 
 
-def read_colour(path: Path) -> np.ndarray:
-    """One palette-coloured mask as int64 class indices ``[MASK_SIZE, MASK_SIZE]`` (nearest resize)."""
+def read_colour(path: Path, num_classes: int = MAX_CLASSES) -> np.ndarray:
+    """One palette-coloured mask as int64 class indices ``[MASK_SIZE, MASK_SIZE]`` (nearest resize);
+    only the colours of the first ``num_classes`` classes are accepted."""
     rgb = np.asarray(_open(path).convert("RGB"))
-    classes = decode_colour_mask(rgb)
+    classes = decode_colour_mask(rgb, num_classes)
     if (classes < 0).any():
-        colour, count = unknown_colours(rgb)[0]
-        raise InputError(f"{path}: colour {colour} ({count} pixels) is not in the AVSBench palette")
+        colour, count = unknown_colours(rgb, num_classes)[0]
+        which = "" if num_classes == MAX_CLASSES else f" of {num_classes} classes"
+        raise InputError(f"{path}: colour {colour} ({count} pixels) is not in the AVSBench palette{which}")
     return resize_mask(classes, MASK_SIZE)
+
+
+def read_sounding(path: Path) -> np.ndarray:
+    """One mask as the reference's binary training target: bool ``[MASK_SIZE, MASK_SIZE]``, "not background".
+
+    The colour image is resized bilinearly to 224 (OpenCV's filter, no antialiasing), converted to grey
+    and thresholded at > 0, so a file that is not already 224 x 224 gives a slightly dilated mask
+    (docs/method.md, "Training schedule inside one stage": targets). Metrics keep the nearest-neighbour
+    masks of :func:`read_colour`.
+    """
+    rgb = np.asarray(_open(path).convert("RGB"))
+    if rgb.shape[:2] != (MASK_SIZE, MASK_SIZE):
+        rgb = opencv_linear_resize(rgb, MASK_SIZE)
+    return opencv_grey(rgb) > 0
 
 
 def _frames(record: VideoRecord, frames: Sequence[int] | None) -> Sequence[int]:
@@ -101,9 +126,10 @@ def read_binary_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequ
     return np.stack([read_gray(mask_file(root, record, i), resample) for i in _frames(record, frames)])
 
 
-def read_class_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None) -> np.ndarray:
-    """int64 ``[T, 224, 224]`` class indices for ``frames`` (default all) of ``record``."""
-    return np.stack([read_colour(mask_file(root, record, i)) for i in _frames(record, frames)])
+def read_class_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None,
+                     num_classes: int = MAX_CLASSES) -> np.ndarray:
+    """int64 ``[T, 224, 224]`` class indices (< ``num_classes``) for ``frames`` (default all) of ``record``."""
+    return np.stack([read_colour(mask_file(root, record, i), num_classes) for i in _frames(record, frames)])
 
 
 def first_missing(root: str | os.PathLike, records: Sequence[VideoRecord]) -> Path | None:

@@ -125,9 +125,10 @@ def semantic_frame_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: 
 
 
 class SemanticMetric:
-    """AVSBench AVSS mIoU and F-score over frames, accumulated per class."""
+    """AVSBench AVSS mIoU and F-score over frames, accumulated per class of the data's ``num_classes``
+    (its label2idx.json, background = 0; docs/method.md §6)."""
 
-    def __init__(self, num_classes: int = 71) -> None:
+    def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.reset()
 

@@ -13,30 +13,33 @@ from pathlib import Path
 import numpy as np
 
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import TASK_NUM_CLASSES, select_videos
+from aavs.datasets.layout import BINARY_TASKS, MAX_CLASSES, class_names, select_videos
 from aavs.datasets.masks import read_binary_masks, read_class_masks, read_colour
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 
 
 def score_predictions(pred_root: str | os.PathLike, data_root: str | os.PathLike, task: str,
                       split: str) -> dict[str, float]:
-    """``{"miou", "fscore"}`` as fractions (avss adds ``miou_no_bg``, ``fscore_no_bg``)."""
+    """``{"miou", "fscore"}`` as fractions (avss adds ``miou_no_bg``, ``fscore_no_bg``, over the data root's
+    label2idx.json classes)."""
     pred_root, data_root = Path(pred_root), Path(data_root)
     if not pred_root.is_dir():
         raise InputError(f"{pred_root}: predictions folder missing (expected <subset>/<uid>/<i>.png)")
     records = select_videos(data_root, task, split)
     if not records:
         raise InputError(f"{data_root / 'metadata.csv'}: no {task} videos in split {split!r}")
-    binary = TASK_NUM_CLASSES[task] == 2
-    metric = BinaryMetric() if binary else SemanticMetric(TASK_NUM_CLASSES[task])
+    binary = task in BINARY_TASKS
+    # A binary task counts any palette colour as sounding; avss knows only the data's classes.
+    num_classes = MAX_CLASSES if binary else len(class_names(data_root))
+    metric = BinaryMetric() if binary else SemanticMetric(num_classes)
     for record in records:
         frames = record.annotated_frames
-        target = np.stack([read_colour(record.mask_path(data_root, i)) for i in frames])  # [t, 224, 224]
+        target = np.stack([read_colour(record.mask_path(data_root, i), num_classes) for i in frames])  # [t, 224, 224]
         if binary:
             prob = read_binary_masks(pred_root, record, frames, resample="nearest")  # [t, 224, 224]
             metric.update(prob >= 0.5, prob, target != 0)
         else:
-            metric.update(read_class_masks(pred_root, record, frames), target)
+            metric.update(read_class_masks(pred_root, record, frames, num_classes), target)
     return metric.compute()
 
 

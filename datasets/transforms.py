@@ -57,3 +57,50 @@ def resize_mask(mask: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:
         return mask
     image = Image.fromarray(mask.astype(np.int32), mode="I")
     return np.asarray(image.resize((size, size), Image.NEAREST)).astype(mask.dtype)
+
+
+# OpenCV's uint8 arithmetic, reproduced so that the binary training targets match the reference's
+# without depending on OpenCV: ``cv2.resize`` (INTER_LINEAR) and ``cv2.cvtColor`` (BGR2GRAY).
+_COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit interpolation weights
+_GREY_WEIGHTS = (9798, 19235, 3735)  # R, G, B: ITU-R BT.601 luma in 15-bit fixed point
+
+
+def _linear_taps(n_in: int, n_out: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and fixed-point weights of one axis: pixel centres, ``src = (dst + 0.5) * scale - 0.5``.
+
+    OpenCV clamps a column that falls outside the image to the edge pixel with weight 1; rows keep
+    their fractional weight and only their indices are clamped (both taps then read the edge row).
+    """
+    position = ((np.arange(n_out) + 0.5) * (1.0 / (n_out / n_in)) - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    frac = (position - first).astype(np.float32)
+    if clamp_weights:
+        outside = (first < 0) | (first >= n_in - 1)
+        frac[outside] = 0.0
+        first = np.clip(first, 0, n_in - 1)
+    w0 = np.rint((np.float32(1.0) - frac) * _COEF_SCALE).astype(np.int64)
+    w1 = np.rint(frac * _COEF_SCALE).astype(np.int64)
+    return np.clip(first, 0, n_in - 1), np.clip(first + 1, 0, n_in - 1), w0, w1
+
+
+def opencv_linear_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> ``[size, size, C]`` exactly as ``cv2.resize(image, (size, size))`` computes it.
+
+    Bilinear without antialiasing (a downscaled pixel reads only its two nearest source pixels per axis,
+    unlike PIL's bilinear filter), in OpenCV's fixed point: a horizontal pass with 11-bit weights, then
+    the vertical pass of its SIMD kernel, whose truncations decide the last bit.
+    """
+    source = np.asarray(image, dtype=np.int64)
+    c0, c1, a0, a1 = _linear_taps(source.shape[1], size, clamp_weights=True)
+    r0, r1, b0, b1 = _linear_taps(source.shape[0], size, clamp_weights=False)
+    rows = source[:, c0] * a0[None, :, None] + source[:, c1] * a1[None, :, None]  # x 2048
+    top, bottom = rows[r0] >> 4, rows[r1] >> 4
+    value = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
+    return np.clip((value + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def opencv_grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB -> uint8 ``[H, W]`` luma, as ``cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)``."""
+    rgb = np.asarray(rgb, dtype=np.int64)
+    r, g, b = _GREY_WEIGHTS
+    return ((rgb[..., 0] * r + rgb[..., 1] * g + rgb[..., 2] * b + (1 << 14)) >> 15).astype(np.uint8)

@@ -45,10 +45,23 @@ class BottleneckAdapter(nn.Sequential):
         hidden = dim // reduction
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
-    def reset_parameters(self) -> None:
-        """The layers' default (PyTorch) initialisation."""
+    @torch.no_grad()
+    def normal_(self, std: float) -> "BottleneckAdapter":
+        """Weights N(0, std), biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
+        Linear inside the pixel-level module (Swin and pixel decoder) that the checkpoint lacked."""
         for layer in (self[0], self[2]):
-            layer.reset_parameters()
+            nn.init.normal_(layer.weight, mean=0.0, std=std)
+            nn.init.zeros_(layer.bias)
+        return self
+
+    @torch.no_grad()
+    def xavier_uniform_(self, gain: float = 1.0) -> "BottleneckAdapter":
+        """Xavier-uniform weights, biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
+        Linear inside a masked-attention decoder layer that the checkpoint lacked."""
+        for layer in (self[0], self[2]):
+            nn.init.xavier_uniform_(layer.weight, gain=gain)
+            nn.init.zeros_(layer.bias)
+        return self
 
     @torch.no_grad()
     def zero_(self) -> "BottleneckAdapter":

@@ -1,9 +1,9 @@
 """AAVS checkpoints: our safetensors folders, and import of the released Stepping Stones ``.pth`` files.
 
 Our format: a folder with ``model.safetensors`` and ``aavs.json`` (format, version, task, base, which
-weights are stored, training phase, the full :class:`AAVSConfig`). With a pre-trained base folder only
-the weights trainable in some phase are stored, plus the base's absolute path; with a preset base (whose
-random frozen weights could not be recovered) every weight is stored. Folders are written atomically.
+weights are stored, training phase, the class names in index order, the full :class:`AAVSConfig`). With
+a pre-trained base folder only the weights trainable in some phase are stored, plus the base's absolute
+path; with a preset base (whose random frozen weights could not be recovered) every weight is stored. Folders are written atomically.
 
 Released checkpoints are ``torch.save``d state dicts of the reference module: ``audio_proj.*`` (the
 128-512-256 MLP, ``Sequential`` indices 0 and 2) and ``model.`` + the key names of transformers 4.35.2's
@@ -29,8 +29,10 @@ mapped to ours: ``...attention.o_proj.adapter``, ``...mlp.fc2.adapter``, ``...se
 ``relative_position_index`` buffers are derived from the window size and dropped. Every other key keeps
 its name. Our only weights a release lacks are transformers 5's ``encoder.swin.layernorm.*`` (a norm the
 Swin backbone never applies), which keep the base's values. The number of queries and classes come from
-the release's tensors; any key that maps to nothing, any shape that differs and any weight we need that the
-release lacks is an InputError naming them.
+the release's tensors, the class names from the data's label2idx.json given to the import (AVSBench's 71
+by default; binary releases are background / sounding); any key that maps to nothing, any shape that
+differs, any weight we need that the release lacks and a class count unlike the names' is an InputError
+naming them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -48,7 +51,8 @@ from torch import Tensor
 
 from aavs.datasets.atomic import atomic_dir, write_json
 from aavs.datasets.errors import InputError
-from aavs.models.configuration_aavs import AAVSConfig, check_task
+from aavs.datasets.layout import describe_classes
+from aavs.models.configuration_aavs import AAVSConfig, check_task, task_labels
 from aavs.models.modeling_aavs import (
     AAVS,
     PHASES,
@@ -105,7 +109,8 @@ def _write(model: AAVS, folder: str | Path, weights: str) -> Path:
     tensors = model.state_dict() if weights == "all" else model.trainable_state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "version": VERSION, "task": model.config.task, "base": model.config.base,
-            "weights": weights, "phase": model.phase, "config": model.config.to_dict()}
+            "weights": weights, "phase": model.phase, "classes": list(model.config.class_names),
+            "config": model.config.to_dict()}
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -252,24 +257,32 @@ def map_released(state: dict[str, Tensor], hidden_dim: int) -> tuple[dict[str, T
     return mapped, origin
 
 
-def import_released(released: str | Path, base: str, task: str) -> tuple[AAVS, str]:
+def import_released(released: str | Path, base: str, task: str,
+                    classes: Sequence[str] | None = None) -> tuple[AAVS, str]:
     """The AAVS network of a released ``.pth`` on ``base`` (a Mask2Former folder or a preset), in phase
     B, and which weights a checkpoint of it must store ("trainable", or "all" when the release's frozen
-    weights differ from the base's)."""
+    weights differ from the base's). ``classes`` name a semantic release's classes (the data's
+    label2idx.json; default AVSBench's 71)."""
     path = Path(released).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such released checkpoint file")
     check_task(task)
     state = _read_released(path)
-    sizes = {"num_queries": state[_QUERY_FEATURES].shape[0], "num_labels": state[_CLASS_WEIGHT].shape[0] - 1}
     has_prior = any(_PRIOR_OLD.match(k) for k in state)
     if has_prior != (task == "avss"):
         kind = "has the stage-two prior embeddings" if has_prior else "has no prior embeddings"
         raise InputError(f"{path} {kind}, which does not fit task {task} (avss is the only task with a prior)")
+    labels = task_labels(task, classes)
+    released_classes = state[_CLASS_WEIGHT].shape[0] - 1  # the last row is Mask2Former's no-object class
+    if released_classes != len(labels):
+        which = "the class list given" if classes is not None else f"the {task} task's built-in class list"
+        raise InputError(f"{path} predicts {released_classes} classes but {which} has "
+                         f"{describe_classes(list(labels.values()))}")
+    sizes = {"num_queries": state[_QUERY_FEATURES].shape[0]}
     if base in PRESETS:
-        model = build_model(task, preset=base, **sizes)
+        model = build_model(task, preset=base, classes=classes, **sizes)
     else:
-        model = build_model(task, pretrained=base, **sizes)
+        model = build_model(task, pretrained=base, classes=classes, **sizes)
     set_phase(model, "B")
     mapped, origin = map_released(state, model.config.hidden_dim)
     own = model.state_dict(keep_vars=True)
@@ -294,7 +307,9 @@ def import_released(released: str | Path, base: str, task: str) -> tuple[AAVS, s
     return model, weights
 
 
-def import_released_checkpoint(released: str | Path, base: str, task: str, out: str | Path) -> Path:
-    """``aavs import-checkpoint``: convert a released Stepping Stones ``.pth`` into our folder format."""
-    model, weights = import_released(released, base, task)
+def import_released_checkpoint(released: str | Path, base: str, task: str, out: str | Path,
+                               classes: Sequence[str] | None = None) -> Path:
+    """``aavs import-checkpoint``: convert a released Stepping Stones ``.pth`` into our folder format
+    (``classes``: see :func:`import_released`)."""
+    model, weights = import_released(released, base, task, classes)
     return _write(model, out, weights)

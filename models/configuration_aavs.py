@@ -5,25 +5,26 @@ The task decides the network (aavs-method.md §3, §5):
 | task | network | labels (+ no-object) | queries |
 | --- | --- | --- | --- |
 | s4, ms3, avss-binary | stage one: binary, decoder adapters replace the output projections | 2 (background, sounding) | 30 |
-| avss | stage two: semantic, decoder adapters follow the projections, takes a prior | 71 (background first) | 100 |
+| avss | stage two: semantic, decoder adapters follow the projections, takes a prior | the data's, background first | 100 |
 
-``num_labels`` and ``num_queries`` live in the Mask2Former config (one source of truth) and are
-exposed here as properties.
+The semantic network's classes are those of the data's label2idx.json (docs/method.md §1; AVSBench's
+71 when none is given). ``num_labels``, the class names (``id2label``) and ``num_queries`` live in the
+Mask2Former config (one source of truth) and are exposed here as properties.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import Mask2FormerConfig
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.layout import AVSBENCH_CLASSES
 
 BINARY_TASKS = ("s4", "ms3", "avss-binary")
 SEMANTIC_TASK = "avss"
 TASKS = (*BINARY_TASKS, SEMANTIC_TASK)
-NUM_SEMANTIC_LABELS = 71  # 70 AVSBench-semantic classes + background (index 0)
 BINARY_LABELS = {0: "background", 1: "sounding"}
 
 
@@ -33,11 +34,17 @@ def check_task(task: str) -> str:
     return task
 
 
-def task_labels(task: str) -> dict[int, str]:
-    """id2label of the task's network (AVSS class names live in the data's label2idx.json)."""
-    if check_task(task) == SEMANTIC_TASK:
-        return {0: "background", **{i: f"class_{i}" for i in range(1, NUM_SEMANTIC_LABELS)}}
-    return dict(BINARY_LABELS)
+def task_labels(task: str, classes: Sequence[str] | None = None) -> dict[int, str]:
+    """id2label of the task's network: background / sounding for the binary tasks (which ignore
+    ``classes``); for avss ``classes``, the data's label2idx.json names in index order (default:
+    AVSBench's 71)."""
+    if check_task(task) != SEMANTIC_TASK:
+        return dict(BINARY_LABELS)
+    names = AVSBENCH_CLASSES if classes is None else tuple(classes)
+    if len(names) < 2 or names[0] != "background" or len(set(names)) != len(names):
+        raise InputError(f"the semantic network's classes must be distinct names, 'background' first and at "
+                         f"least one more: got {list(names)}")
+    return dict(enumerate(names))
 
 
 @dataclass
@@ -66,12 +73,17 @@ class AAVSConfig:
 
     @property
     def semantic(self) -> bool:
-        """True for the stage-two (AVSS, 71-class, prior-guided) network."""
+        """True for the stage-two (AVSS: the data's classes, prior-guided) network."""
         return self.task == SEMANTIC_TASK
 
     @property
     def num_labels(self) -> int:
         return self.mask2former.num_labels
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The network's classes in index order, background first (its id2label)."""
+        return tuple(self.mask2former.id2label[i] for i in range(self.num_labels))
 
     @property
     def num_queries(self) -> int:

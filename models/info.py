@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -11,13 +11,15 @@ from aavs.models.adapters import AdaptedLinear
 from aavs.models.modeling_aavs import PARTS, build_model, phase_parts
 
 
-def model_info(preset: str | None = None, pretrained: str | None = None, task: str = "s4") -> dict[str, Any]:
-    """Architecture summary and parameter counts of the ``task`` network on a preset or a local folder.
+def model_info(preset: str | None = None, pretrained: str | None = None, task: str = "s4",
+               classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Architecture summary and parameter counts of the ``task`` network on a preset or a local folder
+    (``classes``: the semantic network's, AVSBench's 71 by default).
 
     ``trainable_params`` is what phase B trains (every AAVS part), ``trainable_params_phase_a`` what
     phase A trains; ``adapter_params`` counts the Swin and decoder-side adapters.
     """
-    model = build_model(task, preset=preset, pretrained=pretrained)
+    model = build_model(task, preset=preset, pretrained=pretrained, classes=classes)
     config = model.config
     parts = {part: sum(p.numel() for _, p in params) for part, params in model.parameter_parts().items()}
     m2f = config.mask2former

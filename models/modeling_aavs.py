@@ -17,6 +17,12 @@ parameter names are the library's, prefixed with ``model.``) changed in place, n
 Everything else of Mask2Former is frozen; :func:`set_phase` decides which AAVS parts train
 (aavs-method.md §4). Frames are independent batch items: ``pixel_values[N, 3, S, S]`` with one second of
 audio ``[N, 128]`` each.
+
+The reference ran on transformers 4.35.2, and :class:`AAVS` restores what that release did and newer
+ones changed (docs/method.md, section "Training recipe"): the modules the ADE20k checkpoint
+lacks start from the values its ``from_pretrained`` gave them (:meth:`AAVS._init_added_weights`), every
+Swin block drops its attention path with the config's ``drop_path_rate`` (not a schedule rising from 0
+to it), and the Hungarian matcher's class cost is 1.0 (the loss's class weight stays 2.0).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import json
 import logging
 import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +47,9 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskedAttentionDecoder,
     Mask2FormerMaskPredictor,
 )
-from transformers.models.swin.modeling_swin import SwinBackbone
+from transformers.models.swin.modeling_swin import SwinBackbone, SwinDropPath
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.transforms import MASK_SIZE, normalize_frames
@@ -57,6 +65,8 @@ PRIOR_ATTEND = 0.5
 PRIOR_SILENT = 0.4
 PRIOR_SOUNDING = 0.6
 SILENT, UNCERTAIN, SOUNDING = 0, 1, 2  # rows of the prior embedding table
+# transformers 4.35.2 built Mask2FormerLoss's matcher with cost_class=1.0 whatever the config's class_weight.
+MATCHER_CLASS_COST = 1.0
 
 # The trainable parts, by parameter-name prefix (AAVS.model is the Mask2Former).
 SWIN_PREFIX = "model.model.pixel_level_module.encoder."
@@ -67,7 +77,10 @@ CLASS_PREDICTOR = "model.class_predictor."
 AUDIO_PROJECTION = "audio_proj."
 PARTS = ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor",
          "prior_embeddings", "swin_adapters", "base")  # base: the rest, trainable only with config.train_base
-_PHASE_A = {  # semantic network -> parts trained in phase A (phase B trains them all)
+# Semantic network -> parts trained in phase A; phase B adds the Swin adapters. The stage-two network has
+# no query_features part: the reference keeps them at their pre-trained ADE20k values in both phases, so
+# they belong to the (frozen) base; see AAVS.parameter_parts.
+_PHASE_A = {
     False: ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor"),
     True: ("audio_projection", "query_embeddings", "decoder_adapters", "class_predictor", "prior_embeddings"),
 }
@@ -208,7 +221,8 @@ class AAVSMaskedAttentionDecoder(Mask2FormerMaskedAttentionDecoder):
 class AAVS(nn.Module):
     """The AAVS network around a (pre-trained) ``Mask2FormerForUniversalSegmentation``.
 
-    Built by :func:`build_model`; starts in phase A (Swin adapters at zero and frozen).
+    Built by :func:`build_model`; starts in phase A (Swin adapters at zero and frozen). The new modules'
+    initial values depend only on the torch seed.
     """
 
     def __init__(self, config: AAVSConfig, mask2former: Mask2FormerForUniversalSegmentation) -> None:
@@ -225,30 +239,77 @@ class AAVS(nn.Module):
         decoder.conditioning = None
         decoder.prior_embeddings = nn.Embedding(3, hidden) if config.semantic else None
         promote(decoder.mask_predictor, AAVSMaskPredictor).pending_attention_mask = None
+        self._init_added_weights()
+        self._set_swin_drop_path()
+        mask2former.criterion.matcher.cost_class = MATCHER_CLASS_COST
         self.phase: str | None = None
         set_phase(self, "A")
 
-    def _add_adapters(self) -> None:
+    def _swin_blocks(self) -> list[nn.Module]:
         backbone = self.model.model.pixel_level_module.encoder
         if not isinstance(backbone, SwinBackbone):
             raise InputError(f"AAVS needs a Swin backbone, the Mask2Former config has {type(backbone).__name__}")
+        return [block for stage in backbone.swin.encoder.layers for block in stage.blocks]
+
+    def _add_adapters(self) -> None:
         reduction = self.config.adapter_reduction
-        for stage in backbone.swin.encoder.layers:
-            for block in stage.blocks:
-                attach_adapter(block.attention.o_proj, "residual", reduction)
-                attach_adapter(block.mlp.fc2, "residual", reduction)
+        for block in self._swin_blocks():
+            attach_adapter(block.attention.o_proj, "residual", reduction)
+            attach_adapter(block.mlp.fc2, "residual", reduction)
         mode = "follow" if self.config.semantic else "replace"
         for layer in self.model.model.pixel_level_module.decoder.encoder.layers:
             attach_adapter(layer.self_attn.output_proj, mode, reduction)
         for layer in self.model.model.transformer_module.decoder.layers:
             attach_adapter(layer.self_attn.out_proj, mode, reduction)
 
+    @torch.no_grad()
+    def _init_added_weights(self) -> None:
+        """Start the decoder-side adapters and the prior embeddings where the reference's
+        ``from_pretrained`` (transformers 4.35.2) started them.
+
+        That release ran ``Mask2FormerPreTrainedModel._init_weights`` on every module the checkpoint did
+        not fully cover, innermost first, so the outermost rule reaching a module won:
+
+        - pixel-decoder adapters: ``Mask2FormerPixelLevelModule``'s rule, N(0, init_std) for every Linear
+          under it (the Swin adapters too), biases zero;
+        - decoder self-attention adapters: ``Mask2FormerMaskedAttentionDecoderLayer``'s xavier-uniform
+          (gain init_xavier_std) on every matrix, biases zero from the Linear rule run before it;
+        - prior embeddings: the Embedding rule, N(0, init_std).
+
+        The Swin adapters get theirs entering phase B (:func:`set_phase`); the audio projection lived
+        outside the Mask2Former there and keeps PyTorch's default init here too.
+        """
+        m2f = self.config.mask2former
+        for layer in self.model.model.pixel_level_module.decoder.encoder.layers:
+            layer.self_attn.output_proj.adapter.normal_(m2f.init_std)
+        decoder = self.model.model.transformer_module.decoder
+        for layer in decoder.layers:
+            layer.self_attn.out_proj.adapter.xavier_uniform_(m2f.init_xavier_std)
+        if decoder.prior_embeddings is not None:
+            nn.init.normal_(decoder.prior_embeddings.weight, mean=0.0, std=m2f.init_std)
+
+    def _set_swin_drop_path(self) -> None:
+        """Every Swin block drops its attention path with the backbone's ``drop_path_rate`` (0.3 for the
+        ADE20k Swin-B), as transformers 4.35.2's SwinLayer did; transformers 5 instead gives block i of n
+        ``rate * i / (n - 1)``, the first block none. Active in train mode only."""
+        rate = self.model.model.pixel_level_module.encoder.config.drop_path_rate
+        for block in self._swin_blocks():
+            block.drop_path = SwinDropPath(rate)
+
     # -------------------------------------------------------------------------------- parts
     def parameter_parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """The trainable parts (see :data:`PARTS`), each a list of (name, parameter); the rest is frozen."""
+        """The trainable parts (see :data:`PARTS`), each a list of (name, parameter); the rest is frozen.
+
+        The stage-two network counts its query features as base: the reference keeps their pre-trained
+        values (docs/method.md, section "Training recipe"). A random-weight base
+        (``train_base``, the tiny preset) has none to keep, so there they train with the rest of the base,
+        in both phases.
+        """
         parts: dict[str, list[tuple[str, nn.Parameter]]] = {part: [] for part in PARTS}
         for name, param in self.named_parameters():
             part = _part_of(name)
+            if part == "query_features" and self.config.semantic:
+                part = None
             if part is None and self.config.train_base:
                 part = "base"
             if part is not None:
@@ -305,7 +366,8 @@ class AAVS(nn.Module):
 
         With no frame selected the loss is 0 times the loss of frame 0 against an all-background target:
         a zero with a graph, and the library's loss still runs, so the all-reduce of the mask count it
-        does under accelerate stays in step across processes.
+        does under accelerate stays in step across processes. The targets are the labels at the input
+        size (:func:`resize_labels`), as the reference's image processor makes them.
         """
         n = labels.shape[0]
         _check_shape("labels", labels, (n, None, None))
@@ -319,7 +381,7 @@ class AAVS(nn.Module):
         else:
             targets = labels[index.to(labels.device)]
             scale = 1.0
-        mask_labels, class_labels = frame_targets(targets, self.config.num_labels)
+        mask_labels, class_labels = frame_targets(resize_labels(targets, self.config.image_size), self.config.num_labels)
         index = index.to(output.masks_queries_logits.device)
         # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
         # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them.
@@ -403,6 +465,15 @@ def predicted_labels(scores: Tensor) -> Tensor:
     return scores.argmax(1)
 
 
+def resize_labels(labels: Tensor, size: int) -> Tensor:
+    """Label maps ``[N, H, W]`` -> ``[N, size, size]`` by nearest neighbour at pixel centres (source
+    index ``floor((i + 0.5) * H / size)``, PIL's NEAREST rule): the reference's loss targets are its
+    224 x 224 masks resized so by Mask2FormerImageProcessor to the network's input size."""
+    rows = (torch.arange(size, device=labels.device) * 2 + 1) * labels.shape[-2] // (2 * size)
+    cols = (torch.arange(size, device=labels.device) * 2 + 1) * labels.shape[-1] // (2 * size)
+    return labels[:, rows][:, :, cols]
+
+
 def frame_targets(labels: Tensor, num_labels: int) -> tuple[list[Tensor], list[Tensor]]:
     """Label maps ``[N, H, W]`` -> per frame one binary mask ``[K, H, W]`` per class present (background
     included) and their classes ``[K]``, the targets of Mask2Former's loss."""
@@ -445,7 +516,8 @@ def phase_parts(model: AAVS, phase: str) -> tuple[str, ...]:
 
 def set_phase(model: AAVS, phase: str) -> None:
     """Set ``requires_grad`` for ``phase``; in A zero the Swin adapters; entering B (from any other
-    phase) re-initialise them with the layers' default init, as the reference does.
+    phase) re-initialise them as the reference's phase-B ``from_pretrained`` did: weights N(0, init_std),
+    biases zero (see :meth:`AAVS._init_added_weights`).
 
     Load a phase-B checkpoint *after* calling ``set_phase(model, "B")``.
     """
@@ -460,7 +532,7 @@ def set_phase(model: AAVS, phase: str) -> None:
             layer.adapter.zero_()
     elif model.phase != "B":
         for layer in model.swin_adapters():
-            layer.adapter.reset_parameters()
+            layer.adapter.normal_(model.config.mask2former.init_std)
     model.phase = phase
 
 
@@ -514,39 +586,61 @@ def _apply_overrides(config: Mask2FormerConfig, fields: dict[str, Any], override
     for key, value in overrides.items():
         if key in aavs_fields:
             fields[key] = value
-        elif key == "num_labels":
-            labels = {i: config.id2label.get(i, f"class_{i}") for i in range(int(value))}
-            config.id2label, config.label2id = labels, {v: k for k, v in labels.items()}
-        elif key in Mask2FormerConfig.__dataclass_fields__ and key != "backbone_config":
+        elif key in Mask2FormerConfig.__dataclass_fields__ and key not in ("backbone_config", "id2label", "label2id"):
             try:
                 setattr(config, key, value)
             except (StrictDataclassError, ValueError, TypeError) as err:
                 raise InputError(f"model setting {key}={value!r}: {err}") from err
         else:
-            raise InputError(f"unknown model setting {key!r}: expected one of {', '.join(aavs_fields)}, num_labels "
-                             "or a Mask2Former config field (e.g. num_queries, train_num_points)")
+            raise InputError(f"unknown model setting {key!r}: expected one of {', '.join(aavs_fields)} or a "
+                             "Mask2Former config field (e.g. num_queries, train_num_points); the classes come "
+                             "from the data's label2idx.json")
 
 
 def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversalSegmentation:
     """A fresh Mask2Former for ``config``: random for a preset base (or when ``load_base`` is False),
-    loaded offline for a folder."""
+    loaded offline for a folder.
+
+    A class predictor resized for the task starts from PyTorch's default ``nn.Linear`` init, as in the
+    reference: transformers 4.35.2's ``from_pretrained`` counted a resized module as loaded, so it kept its
+    constructor's init. A preset stands for the ADE20k checkpoint resized to the task and does the same.
+    """
     if config.base in PRESETS or not load_base:
-        return Mask2FormerForUniversalSegmentation(config.mask2former)
+        mask2former = Mask2FormerForUniversalSegmentation(config.mask2former)
+        mask2former.class_predictor.reset_parameters()
+        return mask2former
     folder = check_base_dir(config.base)
     try:
-        mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
-            str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
-            output_loading_info=True, dtype=torch.float32,  # fp32 master weights whatever the file's dtype
-        )
+        with _quiet_transformers():  # its load report and progress bar; we log what matters below
+            mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+                str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
+                output_loading_info=True, dtype=torch.float32,  # fp32 master weights whatever the file's dtype
+            )
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         raise InputError(f"{folder}: could not load the Mask2Former weights ({type(err).__name__}: {err})") from err
     resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
     if resized:
         log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))
+    if any(key.startswith("class_predictor.") for key in resized):
+        mask2former.class_predictor.reset_parameters()
     missing = sorted(key for key in info.get("missing_keys", ()) if not UNUSED_SWIN_NORM.search(key))
     if missing:
         log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(_few(missing)))
     return mask2former
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' own warnings and progress bars off for one load (restored afterwards)."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def build_from_config(config: AAVSConfig, load_base: bool = True) -> AAVS:
@@ -555,23 +649,26 @@ def build_from_config(config: AAVSConfig, load_base: bool = True) -> AAVS:
     return AAVS(config, _instantiate(config, load_base))
 
 
-def build_model(task: str, preset: str | None = None, pretrained: str | None = None, **overrides: Any) -> AAVS:
+def build_model(task: str, preset: str | None = None, pretrained: str | None = None,
+                classes: Sequence[str] | None = None, **overrides: Any) -> AAVS:
     """An AAVS network for ``task`` (s4, ms3, avss-binary: stage one; avss: stage two) on a preset
     architecture (random weights) or a local pre-trained Mask2Former folder, in phase A.
 
-    ``overrides`` set ``image_size`` / ``audio_hidden_dim`` / ``adapter_reduction``, ``num_labels``, or
-    any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
+    ``classes`` are the semantic network's class names in index order, background first: the data's
+    label2idx.json (:func:`aavs.datasets.layout.class_names`), AVSBench's 71 by default; the binary
+    networks are always background / sounding. ``overrides`` set ``image_size`` / ``audio_hidden_dim`` /
+    ``adapter_reduction`` or any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
     """
     check_task(task)
     if (preset is None) == (pretrained is None):
         raise InputError("give exactly one of a model preset (tiny, swin-base) or a pretrained Mask2Former folder")
     if preset is not None:
-        m2f_config, image_size = preset_config(preset, task)
+        m2f_config, image_size = preset_config(preset, task, classes)
         base = preset
     else:
         folder = check_base_dir(pretrained)
         m2f_config, image_size = load_base_config(folder), DEFAULT_IMAGE_SIZE
-        for key, value in task_sizes(task).items():
+        for key, value in task_sizes(task, classes=classes).items():
             setattr(m2f_config, key, value)
         base = str(folder)
     fields: dict[str, Any] = {"image_size": image_size, "train_base": preset == "tiny"}

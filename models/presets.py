@@ -10,11 +10,15 @@ feed-forward 2048 / 1024, 8 heads) with the task's class and query counts.
 fewer queries (10 binary, 20 semantic) and 1024 loss points instead of 12544: its mask logits are
 32 x 32, so more points would only resample the same pixels. Being random, ``tiny`` also trains its
 Mask2Former weights (``train_base``): a frozen random backbone leaves nothing for the adapters to adapt.
+
+AAVS applies a preset's ``drop_path_rate`` to every Swin block, as it does a checkpoint's: 0.3 for
+``swin-base`` (the ADE20k value), 0 for ``tiny``, whose five blocks are too few to lose one at random
+and whose train-mode passes (tests, CPU demos) stay repeatable.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import Mask2FormerConfig, SwinConfig
 
@@ -32,14 +36,15 @@ LOSS_SETTINGS: dict[str, Any] = {
 }
 
 
-def task_sizes(task: str, preset: str | None = None) -> dict[str, Any]:
-    """num_queries and the label map of the task's network (the tiny preset uses fewer queries)."""
+def task_sizes(task: str, preset: str | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """num_queries and the label map of the task's network (the tiny preset uses fewer queries);
+    ``classes`` are the semantic network's (:func:`task_labels`)."""
     semantic = check_task(task) == SEMANTIC_TASK
     if preset == "tiny":
         num_queries = 20 if semantic else 10
     else:
         num_queries = 100 if semantic else 30
-    labels = task_labels(task)
+    labels = task_labels(task, classes)
     return {"num_queries": num_queries, "id2label": labels, "label2id": {v: k for k, v in labels.items()}}
 
 
@@ -69,12 +74,13 @@ def _tiny() -> tuple[Mask2FormerConfig, int]:
     return config, 128
 
 
-def preset_config(preset: str, task: str) -> tuple[Mask2FormerConfig, int]:
-    """The preset's Mask2Former config sized for ``task``, and its input image size."""
+def preset_config(preset: str, task: str, classes: Sequence[str] | None = None) -> tuple[Mask2FormerConfig, int]:
+    """The preset's Mask2Former config sized for ``task`` (and the semantic ``classes``), and its input
+    image size."""
     builders = {"tiny": _tiny, "swin-base": _swin_base}
     if preset not in builders:
         raise InputError(f"unknown model preset {preset!r}: expected one of {', '.join(PRESETS)}")
     config, image_size = builders[preset]()
-    for key, value in task_sizes(task, preset).items():
+    for key, value in task_sizes(task, preset, classes).items():
         setattr(config, key, value)
     return config, image_size

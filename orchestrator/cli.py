@@ -26,6 +26,7 @@ DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head s
 # section "Audio"); the AudioSet post-processing is a different feature space, only on request.
 VGGISH_PCA_HELP = ("opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
                    "(.pth or .npz; needs --vggish) instead of the raw last-fc output")
+DATA_CLASSES_HELP = "a data root whose label2idx.json names the avss classes (default: AVSBench's 71)"
 
 
 def _print_json(obj: Any) -> None:
@@ -83,7 +84,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_model_info(args: argparse.Namespace) -> int:
     from aavs.models.info import model_info, render_model_info
 
-    info = model_info(preset=args.preset, pretrained=args.pretrained, task=args.task)
+    info = model_info(preset=args.preset, pretrained=args.pretrained, task=args.task, classes=_data_classes(args.data))
     if args.json:
         _print_json({k: info[k] for k in ("total_params", "trainable_params", "adapter_params")})
     else:
@@ -91,10 +92,18 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_classes(data: str | None) -> tuple[str, ...] | None:
+    """The semantic classes of ``--data`` (its label2idx.json); None without it (AVSBench's 71)."""
+    from aavs.datasets.layout import class_names
+
+    return None if data is None else class_names(data)
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from aavs.models.checkpoint import import_released_checkpoint
 
-    out = import_released_checkpoint(args.released, base=args.base, task=args.task, out=args.out)
+    out = import_released_checkpoint(args.released, base=args.base, task=args.task, out=args.out,
+                                     classes=_data_classes(args.data))
     log.info("wrote %s", out)
     return 0
 
@@ -223,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=("tiny", "swin-base"))
     g.add_argument("--pretrained", help="local Mask2Former checkpoint folder (Hugging Face format)")
     p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--data", default=None, help=DATA_CLASSES_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
 
@@ -231,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="the Mask2Former folder the release was trained from")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True)
+    p.add_argument("--data", default=None, help=DATA_CLASSES_HELP)
     p.set_defaults(func=cmd_import_checkpoint)
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split (and its masks)")
     p.add_argument("checkpoint", help="our checkpoint folder, or a released .pth with --base and --task")
@@ -253,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("resume", help="continue an interrupted experiment")
+    p = sub.add_parser("resume", help="continue an interrupted experiment (in the mode it was started in)")
     p.add_argument("results_dir")
-    p.add_argument("--local", action="store_true")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--local", dest="local", action="store_true", default=None,
+                      help="continue in this process, whatever the run was started with")
+    mode.add_argument("--ray", dest="local", action="store_false", help="continue on Ray")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("submit", help="run an experiment on a Ray cluster (Ray job submission)")

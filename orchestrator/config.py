@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -58,11 +59,18 @@ class TrainConfig:
     metric: str = "val/miou"
     mode: str = "max"
     max_videos: int | None = None  # cap on training videos per epoch (smoke tests, demos)
+    # A new order of the training videos every epoch; None: the reference's choice for the task, a
+    # shuffle except in stage two (avss), which runs v1s, v1m, v2 in file order (docs/method.md §4).
+    shuffle: bool | None = None
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         _one_of("task", self.task, TASKS)
         _one_of("mode", self.mode, ("max", "min"))
+        if self.shuffle is None:
+            self.shuffle = self.task != "avss"
+        if not isinstance(self.shuffle, bool):
+            raise InputError(f"shuffle: expected true or false, got {self.shuffle!r}")
         if not (set(self.model) <= {"preset", "pretrained", "overrides"}) or ("preset" in self.model) == ("pretrained" in self.model):
             raise InputError(f"model: expected exactly one of 'preset' or 'pretrained' (and optional 'overrides'), got {sorted(self.model)}")
         for key in ("epochs", "batch_size", "grad_accum"):
@@ -75,7 +83,11 @@ class TrainConfig:
 
     @property
     def phase_a_epochs(self) -> int:
-        return int(round(self.epochs * self.adapter_warmup))
+        """``floor(epochs * adapter_warmup)``: with 1/2 and 1/3 exactly the reference's ``epochs // 2``
+        (stage one) and ``epochs // 3`` (stage two), docs/method.md, section "Training recipe".
+        The 1e-9 keeps a product that floating point puts just under a whole number (100 * 0.29 is
+        28.999999999999996) on it."""
+        return math.floor(self.epochs * self.adapter_warmup + 1e-9)
 
     @property
     def learning_rate_b(self) -> float:

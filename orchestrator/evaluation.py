@@ -2,7 +2,8 @@
 
 Per video, the network's per-class score maps (aavs-method.md section 3) become predictions:
 binary tasks take argmax over {background, sounding} and the F-score probability
-sigmoid(2 * s1 - s0); AVSS takes argmax over the 71 classes. Metrics use the annotated frames only;
+sigmoid(2 * s1 - s0); AVSS takes argmax over the network's classes, which must be the data's
+(its label2idx.json; docs/method.md §1). Metrics use the annotated frames only;
 saved masks cover every frame (stage two needs a prior for each).
 """
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import SPLITS, VideoRecord
+from aavs.datasets.layout import SPLITS, VideoRecord, class_list_mismatch, class_names
 from aavs.datasets.masks import write_binary_masks, write_class_masks
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 
@@ -27,22 +28,29 @@ log = logging.getLogger(__name__)
 BINARY_TASKS = ("s4", "ms3", "avss-binary")
 
 
+# Per task, the subsets whose training videos with all-empty masks the reference leaves out: its loss
+# for a 'v1m' video whose masks are all zero is a constant without a graph, so no gradient and no
+# optimiser step (MS3, and v1m inside the binary stage one). S4, v2 and stage two train on them.
+SKIP_EMPTY_VIDEOS = {"ms3": ("v1m",), "avss-binary": ("v1m",)}
+
+
 def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], torch.Tensor]:
     """Keep the frames that carry loss; return the (possibly smaller) batch and its ``loss_frames``.
 
-    Frames are independent batch items in AAVS, so a frame without a label (S4 train frames 1-4)
-    costs compute and adds nothing: it is dropped. In MS3 a video whose masks are all empty
-    contributes zero loss (as the reference does). If nothing is left, one frame stays with
-    ``loss_frames`` all False, so every worker still runs a forward and backward (DDP needs it).
+    Frames are independent batch items in AAVS, so a frame without a label costs compute and adds
+    nothing: it is dropped. So is every frame of an all-empty video of :data:`SKIP_EMPTY_VIDEOS`
+    (docs/method.md, "Training schedule inside one stage"). If nothing is left, one frame stays with
+    ``loss_frames`` all False: every worker still runs its forward, and the training loop makes no
+    optimiser step when no worker has a frame that counts.
     """
     keep = batch["annotated"].clone()
-    if task == "ms3":
-        start = 0
-        for n in batch["frames_per_video"]:
-            video = slice(start, start + n)
-            if not batch["labels"][video].any():
-                keep[video] = False
-            start += n
+    skipped_subsets = SKIP_EMPTY_VIDEOS.get(task, ())
+    start = 0
+    for n, subset in zip(batch["frames_per_video"], batch["subsets"]):
+        video = slice(start, start + n)
+        if subset in skipped_subsets and not batch["labels"][video].any():
+            keep[video] = False
+        start += n
     if not keep.any():
         keep[0] = True
         loss_frames = torch.zeros(1, dtype=torch.bool)
@@ -66,8 +74,9 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-def new_metric(task: str) -> BinaryMetric | SemanticMetric:
-    return BinaryMetric() if task in BINARY_TASKS else SemanticMetric(num_classes=71)
+def new_metric(task: str, num_classes: int) -> BinaryMetric | SemanticMetric:
+    """The task's metric; a semantic one over ``num_classes`` (the network's, which are the data's)."""
+    return BinaryMetric() if task in BINARY_TASKS else SemanticMetric(num_classes)
 
 
 @torch.no_grad()
@@ -91,7 +100,7 @@ def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device 
     _check_task(model, task)
     was_training = model.training
     model.eval()
-    metric = new_metric(task)
+    metric = new_metric(task, model.config.num_labels)
     indices = list(range(len(dataset)) if videos is None else videos)[rank::world]
     loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers,
                         collate_fn=collate_videos)
@@ -136,6 +145,18 @@ def _check_task(model, task: str) -> None:
                          f"{model.config.task}); evaluate it on {'s4, ms3 or avss-binary' if binary_model else 'avss'}")
 
 
+def check_classes(model, checkpoint: str | Path, data: str | Path) -> None:
+    """A semantic network predicts the classes it was trained on: the data's label2idx.json must list
+    the same ones, in the same order (a binary network's background / sounding fit any data)."""
+    if not model.config.semantic:
+        return
+    data_classes = class_names(data)
+    problem = class_list_mismatch(f"checkpoint {checkpoint}", model.config.class_names,
+                                  f"data {data}'s label2idx.json", data_classes)
+    if problem:
+        raise InputError(problem)
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -148,7 +169,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | No
     """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
     from aavs.models import load_model
 
-    model = load_model(checkpoint, base=base, task=task).to(_device())
+    model = load_model(checkpoint, base=base, task=task)
+    check_classes(model, checkpoint, data)
+    model.to(_device())
     task = task or model.config.task
     if model.config.semantic and prior is None:
         log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")

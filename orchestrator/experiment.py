@@ -6,6 +6,7 @@ stage uses them as its prior, evaluate it on the test split, and record ``best.j
 goes under ``results/<name>/``::
 
     spec.yaml, spec.json            the resolved experiment and its hash
+    run.json                        how it was started (--local or Ray); `aavs resume` continues so
     data/                           the synthetic data set (when the spec asks for one)
     cache/                          audio embeddings, computed once for all trials and nodes
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "stopped", "failed")
+RUN_FILE = "run.json"  # {"mode": "local" | "ray"}: how `aavs run` started the experiment
 
 
 class StageFailed(RuntimeError):
@@ -67,19 +69,31 @@ def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
     spec, raw = load_spec(spec_file, overrides)
     results_dir = results_path(results_root) / spec.name
     _save_spec(results_dir, raw, spec)
+    atomic.write_json(results_dir / RUN_FILE, {"mode": "local" if local else "ray"})
     run_stages(spec, results_dir, local=local, console=console)
     return results_dir
 
 
-def resume_experiment(results_dir: str | Path, local: bool = False, console: Console | None = None) -> Path:
+def resume_experiment(results_dir: str | Path, local: bool | None = None, console: Console | None = None) -> Path:
+    """Continue an experiment; ``local`` None continues in the mode it was started in (``run.json``),
+    so that its remaining trials compute exactly what an uninterrupted run would."""
     results_dir = results_path(results_dir)
     spec_file = results_dir / "spec.yaml"
     if not spec_file.is_file():
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
     raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
     spec = parse_spec(raw, str(spec_file))
+    if local is None:
+        local = started_mode(results_dir) == "local"
+    log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
     run_stages(spec, results_dir, local=local, console=console)
     return results_dir
+
+
+def started_mode(results_dir: Path) -> str:
+    """"local" or "ray": how the experiment was started (folders older than run.json: Ray)."""
+    recorded = _read_json(results_dir / RUN_FILE) or {}
+    return "local" if recorded.get("mode") == "local" else "ray"
 
 
 def results_path(value: str | Path) -> Path:
@@ -226,7 +240,7 @@ def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache
         "task": stage.task, "data_root": str(data_root), "model": model,
         "vggish": spec.model.vggish, "vggish_pca": spec.model.vggish_pca, "audio_cache": str(cache),
         "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
-        "max_videos": stage.max_videos,
+        "max_videos": stage.max_videos, "shuffle": stage.shuffle,
         # aavs-method.md section 4: phase A is half of stage one and a third of stage two; the
         # reference clips gradients (norm 0.01) in stage one only.
         "adapter_warmup": 1 / 3 if semantic else 0.5, "grad_clip": None if semantic else 0.01,

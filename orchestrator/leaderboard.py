@@ -139,9 +139,12 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _best_summary(best: dict[str, Any]) -> dict[str, Any]:
+    """best.json's summary, with the class names its checkpoint records (the data's label2idx.json
+    for a semantic stage; None when the checkpoint cannot be read)."""
     keys = ("trial_id", "metric", "mode", "value", "checkpoint", "checkpoint_sha256", "params", "test", "masks",
             "data_root")
-    return {k: best.get(k) for k in keys}
+    meta = _read(Path(best["checkpoint"]) / "aavs.json") if best.get("checkpoint") else None
+    return {**{k: best.get(k) for k in keys}, "classes": (meta or {}).get("classes")}
 
 
 def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: int) -> dict[str, Any]:
@@ -252,6 +255,9 @@ def stage_table(stage: dict[str, Any]) -> Table:
     """One stage's trials, best first; the best (or, while running, the leading) trial in BEST_STYLE."""
     title = Text(f"{stage['name']}", style="bold")
     title.append(f" {stage['task']}, {stage['status']}, by {stage['metric']} ({stage['mode']})", style="")
+    classes = (stage.get("best") or {}).get("classes")
+    if classes:
+        title.append(f" over {len(classes)} classes", style="")
     upstream = stage.get("prior_from") or stage.get("init_from")
     if upstream:
         sha = (upstream.get("checkpoint_sha256") or "")[:8]

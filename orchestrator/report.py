@@ -4,10 +4,11 @@ Written at the end of each stage of ``aavs run`` and by ``aavs report``. For eac
 
     report/<stage>/curves.png        val mIoU per epoch, one line per trial (the best one bold; the
                                      dotted line marks where phase B starts)
-    report/<stage>/per_class.png     AVSS only: the best checkpoint's test IoU per class present
+    report/<stage>/per_class.png     AVSS only: the best checkpoint's test IoU per class present,
+                                     named and coloured as the data's label2idx.json and palette
     report/<stage>/samples.png       a few val videos: frame, ground truth, prediction (and, in a
                                      stage with a prior, stage one's mask it was given)
-    report/<stage>/predictions.json  per-class IoU and F of every class, the frames shown, and the
+    report/<stage>/predictions.json  per-class IoU and F of every class (with their names), the frames shown, and the
                                      sha256 of the checkpoint they came from
 
 The curves come from the leaderboard. The other pictures need the best checkpoint's predictions (one
@@ -27,7 +28,6 @@ from typing import Any, Callable
 import numpy as np
 
 from aavs.datasets import atomic
-from aavs.datasets.layout import read_label2idx
 from aavs.orchestrator.leaderboard import load_leaderboard
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct,
                      model.get("vggish"), model.get("vggish_pca"), str(results_dir / "cache"), videos)
         title = f"{stage['name']} {best['trial_id']}"
         if found["per_class"] is not None:
-            names = {index: name for name, index in read_label2idx(best["data_root"]).items()}
-            _save(folder / "per_class.png", per_class_figure(found["per_class"], title, names))
+            _save(folder / "per_class.png", per_class_figure(found["per_class"], title))
         _save(folder / "samples.png", samples_figure(found["samples"], stage["task"], title))
         atomic.write_json(folder / "predictions.json", {
             "checkpoint": best["checkpoint"], "checkpoint_sha256": best["checkpoint_sha256"], "videos": videos,
@@ -114,7 +113,8 @@ def _figure(width_px: int, height_px: int):
 # ------------------------------------------------------------------------------- predictions
 def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | None, vggish: str | None,
                       vggish_pca: str | None, cache: str, videos: int) -> dict[str, Any]:
-    """The best checkpoint's per-class test scores (AVSS) and ``videos`` val videos' predictions.
+    """The best checkpoint's per-class test scores and class names (AVSS; the checkpoint's classes must
+    be the data's) and ``videos`` val videos' predictions.
 
     Each sample is one frame of a video (its annotated frame with the most labelled pixels), as
     uint8 arrays: ``frame`` [224, 224, 3], ``truth`` and ``pred`` [224, 224] (0/1 for binary tasks,
@@ -125,25 +125,28 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
     from aavs.datasets.avsbench import AVSBenchDataset, read_class_map, read_frames
     from aavs.datasets.masks import read_binary_masks
     from aavs.models import load_model
-    from aavs.orchestrator.evaluation import accumulate
+    from aavs.orchestrator.evaluation import accumulate, check_classes
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(checkpoint).to(device)
+    model = load_model(checkpoint)
+    check_classes(model, checkpoint, data_root)
+    model.to(device)
     common = {"image_size": model.config.image_size, "prior": prior, "vggish": vggish, "vggish_pca": vggish_pca,
               "cache_dir": cache}
     per_class = None
     if not _binary(task):
         metric = accumulate(model, AVSBenchDataset(data_root, task, "test", **common), task, device)
         iou, fscore = metric.per_class()
-        per_class = {"iou": iou.tolist(), "fscore": fscore.tolist(), "present": (metric.count > 0).tolist()}
+        per_class = {"classes": list(model.config.class_names), "iou": iou.tolist(), "fscore": fscore.tolist(),
+                     "present": (metric.count > 0).tolist()}
     val = AVSBenchDataset(data_root, task, "val", cache_mb=0, **common)  # only a few videos are read
     picked = sorted({int(round(i)) for i in np.linspace(0, len(val) - 1, min(videos, len(val)))})
     samples = []
 
     def keep(record, pred: np.ndarray) -> None:
-        truth = read_class_map(Path(data_root), record)
+        truth = read_class_map(Path(data_root), record, range(record.num_frames))
         frame = max(record.annotated_frames, key=lambda i: (int((truth[i] > 0).sum()), -i))
-        image = read_frames(Path(data_root), record, truth.shape[-1])[frame]
+        image = read_frames(Path(data_root), record, truth.shape[-1], [frame])[0]
         prior_mask = read_binary_masks(prior, record, [frame])[0] if prior else None
         samples.append({"uid": record.uid, "subset": record.subset, "frame": frame, "frame_image": image,
                         "truth": (truth[frame] > 0 if _binary(task) else truth[frame]).astype(np.uint8),
@@ -186,8 +189,9 @@ def curves_figure(stage: dict[str, Any]):
     return figure
 
 
-def per_class_figure(per_class: dict[str, list], title: str, names: dict[int, str] | None = None):
-    """Test IoU (%) of each class present in the test split (ground truth or prediction), best first."""
+def per_class_figure(per_class: dict[str, list], title: str):
+    """Test IoU (%) of each class present in the test split (ground truth or prediction), best first,
+    labelled with the class names and drawn in their palette colours."""
     from aavs.datasets.palette import palette
 
     figure = _figure(*PER_CLASS_PX)
@@ -198,7 +202,7 @@ def per_class_figure(per_class: dict[str, list], title: str, names: dict[int, st
     colours = palette(len(iou))[order] / 255.0 if order else []
     ax.bar(range(len(order)), 100 * iou[order], color=colours, edgecolor="black", linewidth=0.5)
     ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([(names or {}).get(c, str(c)) for c in order], rotation=90, fontsize=7)
+    ax.set_xticklabels([per_class["classes"][c] for c in order], rotation=90, fontsize=7)
     ax.set_ylabel("test IoU (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{title}: test IoU per class (mIoU {100 * iou.mean():.2f} over all {len(iou)} classes, "

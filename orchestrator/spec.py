@@ -87,6 +87,7 @@ class StageSpec:
     prior: str | None = None
     init_from: str | None = None
     max_videos: int | None = None
+    shuffle: bool | None = None  # a new video order every epoch; None: the task's default (stage two: no)
     # Custom Ray resources each trial (and the stage's mask export and test evaluation) requests,
     # e.g. {node_a: 0.01} to keep the stage on the nodes that advertise node_a. Placement only:
     # not part of the stage's inputs, so moving a stage never re-runs it.
@@ -211,7 +212,7 @@ def sample_trials(params: Mapping[str, Any], num_samples: int, seed: int) -> lis
 # -------------------------------------------------------------------------------------- parsing
 def _parse_stage(where: _Where, raw: Any, earlier: list[str]) -> StageSpec:
     raw = _mapping(where, raw, ("name", "task", "epochs", "params", "tune", "prior", "init_from", "max_videos",
-                                "resources"), required=("name", "task"))
+                                "shuffle", "resources"), required=("name", "task"))
     name = _typed(where / "name", raw["name"], str, "a plain name (letters, digits, . _ -)")
     if not NAME.match(name):
         raise (where / "name").error("a plain name (letters, digits, . _ -)", name)
@@ -252,8 +253,12 @@ def _parse_stage(where: _Where, raw: Any, earlier: list[str]) -> StageSpec:
     max_videos = raw.get("max_videos")
     if max_videos is not None:
         max_videos = _int(where / "max_videos", max_videos, 1)
+    shuffle = raw.get("shuffle")
+    if shuffle is not None:
+        _typed(where / "shuffle", shuffle, bool, "true or false (default: false for 'avss', true otherwise)")
     return StageSpec(name=name, task=task, epochs=epochs, params=params, tune=tune,
                      prior=raw.get("prior"), init_from=raw.get("init_from"), max_videos=max_videos,
+                     shuffle=shuffle,
                      resources=_resources(where / "resources", raw.get("resources")))
 
 

@@ -123,13 +123,18 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
     """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
     common = dict(image_size=image_size, vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
-    train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, **common)
+    train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None,
+                            training=True, **common)
     return train, AVSBenchDataset(cfg.data_root, cfg.task, "val", prior=cfg.prior, **common)
 
 
 def _build(cfg: TrainConfig):
+    """The stage's network; the semantic one predicts the data's classes (its label2idx.json)."""
+    from aavs.datasets.layout import class_names
+
     spec = cfg.model
-    return build_model(cfg.task, preset=spec.get("preset"), pretrained=spec.get("pretrained"),
+    classes = class_names(cfg.data_root) if cfg.task == "avss" else None
+    return build_model(cfg.task, preset=spec.get("preset"), pretrained=spec.get("pretrained"), classes=classes,
                        **(spec.get("overrides") or {}))
 
 
@@ -188,55 +193,97 @@ def _init_from(model, checkpoint: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one epoch
-def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int,
-                     world: int, rank: int) -> dict[str, float]:
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+def epoch_videos(cfg: TrainConfig, dataset, epoch: int, world: int, rank: int) -> list[int]:
+    """The dataset indices this worker trains on in ``epoch``, in order; a function of the seed and the
+    epoch only, so a resumed run sees the same videos.
+
+    ``cfg.shuffle``: a permutation per epoch; otherwise the dataset's order (stage two: v1s, v1m, v2,
+    each in metadata order, as the reference trains it). Workers take interleaved shares, so each keeps
+    the order and their steps together walk it. ``max_videos`` caps the epoch.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
     sampler.set_epoch(epoch)
     indices = list(sampler)
     if cfg.max_videos:
         indices = indices[: max(1, math.ceil(cfg.max_videos / world))]
+    return indices
+
+
+def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int,
+                     world: int, rank: int) -> dict[str, float]:
+    """One pass over this worker's videos; an optimiser step per ``grad_accum`` batches, except where
+    no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`)."""
+    indices = epoch_videos(cfg, dataset, epoch, world, rank)
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
                         num_workers=cfg.compute.num_workers, collate_fn=collate_videos,
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     model.train()
     device, dtype = accelerator.device, weights_dtype(accelerator.unwrap_model(model))
-    losses, frames, wait, t_epoch = [], 0, 0.0, time.perf_counter()
+    losses, frames, skipped, wait, t_epoch = [], 0, 0, 0.0, time.perf_counter()
+    window_counts = False  # a frame of this accumulation window counts in this worker's loss
     t_ready = time.perf_counter()
     for step, batch in enumerate(loader):
         wait += time.perf_counter() - t_ready
         batch, loss_frames = training_frames(batch, cfg.task)
+        window_counts = window_counts or bool(loss_frames.any())
         with accelerator.accumulate(model):
             out = model(**model_inputs(batch, device, dtype), labels=batch["labels"].to(device),
                         loss_frames=loss_frames.to(device))
             loss = out.loss
             value = loss.detach().float().item()  # the step's one host sync
-            _check_finite(value, accelerator, epoch, step)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.grad_clip and cfg.compute.strategy != "deepspeed":
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            learns = _step_outcome(value, window_counts, accelerator, epoch, step)
+            if accelerator.sync_gradients and not learns:
+                _skip_step(cfg, loss, optimizer, accelerator)
+                skipped += 1
+            else:
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip and cfg.compute.strategy != "deepspeed":
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                window_counts = False
         losses.append(value)
         frames += batch["pixel_values"].shape[0]
         t_ready = time.perf_counter()
     elapsed = time.perf_counter() - t_epoch
     return {"train/loss": float(np.mean(losses)) if losses else float("nan"),
+            "train/skipped_steps": float(skipped),
             "train/steps_per_s": len(losses) / max(elapsed, 1e-9),
             "train/frames_per_s": frames / max(elapsed, 1e-9),
             "train/data_wait_frac": wait / max(elapsed, 1e-9)}
 
 
-def _check_finite(value: float, accelerator, epoch: int, step: int) -> None:
-    """Stop on a NaN or infinite loss; with several workers all stop together (one alone would hang
-    the others in their next all-reduce)."""
-    bad = not math.isfinite(value)
+def _step_outcome(value: float, window_counts: bool, accelerator, epoch: int, step: int) -> bool:
+    """Whether any worker's accumulation window so far has a frame that counts in the loss; raises
+    :class:`TrainingDiverged` on a NaN or infinite loss on any worker.
+
+    One all-reduce decides both for every worker at once: all stop together (one alone would hang the
+    others in their next collective), and all skip or all make the optimiser step, so DDP replicas and
+    ZeRO partitions never fall out of step.
+    """
+    bad, counts = not math.isfinite(value), window_counts
     if accelerator.num_processes > 1:
-        flag = torch.tensor([float(bad)], device=accelerator.device)
-        bad = accelerator.reduce(flag, reduction="sum").item() > 0
+        flags = torch.tensor([float(bad), float(counts)], device=accelerator.device)
+        bad, counts = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
     if bad:
         raise TrainingDiverged(f"loss is not finite at epoch {epoch} step {step}; the trial stops, "
                                f"its last good checkpoint is kept")
+    return counts
+
+
+def _skip_step(cfg: TrainConfig, loss: torch.Tensor, optimizer, accelerator) -> None:
+    """End an accumulation window in which no worker had a frame that counts, without an optimiser
+    step: no momentum, no weight decay, no step count (the reference's all-empty MS3 video).
+
+    The zero loss is still backpropagated (DDP expects a backward after every training forward, and
+    all-reduces the zero gradients with the other workers), then the gradients are dropped. DeepSpeed
+    steps inside its backward, so there the backward is left out; every worker leaves it out alike.
+    """
+    if cfg.compute.strategy != "deepspeed":
+        accelerator.backward(loss)
+    optimizer.zero_grad(set_to_none=True)
 
 
 # ------------------------------------------------------------------------------- checkpoints

@@ -11,6 +11,7 @@ import soundfile
 from PIL import Image
 
 from aavs.datasets.check import check_data_root
+from aavs.datasets.palette import palette
 from aavs.orchestrator.cli import main
 
 V1S = "v1s/syn-v1s-test-0000"
@@ -60,11 +61,32 @@ def test_bad_label2idx(synth_copy):
     path.write_text(json.dumps(mapping))
     problems = check_data_root(synth_copy)
     assert {p.path for p in problems} == {str(path)}
-    assert [p.message for p in problems] == ["has 70 classes, expected 71 (70 + background)",
-                                             "indices are not 0..69, each once"]
-    path.write_text(json.dumps({**{"dog": 0}, **{f"c{i}": i for i in range(1, 71)}}))
+    assert [p.message for p in problems] == ["indices are not 0..7, each once"]
+    path.write_text(json.dumps({"background": 0}))
+    (problem,) = check_data_root(synth_copy)
+    assert problem.message == "has 1 classes, expected 2..256 (background + at least one source)"
+    path.write_text(json.dumps({**{"dog": 0}, **{f"c{i}": i for i in range(1, 9)}}))
     (problem,) = check_data_root(synth_copy)
     assert "first class must be 'background'" in problem.message
+
+
+def test_any_class_count_is_accepted(synth_copy):
+    path = synth_copy / "label2idx.json"
+    path.write_text(json.dumps({"background": 0, **{f"c{i}": i for i in range(1, 71)}}))  # AVSBench's count
+    assert check_data_root(synth_copy) == []
+
+
+def test_mask_colour_of_a_class_the_data_lacks(synth_copy):
+    path = synth_copy / V1S / "labels_rgb" / "0.png"
+    rgb = np.asarray(Image.open(path).convert("RGB")).copy()
+    rgb[:4, :5] = palette()[9]  # a palette colour, but the synthetic data has classes 0..8 only
+    Image.fromarray(rgb).save(path)
+    (problem,) = check_data_root(synth_copy)
+    assert problem.path == str(path)
+    assert problem.message == ("not an AVSBench palette colour of the 9 classes of label2idx.json: "
+                               f"colour {tuple(int(v) for v in palette()[9])} in 20 pixels")
+    (synth_copy / "label2idx.json").write_text(json.dumps({"background": 0, **{f"c{i}": i for i in range(1, 10)}}))
+    assert check_data_root(synth_copy) == []  # a tenth class makes it valid
 
 
 def test_missing_and_unreadable_files(synth_copy):

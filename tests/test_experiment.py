@@ -184,7 +184,8 @@ def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
     stage_one = {p: p.stat().st_mtime_ns for p in (results / "two-stage" / "localize").rglob("*") if p.is_file()}
     assert not (results / "two-stage" / "semantic" / "done.json").exists()
 
-    assert main(["resume", str(results / "two-stage")]) == 0  # on Ray, this time
+    assert json.loads((results / "two-stage" / "run.json").read_text()) == {"mode": "local"}
+    assert main(["resume", str(results / "two-stage"), "--ray"]) == 0  # on Ray, this time, by request
     assert {p: p.stat().st_mtime_ns for p in (results / "two-stage" / "localize").rglob("*")
             if p.is_file()} == stage_one
     rows = [json.loads(r) for r in (trial / "metrics.jsonl").read_text().splitlines()]

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from aavs.datasets.layout import class_names
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.leaderboard import BEST_STYLE, FILE, load_leaderboard, render_leaderboard, stage_table
 from aavs.orchestrator.live import LiveView, watch
@@ -105,6 +106,11 @@ def test_rows_are_ranked_by_the_metric_and_the_best_is_highlighted(tiny_results:
     board = load_leaderboard(tiny_results)
     text, styled = render(board)
     assert max(len(line) for line in text.splitlines()) <= 80
+    # Each stage names the classes its best checkpoint predicts: the synthetic data's for stage two.
+    assert [s["best"]["classes"] for s in board["stages"]] == [["background", "sounding"],
+                                                               list(class_names(tiny_results / "data"))]
+    assert "localize avss-binary, done, by val/miou (max) over 2 classes" in text
+    assert "semantic avss, done, by val/miou (max) over 9 classes" in text
     for stage in ("localize", "semantic"):
         values = best_values(tiny_results, stage)
         rows = table_rows(text, stage)

@@ -12,10 +12,12 @@ from safetensors.torch import load_file, save_file
 from transformers import Mask2FormerForUniversalSegmentation
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.layout import AVSBENCH_CLASSES, class_names
 from aavs.models import build_model, load_model, save_checkpoint, set_phase
 from aavs.models.checkpoint import import_released_checkpoint
 from aavs.models.presets import preset_config
 from aavs.orchestrator.cli import main
+from aavs.orchestrator.evaluation import check_classes
 
 S = 128
 
@@ -138,6 +140,7 @@ def test_save_load_preset_stores_everything_and_reproduces_outputs(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["aavs.json", "model.safetensors"]
     meta = json.loads((folder / "aavs.json").read_text())
     assert (meta["task"], meta["base"], meta["weights"], meta["phase"]) == ("avss", "tiny", "all", "B")
+    assert meta["classes"] == list(AVSBENCH_CLASSES)  # the class list it predicts (no data given: AVSBench's)
     assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
     torch.manual_seed(123)  # a different random init underneath: every weight must come from the file
     loaded = load_model(folder)
@@ -284,3 +287,36 @@ def test_import_names_what_does_not_fit(tmp_path, capsys):
     code = main(["import-checkpoint", str(tmp_path / "junk.pth"), "--base", "tiny", "--task", "s4",
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "junk.pth: not a loadable PyTorch state dict" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------- class lists
+def test_checkpoint_and_import_keep_the_data_classes(synth_root, tmp_path, capsys):
+    """A checkpoint records its classes; a semantic release takes --data's names (AVSBench's by default)."""
+    classes = class_names(synth_root)
+    torch.manual_seed(0)
+    model = trained(build_model("avss", preset="tiny", classes=classes))
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    assert json.loads((folder / "aavs.json").read_text())["classes"] == list(classes)
+    assert load_model(folder).config.class_names == classes
+    released = tmp_path / "released.pth"
+    torch.save(reference_state_dict(model), released)
+    out = tmp_path / "imported"
+    assert main(["import-checkpoint", str(released), "--base", "tiny", "--task", "avss", "--out", str(out),
+                 "--data", str(synth_root)]) == 0
+    assert json.loads((out / "aavs.json").read_text())["classes"] == list(classes)
+    assert main(["import-checkpoint", str(released), "--base", "tiny", "--task", "avss", "--out", str(out)]) == 2
+    assert ("released.pth predicts 9 classes but the avss task's built-in class list has 71 classes [background, "
+            "accordion, airplane") in capsys.readouterr().err
+
+
+def test_evaluating_on_data_with_other_classes_names_both_lists(synth_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    folder = save_checkpoint(build_model("avss", preset="tiny"), tmp_path / "avsbench-classes")  # 71 classes
+    code = main(["evaluate", str(folder), "--data", str(synth_root), "--split", "val"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert (f"checkpoint {folder} has 71 classes [background, accordion, airplane, axe, baby, bassoon, bell, bird, "
+            f"... (63 more)] but data {synth_root}'s label2idx.json has 9 classes [background, violin, dog, piano, "
+            "car, bird, drum, trumpet, ... (1 more)] (class 1 is 'accordion' in one, 'violin' in the other)") in err
+    binary = save_checkpoint(build_model("s4", preset="tiny"), tmp_path / "binary")  # background / sounding: any data
+    check_classes(load_model(binary), binary, synth_root)

@@ -45,13 +45,24 @@ def test_model_info_cli_json_and_table(capsys):
     info = model_info(preset="tiny", task="avss")
     assert printed == {k: info[k] for k in ("total_params", "trainable_params", "adapter_params")}
     assert info["parts"]["prior_embeddings"] == 3 * 64
-    assert info["trainable_params_phase_a"] == info["trainable_params"] - info["parts"]["swin_adapters"] - \
-        info["parts"]["query_features"]
+    # Stage two counts its query features as base (pre-trained, kept); the tiny preset trains its random
+    # base, query features included, in both phases: phase A lacks only the Swin adapters.
+    assert info["parts"]["query_features"] == 0
+    assert info["trainable_params_phase_a"] == info["trainable_params"] - info["parts"]["swin_adapters"]
     console = Console(record=True, width=120)
     render_model_info(console, info)
     text = console.export_text()
     assert "stage two (semantic, prior-guided)" in text and "71 + 1" in text
     assert f"{info['adapter_params']:,}" in text and f"{info['total_params']:,}" in text
+
+
+def test_model_info_takes_the_classes_of_data(synth_root, capsys):
+    assert main(["model-info", "--preset", "tiny", "--task", "avss", "--data", str(synth_root)]) == 0
+    assert "9 + 1" in capsys.readouterr().out  # the synthetic data's 9 classes, not AVSBench's 71
+    default = model_info(preset="tiny", task="avss")
+    synth = model_info(preset="tiny", task="avss", classes=("background", *"abcdefgh"))
+    assert (default["num_labels"], synth["num_labels"]) == (71, 9)
+    assert default["total_params"] - synth["total_params"] == (71 - 9) * (64 + 1)  # the class head, hidden 64
 
 
 def test_model_info_cli_bad_pretrained_folder(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from aavs.datasets.avsbench import read_class_map, read_frames
-from aavs.datasets.layout import VideoRecord
+from aavs.datasets.layout import VideoRecord, class_names
 from aavs.datasets.masks import read_binary_masks
 from aavs.datasets.palette import encode_class_map, palette
 from aavs.orchestrator import report
@@ -52,8 +52,10 @@ def test_per_class_scores_are_those_of_the_best_checkpoint_on_test(tiny_results:
     found = read(tiny_results / "report" / "semantic" / "predictions.json")
     assert found["checkpoint_sha256"] == best["checkpoint_sha256"]
     iou, fscore = np.asarray(found["per_class"]["iou"]), np.asarray(found["per_class"]["fscore"])
-    assert iou.shape == fscore.shape == (71,)
-    # Averaged over the 71 classes they are exactly the stage's test mIoU and F-score.
+    # One score per class of the data's label2idx.json (the synthetic set's 9), named as it names them.
+    assert found["per_class"]["classes"] == list(class_names(tiny_results / "data"))
+    assert iou.shape == fscore.shape == (9,)
+    # Averaged over the 9 classes they are exactly the stage's test mIoU and F-score.
     assert iou.mean() == pytest.approx(best["test"]["miou"], abs=1e-12)
     assert fscore.mean() == pytest.approx(best["test"]["fscore"], abs=1e-12)
     assert found["per_class"]["present"][0] and sum(found["per_class"]["present"]) > 1
@@ -62,7 +64,7 @@ def test_per_class_scores_are_those_of_the_best_checkpoint_on_test(tiny_results:
 
 def test_sample_grid_shows_frame_truth_prediction_and_prior(tiny_results: Path):
     data = tiny_results / "data"
-    colours = {tuple(c) for c in palette()}
+    colours = {tuple(c) for c in palette(9)}  # the synthetic data's classes only
     prior = read(tiny_results / "localize" / "best.json")["masks"]
     for stage in ("localize", "semantic"):
         grid = picture(tiny_results / "report" / stage / "samples.png")
@@ -70,7 +72,7 @@ def test_sample_grid_shows_frame_truth_prediction_and_prior(tiny_results: Path):
         assert len(samples) == 4 and len({s["uid"] for s in samples}) == 4
         for row, sample in enumerate(samples):
             record = VideoRecord(sample["uid"], sample["subset"], "val")
-            truth = read_class_map(data, record)[sample["frame"]]
+            truth = read_class_map(data, record, [sample["frame"]])[0]
             if stage == "localize":
                 expected = np.repeat((255 * (truth > 0)).astype(np.uint8)[..., None], 3, axis=-1)
             else:
@@ -78,7 +80,7 @@ def test_sample_grid_shows_frame_truth_prediction_and_prior(tiny_results: Path):
             # Pixel for pixel, the ground truth in the palette's colours (white on black when binary).
             assert (cell(grid, row, 1) == expected).all(axis=-1).mean() > 0.995
             assert (truth > 0).any()  # the frame shown is one with something labelled
-            frame = read_frames(data, record, CELL)[sample["frame"]]
+            frame = read_frames(data, record, CELL, [sample["frame"]])[0]
             lower = slice(CELL // 2, None)  # below the label drawn into the frame's corner
             assert np.abs(cell(grid, row, 0)[lower].astype(int) - frame[lower]).mean() < 2
             predicted = {tuple(c) for c in cell(grid, row, 2).reshape(-1, 3)}
@@ -119,3 +121,14 @@ def test_report_of_a_run_with_failed_and_running_trials(tiny_results: Path, tmp_
         assert image.size == (800, 450)
     curves = json.loads((copy / "report" / "localize" / "predictions.json").read_text())
     assert curves["checkpoint_sha256"] == read(copy / "localize" / "best.json")["checkpoint_sha256"]
+
+
+def test_per_class_chart_names_and_colours_the_data_classes():
+    classes = ["background", "violin", "dog", "piano"]
+    per_class = {"classes": classes, "iou": [0.9, 0.2, 0.0, 0.6], "fscore": [0.9, 0.3, 0.0, 0.7],
+                 "present": [True, True, False, True]}
+    (ax,) = report.per_class_figure(per_class, "semantic t000").axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["background", "piano", "violin"]  # best first
+    bars = [tuple(round(255 * v) for v in bar.get_facecolor()[:3]) for bar in ax.patches]
+    assert bars == [tuple(int(v) for v in palette()[c]) for c in (0, 3, 1)]
+    assert "over all 4 classes, 3 present" in ax.get_title()

@@ -58,7 +58,7 @@ def test_binary_scores_match_the_metric_on_the_arrays(synth_root, tmp_path, task
 
 def test_semantic_scores_and_perfect_predictions(synth_root, tmp_path):
     preds = _write_predictions(synth_root, tmp_path / "shifted", "avss", "val", shift=15)
-    metric = SemanticMetric()
+    metric = SemanticMetric(9)  # the synthetic data's classes: background + 8 sources
     for record, pred in preds.items():
         metric.update(pred, _truth(synth_root, record))
     scores = score_predictions(tmp_path / "shifted", synth_root, "avss", "val")
@@ -68,8 +68,26 @@ def test_semantic_scores_and_perfect_predictions(synth_root, tmp_path):
     _write_predictions(synth_root, tmp_path / "perfect", "avss", "val", shift=0)
     perfect = score_predictions(tmp_path / "perfect", synth_root, "avss", "val")
     seen = set().union(*(np.unique(_truth(synth_root, r)).tolist() for r in preds))
-    assert perfect["miou"] == pytest.approx(len(seen) / 71) and perfect["fscore"] == pytest.approx(len(seen) / 71)
-    assert perfect["miou_no_bg"] == pytest.approx((len(seen) - 1) / 70)
+    assert perfect["miou"] == pytest.approx(len(seen) / 9) and perfect["fscore"] == pytest.approx(len(seen) / 9)
+    assert perfect["miou_no_bg"] == pytest.approx((len(seen) - 1) / 8)
+
+
+def test_semantic_scores_are_over_the_data_classes(synth_copy, tmp_path):
+    """The metrics average over the data's label2idx.json classes; a predicted class it lacks is an error."""
+    preds = _write_predictions(synth_copy, tmp_path / "perfect", "avss", "val", shift=0)
+    seen = set().union(*(np.unique(_truth(synth_copy, r)).tolist() for r in preds))
+    label2idx = synth_copy / "label2idx.json"
+    label2idx.write_text(json.dumps({"background": 0, **{f"c{i}": i for i in range(1, 12)}}))  # 12 classes
+    perfect = score_predictions(tmp_path / "perfect", synth_copy, "avss", "val")
+    assert perfect["miou"] == pytest.approx(len(seen) / 12)
+    assert perfect["miou_no_bg"] == pytest.approx((len(seen) - 1) / 11)
+    record = next(iter(preds))
+    wrong = preds[record].copy()
+    wrong[:, :3, :3] = 12  # a class of the palette the data does not have
+    write_class_masks(tmp_path / "perfect", record, wrong)
+    with pytest.raises(InputError, match=r"0\.png: colour \(\d+, \d+, \d+\) \(9 pixels\) is not in the AVSBench "
+                                         r"palette of 12 classes"):
+        score_predictions(tmp_path / "perfect", synth_copy, "avss", "val")
 
 
 def test_only_annotated_frames_are_needed(synth_root, tmp_path):

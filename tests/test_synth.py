@@ -41,8 +41,9 @@ def test_rewrite_replaces_the_folder_atomically(tmp_path):
 
 def test_synthetic_set_is_clean_and_complete(synth_root):
     assert check_data_root(synth_root) == []
-    labels = read_label2idx(synth_root)
-    assert len(labels) == 71 and labels["background"] == 0
+    labels = read_label2idx(synth_root)  # its own classes: background and the eight sound sources
+    assert labels == {"background": 0, **{c.name: i for i, c in enumerate(SYNTH_CLASSES, 1)}}
+    assert list(labels) == ["background", "violin", "dog", "piano", "car", "bird", "drum", "trumpet", "man"]
     records = read_metadata(synth_root)
     assert {(r.subset, r.split) for r in records} == {(s, p) for s in ("v1s", "v1m", "v2") for p in ("train", "val", "test")}
     for r in records:
