@@ -7,7 +7,7 @@ log(mel + 0.01), non-overlapping examples of 96 frames. Each example (0.96 s) gi
 example t is the audio of frame t.
 
 An embedding is the raw output of VGGish's last fully connected layer (no ReLU, no PCA, no
-quantisation), as the reference feeds it (docs/method.md, section "Audio"); the AudioSet PCA
+quantisation), as the reference feeds it (docs/method.md §2); the AudioSet PCA
 post-processing is an explicit option (``vggish_pca``).
 
 Embeddings are deterministic per (wav bytes, weights, feature mode), so they are computed once and

@@ -40,7 +40,7 @@ def source_frames(record: VideoRecord, training: bool) -> tuple[int, ...]:
 
     For training, a video whose only mask is frame 0's (the v1s training split: S4, and the v1s part of
     both AVSS stages) is frame 0 ``T`` times, every copy labelled with frame 0's mask: the reference
-    trains on these five image-audio pairs (docs/method.md, "Training schedule inside one stage").
+    trains on these five image-audio pairs (docs/method.md §4).
     Otherwise item t is frame t.
     """
     if training and record.annotated_frames == (0,):

@@ -103,7 +103,7 @@ def read_sounding(path: Path) -> np.ndarray:
 
     The colour image is resized bilinearly to 224 (OpenCV's filter, no antialiasing), converted to grey
     and thresholded at > 0, so a file that is not already 224 x 224 gives a slightly dilated mask
-    (docs/method.md, "Training schedule inside one stage": targets). Metrics keep the nearest-neighbour
+    (docs/method.md §4). Metrics keep the nearest-neighbour
     masks of :func:`read_colour`.
     """
     rgb = np.asarray(_open(path).convert("RGB"))

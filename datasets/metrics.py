@@ -1,4 +1,4 @@
-"""AVSBench metrics (aavs-method.md section 6), vectorised in torch so they run on the model's device.
+"""AVSBench metrics (docs/method.md §6), vectorised in torch so they run on the model's device.
 
 Binary (S4, MS3): per video, the mean over frames of the IoU (a frame with an empty true mask scores
 the IoU of the two background masks) and the best over 255 thresholds of the frames' mean F-measure

@@ -1,7 +1,7 @@
 """Bottleneck adapters and the way they enter transformers' layers without renaming anything.
 
 An adapter is ``Linear(d, d/r) -> ReLU -> Linear(d/r, d)`` (r = 4). It sits on the output of a
-projection ``nn.Linear`` of the base network in one of three modes (aavs-method.md §3):
+projection ``nn.Linear`` of the base network in one of three modes (docs/method.md §3):
 
 - ``residual`` (Swin): ``y = W x + b``, output ``y + adapter(y)``;
 - ``replace`` (stage-one decoder side): output ``adapter(x)``; the pre-trained projection stays in the

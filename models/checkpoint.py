@@ -8,8 +8,7 @@ path; with a preset base (whose random frozen weights could not be recovered) ev
 Released checkpoints are ``torch.save``d state dicts of the reference module: ``audio_proj.*`` (the
 128-512-256 MLP, ``Sequential`` indices 0 and 2) and ``model.`` + the key names of transformers 4.35.2's
 ``Mask2FormerForUniversalSegmentation``, with the adapters the reference adds (each adapter is
-``Sequential(Linear, ReLU, Linear)``, so ``.{0,2}.{weight,bias}``; docs/method.md, "Released
-checkpoints")::
+``Sequential(Linear, ReLU, Linear)``, so ``.{0,2}.{weight,bias}``; docs/method.md §7)::
 
     model.model.pixel_level_module.encoder.encoder.layers.{i}.blocks.{j}.attention.output.swin_adapt_1.{0,2}.*
         Swin attention output (inside 4.35.2's SwinSelfOutput, after its ``dense`` projection)

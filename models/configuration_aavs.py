@@ -1,6 +1,6 @@
 """Configuration of an AAVS network: the task, where its base came from, and the Mask2Former config.
 
-The task decides the network (aavs-method.md §3, §5):
+The task decides the network (docs/method.md §3, §5):
 
 | task | network | labels (+ no-object) | queries |
 | --- | --- | --- | --- |

@@ -15,11 +15,11 @@ parameter names are the library's, prefixed with ``model.``) changed in place, n
   for a query row with nothing to attend to (it then attends everywhere).
 
 Everything else of Mask2Former is frozen; :func:`set_phase` decides which AAVS parts train
-(aavs-method.md §4). Frames are independent batch items: ``pixel_values[N, 3, S, S]`` with one second of
+(docs/method.md §4). Frames are independent batch items: ``pixel_values[N, 3, S, S]`` with one second of
 audio ``[N, 128]`` each.
 
 The reference ran on transformers 4.35.2, and :class:`AAVS` restores what that release did and newer
-ones changed (docs/method.md, section "Training recipe"): the modules the ADE20k checkpoint
+ones changed (docs/method.md §4): the modules the ADE20k checkpoint
 lacks start from the values its ``from_pretrained`` gave them (:meth:`AAVS._init_added_weights`), every
 Swin block drops its attention path with the config's ``drop_path_rate`` (not a schedule rising from 0
 to it), and the Hungarian matcher's class cost is 1.0 (the loss's class weight stays 2.0).
@@ -60,7 +60,7 @@ from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task
 log = logging.getLogger(__name__)
 
 PHASES = ("A", "B")
-# Prior thresholds (aavs-method.md §5): attend where P >= 0.5; silent P <= 0.4, sounding P >= 0.6.
+# Prior thresholds (docs/method.md §3): attend where P >= 0.5; silent P <= 0.4, sounding P >= 0.6.
 PRIOR_ATTEND = 0.5
 PRIOR_SILENT = 0.4
 PRIOR_SOUNDING = 0.6
@@ -301,7 +301,7 @@ class AAVS(nn.Module):
         """The trainable parts (see :data:`PARTS`), each a list of (name, parameter); the rest is frozen.
 
         The stage-two network counts its query features as base: the reference keeps their pre-trained
-        values (docs/method.md, section "Training recipe"). A random-weight base
+        values (docs/method.md §4). A random-weight base
         (``train_base``, the tiny preset) has none to keep, so there they train with the rest of the base,
         in both phases.
         """
@@ -506,7 +506,7 @@ def _part_of(name: str) -> str | None:
 
 
 def phase_parts(model: AAVS, phase: str) -> tuple[str, ...]:
-    """Names of the parts trained in ``phase`` (aavs-method.md §4)."""
+    """Names of the parts trained in ``phase`` (docs/method.md §4)."""
     if phase not in PHASES:
         raise ValueError(f"unknown training phase {phase!r}: expected A or B")
     if phase == "B":

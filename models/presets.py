@@ -27,9 +27,9 @@ from aavs.models.configuration_aavs import SEMANTIC_TASK, check_task, task_label
 
 PRESETS = ("tiny", "swin-base")
 SWIN_STAGES = ["stage1", "stage2", "stage3", "stage4"]
-DEFAULT_IMAGE_SIZE = 384  # aavs-method.md §1: frames go into the network at 384 x 384
+DEFAULT_IMAGE_SIZE = 384  # docs/method.md §1: frames go into the network at 384 x 384
 
-# Loss weights and points of the ADE20k checkpoint, which the reference keeps (aavs-method.md §3).
+# Loss weights and points of the ADE20k checkpoint, which the reference keeps (docs/method.md §3).
 LOSS_SETTINGS: dict[str, Any] = {
     "class_weight": 2.0, "mask_weight": 5.0, "dice_weight": 5.0, "no_object_weight": 0.1,
     "train_num_points": 12544,

@@ -6,7 +6,7 @@ randomly initialised from a fixed seed, which is only good for tests and synthet
 
 The embedding is the raw output of the last fully connected layer: no ReLU after it, no PCA, no
 quantisation (signed floats of order one). That is what the reference feeds the segmentation network
-(docs/method.md, section "Audio"). The AudioSet-style post-processing (PCA, clip, 8-bit quantise) is a
+(docs/method.md §2). The AudioSet-style post-processing (PCA, clip, 8-bit quantise) is a
 different feature space, applied only when PCA parameters are given explicitly.
 """
 

@@ -22,8 +22,8 @@ log = logging.getLogger("aavs")
 
 TASKS = ("s4", "ms3", "avss")
 DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head started as cluster/README.md says
-# The embeddings default to VGGish's raw last-fc output, as the reference feeds them (docs/method.md,
-# section "Audio"); the AudioSet post-processing is a different feature space, only on request.
+# The embeddings default to VGGish's raw last-fc output, as the reference feeds them (docs/method.md
+# §2); the AudioSet post-processing is a different feature space, only on request.
 VGGISH_PCA_HELP = ("opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
                    "(.pth or .npz; needs --vggish) instead of the raw last-fc output")
 DATA_CLASSES_HELP = "a data root whose label2idx.json names the avss classes (default: AVSBench's 71)"
@@ -139,6 +139,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from aavs.orchestrator.experiment import resume_experiment
     from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
 
+    if args.print_config:
+        from aavs.orchestrator.experiment import effective_config
+        import yaml
+
+        from aavs.orchestrator.spec import load_spec
+
+        spec, _ = load_spec(args.experiment, args.set)
+        sys.stdout.write(yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True,
+                                        width=1000))
+        return 0
     console = _console()
     results = resume_experiment(args.results_dir, local=args.local, console=console)
     console.print(render_leaderboard(load_leaderboard(results)))
@@ -262,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="no Ray: trials one after another in this process")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key of the file")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every stage's training config with the method's defaults, and run nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted experiment (in the mode it was started in)")

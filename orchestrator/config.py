@@ -84,7 +84,7 @@ class TrainConfig:
     @property
     def phase_a_epochs(self) -> int:
         """``floor(epochs * adapter_warmup)``: with 1/2 and 1/3 exactly the reference's ``epochs // 2``
-        (stage one) and ``epochs // 3`` (stage two), docs/method.md, section "Training recipe".
+        (stage one) and ``epochs // 3`` (stage two), docs/method.md §4.
         The 1e-9 keeps a product that floating point puts just under a whole number (100 * 0.29 is
         28.999999999999996) on it."""
         return math.floor(self.epochs * self.adapter_warmup + 1e-9)

@@ -1,6 +1,6 @@
 """Validation, ``aavs evaluate``, and stage one's mask export: one prediction loop for all three.
 
-Per video, the network's per-class score maps (aavs-method.md section 3) become predictions:
+Per video, the network's per-class score maps (docs/method.md §3) become predictions:
 binary tasks take argmax over {background, sounding} and the F-score probability
 sigmoid(2 * s1 - s0); AVSS takes argmax over the network's classes, which must be the data's
 (its label2idx.json; docs/method.md §1). Metrics use the annotated frames only;
@@ -39,7 +39,7 @@ def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], t
 
     Frames are independent batch items in AAVS, so a frame without a label costs compute and adds
     nothing: it is dropped. So is every frame of an all-empty video of :data:`SKIP_EMPTY_VIDEOS`
-    (docs/method.md, "Training schedule inside one stage"). If nothing is left, one frame stays with
+    (docs/method.md §4). If nothing is left, one frame stays with
     ``loss_frames`` all False: every worker still runs its forward, and the training loop makes no
     optimiser step when no worker has a frame that counts.
     """

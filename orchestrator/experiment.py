@@ -47,6 +47,7 @@ import yaml
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import trainstate
+from aavs.orchestrator.config import TrainConfig
 from aavs.orchestrator.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
 
 if TYPE_CHECKING:
@@ -229,27 +230,64 @@ def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
         os.replace(stage_dir, target)
 
 
-def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
-                  stage_dir: Path, bests: dict) -> dict[str, dict[str, Any]]:
-    """Each trial's ``train_func`` config: stage defaults, then the sampled parameters."""
+def stage_config(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
+                 prior: str | None, init_from: str | None) -> dict[str, Any]:
+    """A stage's ``train_func`` config before the sampled parameters: the method's defaults for its task."""
     model: dict[str, Any] = {"preset": spec.model.preset} if spec.model.preset else {"pretrained": spec.model.pretrained}
     if spec.model.overrides:
         model["overrides"] = dict(spec.model.overrides)
     semantic = stage.task == "avss"
-    base = {
+    return {
         "task": stage.task, "data_root": str(data_root), "model": model,
         "vggish": spec.model.vggish, "vggish_pca": spec.model.vggish_pca, "audio_cache": str(cache),
         "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
         "max_videos": stage.max_videos, "shuffle": stage.shuffle,
-        # aavs-method.md section 4: phase A is half of stage one and a third of stage two; the
+        # docs/method.md §4: phase A is half of stage one and a third of stage two; the
         # reference clips gradients (norm 0.01) in stage one only.
         "adapter_warmup": 1 / 3 if semantic else 0.5, "grad_clip": None if semantic else 0.01,
-        "prior": bests[stage.prior]["masks"] if stage.prior else None,
-        "init_from": bests[stage.init_from]["checkpoint"] if stage.init_from else None,
+        "prior": prior, "init_from": init_from,
         "compute": {"strategy": spec.compute.strategy, "zero_stage": spec.compute.zero_stage,
                     "mixed_precision": spec.compute.mixed_precision, "num_workers": spec.compute.loader_workers,
                     "cpu": spec.compute.gpus_per_worker == 0},
     }
+
+
+def effective_config(spec: ExperimentSpec, results_root: str | Path = "results") -> dict[str, Any]:
+    """What ``aavs run --print-config`` shows: every stage's training config with the method's defaults
+    filled in (before sampling: ``params`` are the search space), and notes on what is not the paper's."""
+    results_dir = results_path(results_root) / spec.name
+    data_root = results_dir / "data" if spec.data.synthetic else Path(spec.data.root or "")
+    stages = {}
+    for stage in spec.stages:
+        config = stage_config(spec, stage, data_root, results_dir / "cache",
+                              prior=f"<masks of {stage.prior}'s best trial>" if stage.prior else None,
+                              init_from=f"<best checkpoint of {stage.init_from}>" if stage.init_from else None)
+        fixed = {k: v for k, v in stage.params.items() if not isinstance(v, dict)}
+        resolved = TrainConfig.from_dict({**config, **fixed, "trial_dir": "<trial folder>"})
+        shown = {**resolved.to_dict(), **stage.params}  # search spaces as written
+        shown.pop("trial_dir")
+        if "lr_b" not in stage.params:
+            shown["lr_b"] = resolved.learning_rate_b if "lr" in fixed else "lr / 10"
+        if "adapter_warmup" not in stage.params or "adapter_warmup" in fixed:
+            shown["phase_b_from_epoch"] = resolved.phase_a_epochs
+        stages[stage.name] = {**shown, "num_samples": stage.tune.num_samples}
+    notes = []
+    train_base = (spec.model.overrides or {}).get("train_base", spec.model.preset == "tiny")
+    if train_base:
+        notes.append(f"model.preset {spec.model.preset} has random weights: its whole Mask2Former trains too "
+                     "(train_base), where the method keeps a pre-trained base frozen (docs/method.md §8)")
+    if spec.compute.mixed_precision != "no":
+        notes.append(f"compute.mixed_precision {spec.compute.mixed_precision}: the paper trains in fp32")
+    return {"name": spec.name, "model": {**spec.to_dict()["model"], "train_base": bool(train_base)},
+            "compute": spec.to_dict()["compute"], "stages": stages, "notes": notes}
+
+
+def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
+                  stage_dir: Path, bests: dict) -> dict[str, dict[str, Any]]:
+    """Each trial's ``train_func`` config: the stage's, then the sampled parameters."""
+    base = stage_config(spec, stage, data_root, cache,
+                        prior=bests[stage.prior]["masks"] if stage.prior else None,
+                        init_from=bests[stage.init_from]["checkpoint"] if stage.init_from else None)
     configs = {}
     for i, params in enumerate(sample_trials(stage.params, stage.tune.num_samples, stage.tune.seed)):
         trial_id = f"t{i:03d}"

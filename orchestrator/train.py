@@ -4,7 +4,7 @@ Called in-process (``aavs run --local``), by every worker of a Ray Train ``Torch
 Ray Tune trial; it reads one plain ``config`` dict (see :class:`~aavs.orchestrator.config.TrainConfig`)
 and writes its trial folder (``metrics.jsonl``, ``status.json``, ``checkpoints/last``, ``best``).
 
-The recipe, as in aavs-method.md section 4:
+The recipe, as in docs/method.md §4:
 
 1. data: AVSBench videos of the task, audio embeddings cached once, frames paired with their second;
 2. phase A (first ``adapter_warmup`` of the epochs): audio projection, queries, decoder-side adapters

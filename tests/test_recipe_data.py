@@ -1,4 +1,4 @@
-"""The data and training-loop side of the recipe (docs/method.md, "Training schedule inside one stage"):
+"""The data and training-loop side of the recipe (docs/method.md §4):
 five copies of frame 0 for v1s training videos, the reference's binary targets and loss-target size,
 no optimiser step for all-empty v1m videos, and the order of the training videos."""
 

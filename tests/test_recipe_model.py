@@ -1,6 +1,6 @@
 """The model side of the reference's training recipe: which parts train in each phase, the initial
 values of the modules the ADE20k checkpoint lacks, drop-path on every Swin block, the matcher's class
-cost, and when phase B starts (docs/method.md, section "Training recipe")."""
+cost, and when phase B starts (docs/method.md §4)."""
 
 from __future__ import annotations
 

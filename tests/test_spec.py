@@ -121,3 +121,22 @@ def test_reproducing_experiments_are_the_papers_recipe(name, stages):
     for stage in spec.stages:
         assert stage.epochs == 60 and stage.tune.num_samples == 1 and stage.init_from is None
         assert sample_trials(stage.params, 1, stage.tune.seed) == [{"lr": 1e-3, "lr_b": 1e-4, "weight_decay": 0.05}]
+
+
+def test_print_config_shows_the_methods_defaults_and_runs_nothing(tmp_path, capsys):
+    assert main(["run", str(REPO / "experiments" / "avss.yaml"), "--print-config", "--results", str(tmp_path)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    one, two = shown["stages"]["localize"], shown["stages"]["semantic"]
+    assert (one["phase_b_from_epoch"], two["phase_b_from_epoch"]) == (30, 20)  # epochs // 2, epochs // 3
+    assert (one["shuffle"], two["shuffle"]) == (True, False)
+    assert (one["grad_clip"], two["grad_clip"]) == (0.01, None)
+    assert one["lr"] == two["lr"] == 1e-3 and one["lr_b"] == two["lr_b"] == 1e-4 and one["seed"] == 3407
+    assert two["prior"] == "<masks of localize's best trial>" and shown["notes"] == []
+    assert shown["model"]["train_base"] is False
+    assert list(tmp_path.iterdir()) == []
+
+    assert main(["run", str(REPO / "experiments" / "demo.yaml"), "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["train_base"] is True and "random weights" in shown["notes"][0]
+    assert shown["stages"]["localize"]["lr"] == {"loguniform": [5.0e-4, 2.0e-3]}
+    assert shown["stages"]["localize"]["lr_b"] == "lr / 10"
