@@ -201,7 +201,8 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
         else:
             out[record.uid] = hit
     if misses:
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        console = Console(stderr=True)  # a bar on a terminal; elsewhere it would only leave an empty line
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("VGGish embeddings", total=len(misses))
             for record, path, sha in misses:
                 embedding = embed_clip(path, lazy.model)

@@ -185,8 +185,11 @@ def feature_mode(pca: str | os.PathLike | None) -> str:
 
 
 def warn_random_init() -> None:
-    log.warning("no VGGish weights given: audio embeddings come from a randomly initialised VGGish "
-                "(seed %d); they are only meaningful for tests and synthetic data", RANDOM_INIT_SEED)
+    """Says where real weights are given, in the words of both places (``aavs run`` says it once, at
+    the start, when it embeds the data's audio; trials and tasks say it in their log files)."""
+    log.warning("no VGGish weights given (model.vggish in the experiment file, --vggish on the command line): "
+                "audio embeddings come from a randomly initialised VGGish, only meaningful for tests and "
+                "synthetic data")
 
 
 def load_vggish(weights: str | os.PathLike | None = None,

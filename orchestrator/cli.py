@@ -11,12 +11,18 @@ internal failure. ``--json`` prints exactly one JSON object on stdout and nothin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from aavs.datasets.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("aavs")
 
@@ -124,19 +130,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit status 2 when any video failed (each is named on stderr); the others are still written."""
+    from aavs.orchestrator.predict import model_source, predict_videos
+
+    source = model_source(args.checkpoint, args.prior_checkpoint, args.experiment, args.stage, args.base,
+                          args.vggish, args.vggish_pca, args.cache)
+    summary = predict_videos(args.inputs, args.out, source, overwrite=args.overwrite, use_ray=args.ray,
+                             actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+    if args.json:
+        _print_json(summary)
+    else:
+        log.info("%d videos predicted, %d skipped, %d failed (%d s of video in %.1f s) -> %s", summary["done"],
+                 summary["skipped"], summary["failed"], summary["seconds"], summary["wall_s"], args.out)
+    for video in summary["videos"]:
+        if video["status"] == "failed":
+            sys.stderr.write(f"aavs: failed: {video['error']}\n")
+    return 2 if summary["failed"] else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from aavs.orchestrator.experiment import run_experiment
-    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
-
-    console = _console()
-    results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local,
-                             console=console)
-    console.print(render_leaderboard(load_leaderboard(results)))
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.experiment import resume_experiment
     from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
 
     if args.print_config:
@@ -149,9 +163,68 @@ def cmd_resume(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True,
                                         width=1000))
         return 0
-    console = _console()
-    results = resume_experiment(args.results_dir, local=args.local, console=console)
-    console.print(render_leaderboard(load_leaderboard(results)))
+    with _run_console() as console:
+        results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local,
+                                 console=console, verbose=args.verbose)
+        console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
+        _logs_hint(console, results)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.experiment import resume_experiment
+    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+
+    with _run_console() as console:
+        results = resume_experiment(args.results_dir, local=args.local, console=console, verbose=args.verbose)
+        console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
+        _logs_hint(console, results)
+    return 0
+
+
+@contextlib.contextmanager
+def _run_console() -> Iterator[Console]:
+    """The console of ``aavs run``/``resume``, on a duplicate of stdout's descriptor: a ``--local``
+    trial points descriptors 1 and 2 at its log file, and the live view must stay on the terminal."""
+    from rich.console import Console
+
+    try:
+        fd = os.dup(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (a test's capture)
+        fd = None
+    if fd is None:  # this object, not whatever sys.stdout is while a trial runs
+        yield Console(file=sys.stdout)
+        return
+    with open(fd, "w", encoding="utf-8", buffering=1) as out:
+        yield Console(file=out)
+
+
+def _logs_hint(console: Console, results: Path) -> None:
+    from aavs.orchestrator.live import plain_line
+
+    plain_line(console, f"trial logs: aavs logs {results} [STAGE/TRIAL]")
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A log file (``STAGE/TRIAL`` or ``STAGE/TASK``), or the list of them; ``--follow`` keeps printing
+    new lines until the trial (or, for the list, the whole experiment) has ended."""
+    from aavs.orchestrator import triallog
+
+    results = args.results_dir
+    if args.target:
+        target = triallog.resolve(results, args.target)
+        files, done, prefix = (lambda: [target]), (lambda: not args.follow or triallog.trial_done(target)), False
+    elif args.follow:
+        files, done, prefix = (lambda: triallog.log_files(results)), (lambda: triallog.experiment_done(results)), True
+    else:
+        rows = triallog.log_files(results)
+        width = max((len(f.label) for f in rows), default=0)
+        for f in rows:
+            sys.stdout.write(f"{f.label:<{width}}  {f.status:<8} {f.path.stat().st_size:>9} B  {f.path}\n")
+        if not rows:
+            sys.stdout.write(f"no log files yet in {results}\n")
+        return 0
+    triallog.follow(files, _write_through, done, prefix)
     return 0
 
 
@@ -207,7 +280,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aavs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging; `run`/`resume`: the trials' output also on this terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="AVSBench data sets").add_subparsers(dest="data_command", required=True)
@@ -267,6 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="sounding-object masks, overlay and timeline of any video")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files, or folders of them")
+    p.add_argument("--out", required=True, help="writes OUT/<video name>/ (masks/, overlay.mp4, timeline.json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--experiment", help="results/<name>: its best checkpoints, stage one feeding stage two")
+    g.add_argument("--checkpoint", help="our checkpoint folder (aavs import-checkpoint converts a release)")
+    p.add_argument("--stage", default=None, help="with --experiment: this stage (default: the last one with a prior)")
+    p.add_argument("--prior-checkpoint", default=None, help="with --checkpoint: the stage-one network feeding it")
+    p.add_argument("--base", default=None, help="Mask2Former folder, when the checkpoint's base has moved")
+    p.add_argument("--vggish", default=None, help="converted VGGish weights (default: the experiment's; random init)")
+    p.add_argument("--vggish-pca", default=None, help=VGGISH_PCA_HELP)
+    p.add_argument("--cache", default=None, help="embedding cache folder (default: the experiment's, or $AAVS_CACHE_DIR)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos whose output folder exists")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (decode, embed, predict, write)")
+    p.add_argument("--actors", type=int, default=1, help="--ray: prediction actors (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="--ray: GPUs per prediction actor (default 0)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("run", help="run an experiment: every stage, Ray Tune trials, best checkpoint hand-over")
     p.add_argument("experiment")
     p.add_argument("--local", action="store_true", help="no Ray: trials one after another in this process")
@@ -306,19 +399,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RESULTS/<name>/report: learning curves, per-class IoU, sample grids")
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("logs", help="the trials' and tasks' output (without TARGET: the list of log files)")
+    p.add_argument("results_dir")
+    p.add_argument("target", nargs="?", default=None, metavar="STAGE/TRIAL",
+                   help="a trial (localize/t000) or a stage's task (localize/masks, localize/test, localize/report)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines until the trial ends (without TARGET: every log, until the run ends)")
+    p.set_defaults(func=cmd_logs)
     return parser
 
 
+class _PlainHandler(logging.StreamHandler):
+    """A record as one plain line on (the current) stderr: a pipe or a CI log gets no wrapping and no
+    colour codes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(verbose: bool) -> None:
-    """Our messages through rich on stderr (stdout stays free for --json); other libraries keep
-    their own logging setup, and the root logger is left alone."""
+    """Our messages on stderr (stdout stays free for --json): through rich on a terminal, plain lines
+    elsewhere. Other libraries keep their own logging setup, and the root logger is left alone."""
     from rich.console import Console
     from rich.logging import RichHandler
 
     logger = logging.getLogger("aavs")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        logger.addHandler(RichHandler(console=Console(stderr=True), show_path=False))
+    if not any(isinstance(h, (RichHandler, _PlainHandler)) for h in logger.handlers):
+        console = Console(stderr=True)
+        logger.addHandler(RichHandler(console=console, show_path=False) if console.is_terminal else _PlainHandler())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,8 @@ goes under ``results/<name>/``::
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
     <stage>/trials/t000/ ...        each trial's folder (train_func's metrics, checkpoints, status)
     <stage>/trials/t000/node.json   the Ray node the trial last ran on (its rank 0)
+    <stage>/trials/t000/log.txt     the trial's output (aavs.orchestrator.triallog; `aavs logs`)
+    <stage>/{masks,test,report}.log.txt   the output of the stage's tasks
     <stage>/masks/                  the best checkpoint's masks of every split (a later stage's prior)
     <stage>/best.json               the stage's best trial, checkpoint, value, test metrics
     <stage>/done.json               written last: the stage is complete for these inputs
@@ -29,6 +31,8 @@ read and written as files.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +42,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -49,6 +53,7 @@ from aavs.datasets.errors import InputError
 from aavs.orchestrator import trainstate
 from aavs.orchestrator.config import TrainConfig
 from aavs.orchestrator.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
+from aavs.orchestrator.triallog import captured, mark_failed, task_log, trial_log
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,16 +71,18 @@ class StageFailed(RuntimeError):
 # ----------------------------------------------------------------------------------- entry points
 def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
                    results_root: str | Path = "results", local: bool = False,
-                   console: Console | None = None) -> Path:
+                   console: Console | None = None, verbose: bool = False) -> Path:
+    """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files."""
     spec, raw = load_spec(spec_file, overrides)
     results_dir = results_path(results_root) / spec.name
     _save_spec(results_dir, raw, spec)
     atomic.write_json(results_dir / RUN_FILE, {"mode": "local" if local else "ray"})
-    run_stages(spec, results_dir, local=local, console=console)
+    run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
-def resume_experiment(results_dir: str | Path, local: bool | None = None, console: Console | None = None) -> Path:
+def resume_experiment(results_dir: str | Path, local: bool | None = None, console: Console | None = None,
+                      verbose: bool = False) -> Path:
     """Continue an experiment; ``local`` None continues in the mode it was started in (``run.json``),
     so that its remaining trials compute exactly what an uninterrupted run would."""
     results_dir = results_path(results_dir)
@@ -87,7 +94,7 @@ def resume_experiment(results_dir: str | Path, local: bool | None = None, consol
     if local is None:
         local = started_mode(results_dir) == "local"
     log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
-    run_stages(spec, results_dir, local=local, console=console)
+    run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
@@ -125,22 +132,25 @@ def _save_spec(results_dir: Path, raw: dict, spec: ExperimentSpec) -> None:
 
 # ----------------------------------------------------------------------------------------- stages
 def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
-               console: Console | None = None) -> dict[str, dict[str, Any]]:
+               console: Console | None = None, verbose: bool = False) -> dict[str, dict[str, Any]]:
     """Every stage, while a live view follows the results folder: it keeps leaderboard.json current
-    as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn)."""
+    as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn).
+
+    Trials and tasks write their output into their log files (aavs.orchestrator.triallog), with
+    ``verbose`` also where it went before (Ray forwards it to this terminal)."""
     from aavs.orchestrator.live import LiveView
 
     with LiveView(results_dir, console):
-        return _run_stages(spec, results_dir, local)
+        return _run_stages(spec, results_dir, local, quiet=not verbose)
 
 
-def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[str, dict[str, Any]]:
+def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: bool) -> dict[str, dict[str, Any]]:
     from aavs.orchestrator.leaderboard import write_leaderboard
 
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
-    runner = LocalRunner() if local else RayRunner(spec, results_dir)
+    runner = LocalRunner(quiet) if local else RayRunner(spec, results_dir, quiet)
     bests: dict[str, dict[str, Any]] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
     for stage in spec.stages:
@@ -164,15 +174,16 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool) -> dict[st
         best.update(stage=stage.name, data_root=str(data_root))
         if stage.name in needs_masks:
             best["masks"] = str(runner.export_masks(best["checkpoint"], data_root, stage_dir / "masks", spec, cache,
-                                                    stage.resources))
+                                                    stage.resources, log_file=task_log(stage_dir, "masks")))
         best["test"] = runner.evaluate(best["checkpoint"], data_root, stage.task,
                                        bests[stage.prior]["masks"] if stage.prior else None, spec, cache,
-                                       stage.resources)
+                                       stage.resources, log_file=task_log(stage_dir, "test"))
         atomic.write_json(stage_dir / "best.json", best)
         atomic.write_json(stage_dir / "done.json", {"inputs_hash": digest})
         bests[stage.name] = best
         write_leaderboard(results_dir)
-        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources))
+        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources,
+                                                                 log_file=task_log(stage_dir, "report")))
         log.info("stage %s: best trial %s, %s = %.4f", stage.name, best["trial_id"], best["metric"], best["value"])
     return bests
 
@@ -204,7 +215,6 @@ def _precompute_embeddings(spec: ExperimentSpec, data_root: Path, cache: Path) -
     """All audio embeddings once, here, before any trial starts (trials then only read the cache)."""
     from aavs.datasets.audio_features import embed_videos
     from aavs.datasets.layout import read_metadata
-
     embed_videos(data_root, read_metadata(data_root), vggish=spec.model.vggish,
                  vggish_pca=spec.model.vggish_pca, cache_dir=cache)
 
@@ -374,29 +384,57 @@ def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior:
 
 # ---------------------------------------------------------------------------------------- runners
 class LocalRunner:
-    """``--local``: trials one after another in this process (no Ray). Schedulers do not apply."""
+    """``--local``: trials one after another in this process (no Ray). Schedulers do not apply.
+
+    ``quiet``: a trial's or task's output goes to its log file only (see aavs.orchestrator.triallog);
+    otherwise also to this terminal. A trial that fails is reported by the live view (its status.json).
+    """
+
+    def __init__(self, quiet: bool = True) -> None:
+        self.quiet = quiet
 
     def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
         from aavs.orchestrator.train import TrainingDiverged, train_func
 
         for trial_id, config in configs.items():
-            log.info("stage %s: trial %s", stage.name, trial_id)
+            log.debug("stage %s: trial %s", stage.name, trial_id)
             try:
-                train_func(config)
-            except TrainingDiverged as err:
-                log.error("stage %s: trial %s failed: %s", stage.name, trial_id, err)
+                _logged_trial(config["trial_dir"], self.quiet, train_func, config)
+            except TrainingDiverged:
+                continue  # status.json says so; the run goes on with the other trials
 
-    def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None) -> Path:
+    def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None, log_file=None) -> Path:
         return Path(self.call(export_stage_masks, checkpoint, str(data_root), str(out), spec.model.vggish,
-                              spec.model.vggish_pca, str(cache), resources=resources))
+                              spec.model.vggish_pca, str(cache), resources=resources, log_file=log_file))
 
-    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None) -> dict[str, float]:
+    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None,
+                 log_file=None) -> dict[str, float]:
         return self.call(evaluate_stage_checkpoint, checkpoint, str(data_root), task, prior, spec.model.vggish,
-                         spec.model.vggish_pca, str(cache), resources=resources)
+                         spec.model.vggish_pca, str(cache), resources=resources, log_file=log_file)
 
-    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
-        """``fn(*args)`` where this runner runs its tasks (here: in this process)."""
+    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
+             log_file: Path | None = None) -> Any:
+        """``fn(*args)`` where this runner runs its tasks (here: in this process), output in ``log_file``."""
+        return _logged_call(str(log_file) if log_file else None, self.quiet, fn, *args)
+
+
+def _logged_call(log_file: str | None, quiet: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with its output in ``log_file`` (None: where it goes anyway)."""
+    if log_file is None:
         return fn(*args)
+    with captured(log_file, quiet):
+        return fn(*args)
+
+
+def _logged_trial(trial_dir: str, quiet: bool, fn: Callable[..., Any], *args: Any, rank: int = 0) -> Any:
+    """``fn(*args)`` with its output in the trial's log (of ``rank``); a failure also marks the trial failed."""
+    with captured(trial_log(trial_dir, rank), quiet):
+        try:
+            return fn(*args)
+        except Exception as err:
+            if rank == 0:
+                mark_failed(trial_dir, err)
+            raise
 
 
 class RayRunner(LocalRunner):
@@ -407,15 +445,18 @@ class RayRunner(LocalRunner):
     one Ray task each, with the resources of one worker.
     """
 
-    def __init__(self, spec: ExperimentSpec, results_dir: Path):
+    def __init__(self, spec: ExperimentSpec, results_dir: Path, quiet: bool = True):
         import ray
 
+        super().__init__(quiet)
         self.spec, self.results_dir = spec, results_dir
         # Tune's console output off (with verbose=0, its new engine still prints a header per
         # stage): the live view (aavs.orchestrator.live) shows the trials instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if not ray.is_initialized():
-            ray.init(log_to_driver=True, configure_logging=False)
+            # Workers' output stays in their log files (quiet); a Ray we join keeps its own
+            # setting, and the trials redirect their output themselves (triallog.captured).
+            ray.init(log_to_driver=not quiet, configure_logging=False)
 
     def _task_options(self, resources: dict[str, float] | None) -> dict[str, Any]:
         c = self.spec.compute
@@ -427,7 +468,7 @@ class RayRunner(LocalRunner):
         c, t = self.spec.compute, stage.tune
         launch = {"workers": c.workers_per_trial, "cpus": c.cpus_per_worker, "gpus": c.gpus_per_worker,
                   "max_failures": c.max_failures, "storage": str(self.results_dir / "ray"),
-                  "name": f"{stage.name}", "resources": stage.resources}
+                  "name": f"{stage.name}", "resources": stage.resources, "quiet": self.quiet}
         if c.workers_per_trial == 1:
             trainable = tune.with_resources(tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker,
                                                          **stage.resources})
@@ -452,25 +493,53 @@ class RayRunner(LocalRunner):
                                       storage_path=str(self.results_dir / "ray"), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=c.max_failures)),
         )
-        tuner.fit()
+        with _without_tune_trial_tracebacks(self.quiet):
+            tuner.fit()
         for config in configs.values():  # trials a scheduler stopped early end "stopped", not "running"
             trial_dir = Path(config["trial_dir"])
             if _status(trial_dir) == "running":
                 status = _read_json(trial_dir / "status.json") or {}
                 atomic.write_json(trial_dir / "status.json", {**status, "status": "stopped"})
 
-    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None) -> Any:
-        """``fn(*args)`` as one Ray task with the resources of one worker."""
+    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
+             log_file: Path | None = None) -> Any:
+        """``fn(*args)`` as one Ray task with the resources of one worker, output in ``log_file``."""
         import ray
 
-        return ray.get(ray.remote(fn).options(**self._task_options(resources)).remote(*args))
+        task = ray.remote(_logged_call).options(**self._task_options(resources))
+        return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, fn, *args))
+
+
+class _TrialTaskFailed(logging.Filter):
+    """Tune's "Trial task failed" record: its traceback is in the trial's log, and the live view reports
+    the failure once, with the log's last lines and its path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed")
+
+
+@contextlib.contextmanager
+def _without_tune_trial_tracebacks(quiet: bool) -> Iterator[None]:
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    drop = _TrialTaskFailed()
+    if quiet:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def tune_trial(config: dict[str, Any]) -> None:
-    """A Ray Tune function trial: one ``train_func`` run, direct or through a ``TorchTrainer``."""
+    """A Ray Tune function trial: one ``train_func`` run, direct or through a ``TorchTrainer``, its
+    output in the trial's log."""
+    train_config, launch = config["configs"][config["trial_id"]], config["launch"]
+    _logged_trial(train_config["trial_dir"], launch["quiet"], _run_trial, train_config, launch, config["trial_id"])
+
+
+def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: str) -> None:
     from aavs.orchestrator.train import train_func
 
-    train_config, launch = config["configs"][config["trial_id"]], config["launch"]
     if launch["workers"] == 1:
         record_node(train_config["trial_dir"])
         train_func(train_config)
@@ -480,26 +549,27 @@ def tune_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
-        _train_func_recording_node,
+        functools.partial(_train_func_recording_node, quiet=launch["quiet"]),
         train_loop_config=train_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=launch["workers"], use_gpu=launch["gpus"] > 0,
             resources_per_worker={"CPU": launch["cpus"], **({"GPU": launch["gpus"]} if launch["gpus"] else {}),
                                   **launch["resources"]}),
         run_config=ray.train.RunConfig(
-            name=f"{launch['name']}-{config['trial_id']}", storage_path=launch["storage"],
+            name=f"{launch['name']}-{trial_id}", storage_path=launch["storage"],
             failure_config=ray.train.FailureConfig(max_failures=launch["max_failures"]),
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
 
 
-def _train_func_recording_node(config: dict[str, Any]) -> dict[str, Any]:
-    """``train_func`` on a Ray Train worker; rank 0 records its node first."""
+def _train_func_recording_node(config: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
+    """``train_func`` on a Ray Train worker, output in the trial's log of its rank; rank 0 records its node."""
     import ray.train
 
     from aavs.orchestrator.train import train_func
 
-    if ray.train.get_context().get_world_rank() == 0:
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
         record_node(config["trial_dir"])
-    return train_func(config)
+    return _logged_trial(config["trial_dir"], quiet, train_func, config, rank=rank)

@@ -166,7 +166,9 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
              "init": _checkpoint_link(results_dir, config.get("init_from"))}
     return {
         "trial_id": trial_dir.name, "rank": None, "status": status_doc.get("status", "pending"),
-        "error": status_doc.get("error"), "params": _read(trial_dir / "params.json") or {},
+        "error": status_doc.get("error"),
+        "log": str(trial_dir / "log.txt") if (trial_dir / "log.txt").exists() else None,  # aavs.orchestrator.triallog
+        "params": _read(trial_dir / "params.json") or {},
         "epochs_done": len(rows), "epochs": int(config.get("epochs", epochs)),
         "best": _number(best_row[metric]) if best_row else None,
         "best_epoch": best_row["epoch"] if best_row else None,
@@ -292,7 +294,8 @@ def stage_table(stage: dict[str, Any]) -> Table:
     hidden = stage["trial_count"] - len(stage["trials"])
     if hidden > 0:
         notes.append(f"{hidden} more trial(s) not shown")
-    notes.extend(f"{t['trial_id']} failed: {t['error']}" for t in stage["trials"] if t["status"] == "failed" and t["error"])
+    notes.extend(f"{t['trial_id']} failed: {t['error'] or 'see its log'}" + (f" (log: {t['log']})" if t.get("log") else "")
+                 for t in stage["trials"] if t["status"] == "failed")
     if not stage["trials"]:
         notes.append(f"{stage['planned_trials']} trial(s) planned, none started")
     if notes:

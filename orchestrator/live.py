@@ -6,10 +6,12 @@ background thread polls the files every trial writes wherever it runs (``metrics
 ``status.json``, ``best/``), rebuilds the leaderboard when they changed, keeps ``leaderboard.json``
 current when it is the run's driver (a watcher only reads), and shows it:
 
-- on a terminal, a rich ``Live`` display refreshed in place: progress bars of trials and epochs
-  above the leaderboard tables (Ray's own console tables stay off: Tune runs with ``verbose=0``);
-- anywhere else (CI logs, a file), one plain line per event: an epoch reported, a trial ended,
-  a stage done.
+- on a terminal, a rich ``Live`` display that owns the screen: progress bars of trials and epochs, the
+  leaderboard tables, and the last few events (epochs reported, trials ended, the driver's log
+  messages, each cropped to one line). Warnings and failed trials (with the last lines of their log
+  and its path) are also printed above the display, where they stay. Ray's own console tables stay
+  off (Tune runs with ``verbose=0``) and the trials' output is in their log files (triallog);
+- anywhere else (CI logs, a file), one plain line per event, never wrapped, without colour codes.
 """
 
 from __future__ import annotations
@@ -18,21 +20,55 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console, Group, RenderableType
 from rich.file_proxy import FileProxy
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from aavs.orchestrator.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
                                            write_leaderboard)
+from aavs.orchestrator.triallog import tail
 
 log = logging.getLogger(__name__)
 
 FINAL = ("done", "failed")
+RECENT = 6  # events shown under the tables on a terminal
+TAIL = 5  # last lines of a failed trial's log shown with it
+LEVEL_STYLE = {logging.WARNING: "yellow", logging.ERROR: "bold red"}
+
+
+class Event(NamedTuple):
+    """One line of what happened; WARNING and above stay on screen (printed above the live display)."""
+    text: str
+    level: int = logging.INFO
+
+
+def plain_line(console: Console, text: str) -> None:
+    """``text`` as one line, whatever the console's width: no wrapping, no markup, no highlighting."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True, crop=False)
+
+
+class _ViewHandler(logging.Handler):
+    """The driver's log records while the live display owns the terminal: each becomes an event."""
+
+    def __init__(self, view: "LiveView") -> None:
+        super().__init__()
+        self.view = view
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.levelno >= logging.ERROR:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.view.event(Event(text, record.levelno))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 class _NonInteractiveProxy(FileProxy):
@@ -68,6 +104,8 @@ class LiveView:
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
         self._stderr: Any = None
+        self._recent: deque[Event] = deque(maxlen=RECENT)
+        self._driver_handlers: list[logging.Handler] | None = None
         self._progress = Progress(TextColumn("{task.description:>6}"), BarColumn(bar_width=36),
                                   MofNCompleteColumn(), TimeElapsedColumn(), auto_refresh=False)
         self._tasks = {name: self._progress.add_task(name, total=None) for name in ("trials", "epochs")}
@@ -82,6 +120,7 @@ class LiveView:
                 self._live = Live(get_renderable=self._renderable, console=self.console, refresh_per_second=2,
                                   transient=self.transient, redirect_stdout=True, redirect_stderr=False)
                 self._live.start()
+                self._take_driver_log()
             else:
                 self._line(f"experiment {self.board['name']}: {self.board['summary']}")
         self._thread = threading.Thread(target=self._run, name="aavs-live-view", daemon=True)
@@ -99,6 +138,7 @@ class LiveView:
             log.debug("live view: final refresh failed", exc_info=True)
         finally:
             if self._live is not None:
+                self._give_back_driver_log()
                 self._live.stop()
                 sys.stderr = self._stderr
 
@@ -119,21 +159,50 @@ class LiveView:
         progress = board["progress"]
         self._progress.update(self._tasks["trials"], total=progress["trials"], completed=progress["trials_done"])
         self._progress.update(self._tasks["epochs"], total=progress["epochs"], completed=progress["epochs_done"])
-        if self.console is not None and self._live is None and old is not None:
-            for line in event_lines(old, board):
-                self._line(line)
+        if self.console is not None and old is not None:
+            for event in event_lines(old, board):
+                self.event(event)
         return True
 
     # ---------------------------------------------------------------------------------- output
+    def event(self, event: Event) -> None:
+        """Show an event: a plain line, or on the live display (kept above it from WARNING on)."""
+        if self._live is None:
+            self._line(event.text)
+            return
+        self._recent.append(event)
+        if event.level >= logging.WARNING:
+            self.console.print(Text(event.text, style=LEVEL_STYLE.get(min(event.level, logging.ERROR), "")))
+
     def _renderable(self) -> RenderableType:
-        return Group(self._progress, render_leaderboard(self.board, self.stage, self.top))
+        recent = [Text(e.text.splitlines()[0] if e.text else "", no_wrap=True, overflow="ellipsis",
+                       style=LEVEL_STYLE.get(min(e.level, logging.ERROR), "dim")) for e in self._recent]
+        return Group(self._progress, render_leaderboard(self.board, self.stage, self.top), *recent)
 
     def _line(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        plain_line(self.console, text)
+
+    def _take_driver_log(self) -> None:
+        """The ``aavs`` logger's records become events while the display runs (no line of theirs is
+        drawn over it or wrapped); its handlers come back in :meth:`_give_back_driver_log`."""
+        logger = logging.getLogger("aavs")
+        self._driver_handlers = list(logger.handlers)
+        for h in self._driver_handlers:
+            logger.removeHandler(h)
+        logger.addHandler(_ViewHandler(self))
+
+    def _give_back_driver_log(self) -> None:
+        logger = logging.getLogger("aavs")
+        for h in list(logger.handlers):
+            if isinstance(h, _ViewHandler) and h.view is self:
+                logger.removeHandler(h)
+        for h in self._driver_handlers or []:
+            logger.addHandler(h)
 
 
-def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Plain lines for what changed between two leaderboards: epochs reported, trials ended, stages done."""
+def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+    """What changed between two leaderboards, a line each: epochs reported, trials ended (a failed one
+    with the last lines of its log and the log's path), stages done."""
     p = new["progress"]
     prefix = f"[{p['trials_done']}/{p['trials']} trials {p['epochs_done']}/{p['epochs']} epochs]"
     before = {(s["name"], t["trial_id"]): t for s in old["stages"] for t in s["trials"]}
@@ -147,20 +216,34 @@ def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for i, epoch in enumerate(history["epoch"]):
                 if epoch in seen:
                     continue
-                lines.append(f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
-                             f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
-                             f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})")
+                lines.append(Event(f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
+                                   f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
+                                   f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})"))
             if trial["status"] != (was["status"] if was else "pending") and trial["status"] != "running":
-                detail = f": {trial['error']}" if trial["error"] else ""
-                lines.append(f"{prefix} {stage['name']} {trial['trial_id']} {status_label(trial['status'])}"
-                             f" after {trial['epochs_done']}/{trial['epochs']} epochs{detail}")
+                lines.extend(_trial_ended(prefix, stage["name"], trial))
         if stage["status"] != old_status.get(stage["name"]) and stage["status"] in FINAL:
             best = stage["best"] or {}
             test = best.get("test") or {}
-            lines.append(f"{prefix} stage {stage['name']} {stage['status']}" + (
+            lines.append(Event(f"{prefix} stage {stage['name']} {stage['status']}" + (
                 f": best {best['trial_id']} {stage['metric']} {pct(best['value'])},"
-                f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}" if best else ""))
+                f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}" if best else ""),
+                logging.INFO if stage["status"] == "done" else logging.ERROR))
     return lines
+
+
+def _trial_ended(prefix: str, stage: str, trial: dict[str, Any]) -> list[Event]:
+    """A trial's end; a failure comes with its error, its log's last lines and the log's path."""
+    head = (f"{prefix} {stage} {trial['trial_id']} {status_label(trial['status'])}"
+            f" after {trial['epochs_done']}/{trial['epochs']} epochs")
+    if trial["status"] != "failed":
+        return [Event(head)]
+    events = [Event(f"{head}: {trial['error'] or 'see its log'}", logging.ERROR)]
+    if trial.get("log"):
+        events.extend(Event(f"    | {line}", logging.ERROR) for line in tail(trial["log"], TAIL))
+        results = Path(trial["log"]).parents[3]  # <results>/<stage>/trials/<id>/log.txt
+        events.append(Event(f"    log: {trial['log']} (aavs logs {results} {stage}/{trial['trial_id']})",
+                            logging.ERROR))
+    return events
 
 
 def watch(results_dir: str | Path, console: Console, stage: str | None = None, top: int | None = None,

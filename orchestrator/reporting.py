@@ -49,6 +49,7 @@ class LocalReporter:
             line["checkpoint"] = str(checkpoint)
         with open(self.trial_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(metrics_line(line))
+        log.info("%s", epoch_line(metrics))
 
     def status(self, status: str, **extra: Any) -> None:
         if self.is_main:
@@ -103,6 +104,15 @@ def _in_tune_trial() -> bool:
 def make_reporter(trial_dir: str | os.PathLike, is_main: bool) -> Reporter:
     in_ray = _in_train_worker() or _in_tune_trial()
     return RayReporter(trial_dir, is_main) if in_ray else LocalReporter(trial_dir, is_main)
+
+
+def epoch_line(metrics: dict[str, Any]) -> str:
+    """A report as one line of the trial's log: ``epoch 2 (phase B): train/loss=0.412 val/miou=0.537 ...``."""
+    epoch, phase = metrics.get("epoch"), metrics.get("phase")
+    head = f"epoch {epoch + 1}" if isinstance(epoch, int) else "report"
+    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
+                      if k not in ("epoch", "phase") and isinstance(v, (int, float, str)))
+    return f"{head}{f' (phase {phase})' if phase else ''}: {values}"
 
 
 def metrics_line(row: dict[str, Any]) -> str:

@@ -1,0 +1,338 @@
+"""Any video file as AVSBench-style inputs: one frame per second and its audio, streamed with PyAV.
+
+Frames: second ``t`` is the frame ffmpeg's 1 fps conversion (the ``fps=1`` filter, default rounding)
+picks, the frame on screen just before ``t + 0.5`` s: each decoded frame at ``p`` seconds from the
+stream's start goes to second ``round(p)`` (halves up), second ``t`` keeps the last frame sent to it or,
+when none is, repeats the previous second's; a clip of ``D`` seconds gives ``round(D)`` seconds. That is
+what AVSBench's ffmpeg extraction at 1 fps stored as ``frames/<t>.jpg``. Frames are converted to RGB and
+resized as the data set reader does (:func:`aavs.datasets.transforms.resize_frame`, PIL bilinear).
+
+Audio: the first audio track, averaged to mono in float64 at its own rate (as ``read_audio`` reads a
+wav); 16-bit PCM becomes ``x / 32768`` exactly as libsndfile gives it. A clip is cut into windows of the
+training clips' length (:data:`WINDOW_SECONDS`) and each window's audio is framed from the window's
+start, so a 10-second clip gets the embeddings its ``audio.wav`` would and a long clip never drifts.
+A video without an audio track is silence.
+
+Nothing holds more than one window: frames and samples are decoded as a stream, and files are opened
+once per pass (frames, audio), so memory does not grow with the clip's length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from aavs.datasets.audio_features import (EXAMPLE_FRAMES, HOP, SAMPLE_RATE, WINDOW, EmbeddingCache, align_to_frames,
+                                          embed_examples, waveform_to_examples)
+from aavs.datasets.errors import InputError
+from aavs.datasets.layout import FRAMES_PER_SUBSET
+from aavs.datasets.transforms import resize_frame
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+WINDOW_SECONDS = max(FRAMES_PER_SUBSET.values())  # the longest training clip (AVSBench v2: 10 s)
+# A clip whose decoded video ends this much before the length its header declares is truncated.
+TRUNCATION_SLACK_S = 1.0
+# Full-scale value of integer sample formats (libsndfile's normalisation of PCM).
+EXAMPLE_SAMPLES = WINDOW + (EXAMPLE_FRAMES - 1) * HOP  # 16 kHz samples of one VGGish example
+_SAMPLE_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+
+
+def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given (whatever their suffix: a bad one fails on its own later) and, for folders, their
+    video files (by suffix, sorted). A path that does not exist is kept so that it fails by name."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        else:
+            found.append(item)
+    return found
+
+
+# ------------------------------------------------------------------------------------- opening
+def _av():
+    import av
+
+    return av
+
+
+@contextlib.contextmanager
+def open_video(path: str | os.PathLike) -> Iterator["av.container.InputContainer"]:
+    """The container of a video file; every decoding failure inside becomes an :class:`InputError`."""
+    av = _av()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such video file")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable video (empty, truncated or not a media file: {err.strerror or err})") from None
+    try:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+            raise InputError(f"{path}: no video stream ({kinds})")
+        yield container
+    except av.FFmpegError as err:
+        raise InputError(f"{path}: corrupt or truncated video ({err.strerror or err})") from None
+    finally:
+        container.close()
+
+
+def _start(stream) -> Fraction:
+    return Fraction(stream.start_time or 0) * stream.time_base
+
+
+def _declared_seconds(container, stream) -> float | None:
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the header says: frame rate (None when unknown), size, declared length, audio present."""
+
+    path: Path
+    fps: float | None
+    width: int
+    height: int
+    seconds: float | None
+    has_audio: bool
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(Path(path), float(rate) if rate else None, stream.codec_context.width,
+                         stream.codec_context.height, _declared_seconds(container, stream),
+                         bool(container.streams.audio))
+
+
+# -------------------------------------------------------------------------------------- frames
+def second_of(time_s: Fraction) -> int:
+    """The second a frame at ``time_s`` goes to under ffmpeg's fps=1 (round to nearest, halves up)."""
+    return math.floor(time_s + Fraction(1, 2))
+
+
+def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fraction, "av.VideoFrame"]]:
+    """(start, end, frame) of every decoded frame, in seconds from the video stream's start; ``end`` is
+    the next frame's start (the last frame lasts its own duration, or one frame period). A clip whose
+    frames stop well before the length its header declares is refused as truncated."""
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        origin = _start(stream)
+        previous: tuple[Fraction, "av.VideoFrame"] | None = None
+        end = Fraction(0)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            time_s = Fraction(frame.pts) * frame.time_base - origin
+            if previous is not None:
+                yield previous[0], time_s, previous[1]
+            previous = (time_s, frame)
+        if previous is not None:
+            end = previous[0] + _frame_duration(previous[1], stream)
+            yield previous[0], end, previous[1]
+        declared = _declared_seconds(container, stream)
+        if declared is not None and end < declared - TRUNCATION_SLACK_S:
+            raise InputError(f"{path}: truncated video (its frames end at {float(end):.2f} s of the "
+                             f"{declared:.2f} s its header declares)")
+
+
+def _frame_duration(frame: "av.VideoFrame", stream) -> Fraction:
+    if frame.duration:
+        return Fraction(frame.duration) * frame.time_base
+    rate = stream.average_rate or stream.guessed_rate
+    return Fraction(1) / Fraction(rate) if rate else Fraction(0)
+
+
+def iter_second_frames(path: str | os.PathLike, size: int | None = None) -> Iterator[np.ndarray]:
+    """One RGB uint8 frame per second (see the module docstring), resized to ``size`` when given."""
+    held, second, end = None, 0, Fraction(0)
+    for start, end, frame in iter_timed_frames(path):
+        target = second_of(start)
+        if held is not None and target > second:
+            image = _rgb(held, size)
+            for _ in range(second, target):
+                yield image
+            second = target
+        held = frame
+    if held is not None:
+        image = _rgb(held, size)
+        for _ in range(second, max(second_of(end), second)):
+            yield image
+
+
+def _rgb(frame: "av.VideoFrame", size: int | None) -> np.ndarray:
+    rgb = frame.to_ndarray(format="rgb24")
+    return rgb if size is None else resize_frame(rgb, size)
+
+
+# --------------------------------------------------------------------------------------- audio
+def _mono(frame: "av.AudioFrame") -> np.ndarray:
+    """float64 mono samples of one decoded audio frame (channels averaged, integers at full scale)."""
+    fmt = frame.format
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data = data.reshape(channels, -1) if fmt.is_planar else data.reshape(-1, channels).T  # [C, n]
+    base = fmt.name.rstrip("p")
+    samples = data.astype(np.float64)
+    if base == "u8":
+        samples -= 128.0
+    if base in _SAMPLE_SCALE:
+        samples /= _SAMPLE_SCALE[base]
+    return samples.mean(axis=0)
+
+
+def iter_audio_windows(path: str | os.PathLike, seconds: int = WINDOW_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
+    """(mono float64 samples, rate) of each ``seconds``-long window of the first audio track, from its
+    first sample; the last window holds what is left. Nothing when the video has no audio track."""
+    with open_video(path) as container:
+        if not container.streams.audio:
+            return
+        stream = container.streams.audio[0]
+        pending: list[np.ndarray] = []
+        held, rate = 0, None
+        for frame in container.decode(stream):
+            if rate is None:
+                rate = frame.sample_rate
+            elif frame.sample_rate != rate:
+                raise InputError(f"{path}: the audio's sample rate changes from {rate} to {frame.sample_rate} Hz")
+            pending.append(_mono(frame))
+            held += pending[-1].size
+            while held >= seconds * rate:
+                joined = np.concatenate(pending)
+                yield joined[:seconds * rate], rate
+                pending, held = [joined[seconds * rate:]], joined.size - seconds * rate
+        if held and rate is not None:
+            yield np.concatenate(pending), rate
+
+
+def audio_sha(samples: np.ndarray, rate: int) -> str:
+    """The cache name of decoded audio: sha256 of its rate and float64 mono samples."""
+    digest = hashlib.sha256(f"pcm-f64-mono:{rate}:".encode())
+    digest.update(np.ascontiguousarray(samples, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+class WindowEmbedder:
+    """VGGish embeddings of a window's audio through the training's front end and disk cache.
+
+    The network is loaded on the first cache miss. Missing audio (no track, or the track ended) is
+    silence; audio shorter than one example (0.96 s) is padded with silence to one example, which the
+    window's later seconds then repeat.
+    """
+
+    def __init__(self, vggish: str | os.PathLike | None = None, vggish_pca: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        from aavs.models.vggish import feature_mode, weights_identity
+
+        self._files = (vggish, vggish_pca)
+        self.cache = EmbeddingCache(weights_identity(vggish, vggish_pca), feature_mode(vggish_pca), cache_dir)
+        self._model = None
+
+    def _network(self):
+        from aavs.models.vggish import load_vggish
+
+        if self._model is None:
+            self._model = load_vggish(*self._files)[0]
+        return self._model
+
+    def embed(self, samples: np.ndarray | None, rate: int, num_frames: int) -> np.ndarray:
+        """float32 ``[num_frames, 128]``: second t of the window hears example t (the last repeats)."""
+        if samples is None:
+            samples, rate = np.zeros(num_frames * SAMPLE_RATE), SAMPLE_RATE
+        sha = audio_sha(samples, rate)
+        embedding = self.cache.get(sha)
+        if embedding is None:
+            embedding = embed_examples(_examples(samples, rate), self._network())
+            self.cache.put(sha, embedding)
+        return align_to_frames(embedding, num_frames)
+
+
+def _examples(samples: np.ndarray, rate: int):
+    examples = waveform_to_examples(samples, rate)
+    if len(examples) == 0:
+        padded = np.zeros(math.ceil(EXAMPLE_SAMPLES * rate / SAMPLE_RATE) + 1)
+        padded[:samples.size] = samples
+        examples = waveform_to_examples(padded, rate)
+    return examples
+
+
+# ------------------------------------------------------------------------------------- windows
+@dataclass
+class Window:
+    """``frames`` uint8 ``[n, S, S, 3]`` of seconds ``start .. start + n - 1`` and the window's audio
+    (None: the video has no audio track, or it ended before this window)."""
+
+    index: int
+    start: int
+    frames: np.ndarray
+    samples: np.ndarray | None
+    rate: int
+
+
+def iter_windows(path: str | os.PathLike, size: int, seconds: int = WINDOW_SECONDS) -> Iterator[Window]:
+    """The clip as consecutive windows of up to ``seconds`` seconds; InputError for a clip without a
+    single second (zero-length)."""
+    audio = iter_audio_windows(path, seconds)
+    frames: list[np.ndarray] = []
+    index = 0
+    for frame in iter_second_frames(path, size):
+        frames.append(frame)
+        if len(frames) == seconds:
+            yield _window(index, index * seconds, frames, next(audio, None))
+            frames, index = [], index + 1
+    if frames:
+        yield _window(index, index * seconds, frames, next(audio, None))
+    elif index == 0:
+        raise InputError(f"{path}: zero-length clip (no frame at 1 fps: shorter than half a second)")
+
+
+def _window(index: int, start: int, frames: list[np.ndarray], audio: tuple[np.ndarray, int] | None) -> Window:
+    samples, rate = audio if audio is not None else (None, SAMPLE_RATE)
+    return Window(index, start, np.stack(frames), samples, rate)
+
+
+# ------------------------------------------------------------------------------------- writing
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], rate: int | Fraction, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
+                audio: tuple[np.ndarray, int] | None = None, audio_codec: str = "pcm_s16le") -> None:
+    """Encode RGB uint8 frames ``[H, W, 3]`` (all one size) at a constant ``rate``, with optional int16
+    mono audio ``(samples, sample rate)``; the container follows the file's suffix."""
+    av = _av()
+    with av.open(str(path), "w") as container:
+        stream = None
+        sound = None
+        if audio is not None:
+            sound = container.add_stream(audio_codec, rate=audio[1], layout="mono")
+        for i, rgb in enumerate(frames):
+            if stream is None:
+                stream = container.add_stream(codec, rate=Fraction(rate), options=options or {})
+                stream.height, stream.width = rgb.shape[:2]
+                stream.pix_fmt = pix_fmt
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        if stream is not None:
+            container.mux(stream.encode(None))
+        if sound is not None:
+            _write_audio(sound, container, audio[0])
+
+
+def _write_audio(stream, container, samples: np.ndarray) -> None:
+    av = _av()
+    frame = av.AudioFrame.from_ndarray(np.asarray(samples, dtype=np.int16)[None, :], format="s16", layout="mono")
+    frame.sample_rate, frame.pts = stream.rate, 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))

@@ -1,0 +1,362 @@
+"""`aavs predict`: videos in, the masks `aavs evaluate --save-masks` writes out.
+
+The videos are built from the synthetic set with PyAV, losslessly (FFV1 in RGB, 16-bit PCM), so they
+carry exactly the pixels and samples the data set reader sees; the masks must then match byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from aavs.datasets.layout import class_names, select_videos
+from aavs.datasets.video import iter_second_frames, write_video
+from aavs.orchestrator.cli import main
+
+FPS = 5  # every second of a test video is its data frame, repeated
+LOSSLESS = {"codec": "ffv1", "pix_fmt": "bgr0"}
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _data_video(root: Path, record, out: Path) -> Path:
+    """The record's frames (as PIL decodes the JPEGs) at FPS, with its audio.wav's samples."""
+    frames = [np.asarray(Image.open(record.frame_path(root, i)).convert("RGB")) for i in range(record.num_frames)]
+    samples, rate = soundfile.read(record.audio_path(root), dtype="int16")
+    path = out / f"{record.uid}.mkv"
+    write_video(path, (f for f in frames for _ in range(FPS)), FPS, audio=(samples, rate), **LOSSLESS)
+    return path
+
+
+def _moving_frames(seconds: int, fps: int, size: tuple[int, int] = (224, 224)):
+    """Synthetic frames whose content changes every second (a gradient shifted per second)."""
+    h, w = size
+    base = (np.add.outer(np.arange(h), np.arange(w)) % 256).astype(np.uint8)
+    for t in range(seconds):
+        frame = np.stack([np.roll(base, 7 * t, axis=1), np.roll(base, 3 * t, axis=0), base[::-1]], axis=-1)
+        for _ in range(fps):
+            yield frame
+
+
+def _tone(seconds: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (8000 * np.sin(2 * np.pi * (220 + 40 * np.floor(t)) * t)).astype(np.int16)
+
+
+def _mixed_stage_one(frames: np.ndarray):
+    """A tiny stage-one network whose random weights mark part of each frame as sounding (a random
+    network marks whole frames or nothing): its mask embeddings are scaled up, so the masks vary across
+    the frame, and the sounding class's bias is bisected until about 40% of the pixels sound."""
+    from aavs.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("avss-binary", preset="tiny")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "mask_predictor.mask_embedder.2.0" in name:
+                param.mul_(30)
+    audio = np.zeros((len(frames), 128), np.float32)
+    lo, hi = -20.0, 20.0
+    bias = model.model.class_predictor.bias
+    start = bias.detach().clone()
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            bias.copy_(start)
+            bias[1] += mid
+        scores = model.predict(frames, audio)
+        share = float((scores[:, 1] > scores[:, 0]).float().mean())
+        if abs(share - 0.4) < 0.1:
+            return model
+        lo, hi = (mid, hi) if share < 0.4 else (lo, mid)
+    raise AssertionError("could not calibrate the stage-one network")
+
+
+def _png_tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, synth_root: Path, one_torch_thread) -> dict[str, Path]:
+    """Test videos of the synthetic set, a stage-one and a stage-two checkpoint, and their
+    `aavs evaluate --save-masks` masks."""
+    from aavs.models import build_model, save_checkpoint
+
+    base = tmp_path_factory.mktemp("predict")
+    videos = base / "videos"
+    videos.mkdir()
+    records = select_videos(synth_root, "avss-binary", "test")
+    for record in records:
+        _data_video(synth_root, record, videos)
+    first = records[-1]
+    frames = np.stack([np.asarray(Image.open(first.frame_path(synth_root, i)).convert("RGB")) for i in range(3)])
+    save_checkpoint(_mixed_stage_one(frames), base / "s1")
+    torch.manual_seed(1)
+    save_checkpoint(build_model("avss", preset="tiny", classes=class_names(synth_root)), base / "s2")
+    for args in (["evaluate", str(base / "s1"), "--data", str(synth_root), "--split", "test",
+                  "--save-masks", str(base / "ev1"), "--json"],
+                 ["evaluate", str(base / "s2"), "--data", str(synth_root), "--split", "test",
+                  "--prior", str(base / "ev1"), "--save-masks", str(base / "ev2"), "--json"]):
+        assert main(args) == 0
+    return {"base": base, "videos": videos, "s1": base / "s1", "s2": base / "s2", "ev1": base / "ev1",
+            "ev2": base / "ev2", "records": records}
+
+
+@pytest.fixture(scope="module")
+def stage_one_out(work) -> Path:
+    out = work["base"] / "out1"
+    assert main(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s1"]), "--json"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_stage_out(work) -> Path:
+    out = work["base"] / "out2"
+    assert main(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s2"]),
+                 "--prior-checkpoint", str(work["s1"])]) == 0
+    return out
+
+
+def _assert_same_masks(out: Path, evaluated: Path, records) -> None:
+    for record in records:
+        predicted = _png_tree(out / record.uid / "masks")
+        expected = _png_tree(evaluated / record.subset / record.uid)
+        assert len(predicted) == record.num_frames
+        assert predicted == expected, record.uid
+
+
+# --------------------------------------------------------------------------------------- tests
+def test_stage_one_masks_are_evaluate_masks_byte_for_byte(work, stage_one_out):
+    _assert_same_masks(stage_one_out, work["ev1"], work["records"])
+    shares = [c["share"] for r in work["records"]
+              for s in json.loads((stage_one_out / r.uid / "timeline.json").read_text())["timeline"]
+              for c in s["sounding"]]
+    assert shares and 0.05 < np.mean(shares) < 0.95  # the masks are neither empty nor whole frames
+
+
+def test_two_stage_masks_are_evaluate_masks_byte_for_byte(work, two_stage_out):
+    _assert_same_masks(two_stage_out, work["ev2"], work["records"])
+
+
+def test_experiment_runs_stage_one_into_stage_two(work, two_stage_out, capsys):
+    results = work["base"] / "results" / "demo"
+    spec = {"stages": [{"name": "localize", "task": "avss-binary", "prior": None},
+                       {"name": "semantic", "task": "avss", "prior": "localize"},
+                       {"name": "plain", "task": "avss-binary", "prior": None}],
+            "model": {"preset": "tiny", "vggish": None, "vggish_pca": None}}
+    results.mkdir(parents=True)
+    (results / "spec.json").write_text(json.dumps({"hash": "x", "spec": spec}))
+    for stage, checkpoint in (("localize", work["s1"]), ("semantic", work["s2"]), ("plain", work["s1"])):
+        (results / stage).mkdir()
+        (results / stage / "best.json").write_text(json.dumps({"checkpoint": str(checkpoint)}))
+    video = work["videos"] / f"{work['records'][0].uid}.mkv"
+    out = work["base"] / "out-exp"
+    code, stdout, _ = _run(["predict", str(video), "--out", str(out), "--experiment", str(results), "--json"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["done"] == 1 and summary["videos"][0]["status"] == "done"
+    name = work["records"][0].uid
+    assert _png_tree(out / name / "masks") == _png_tree(two_stage_out / name / "masks")
+    models = json.loads((out / name / "timeline.json").read_text())["models"]
+    assert models["prior_checkpoint"] == str(work["s1"]) and models["task"] == "avss"
+    code, _, _ = _run(["predict", str(video), "--out", str(work["base"] / "out-plain"), "--experiment",
+                       str(results), "--stage", "plain"], capsys)
+    assert code == 0
+    assert _png_tree(work["base"] / "out-plain" / name / "masks") == _png_tree(work["ev1"] / work["records"][0].subset / name)
+
+
+def test_outputs_overlay_and_timeline(work, two_stage_out, synth_root):
+    import av
+
+    record = work["records"][-1]  # a v2 video: 10 seconds
+    folder = two_stage_out / record.uid
+    doc = json.loads((folder / "timeline.json").read_text())
+    assert doc["seconds"] == 10 and doc["audio"] == "present" and len(doc["timeline"]) == 10
+    names = class_names(synth_root)
+    for t, second in enumerate(doc["timeline"]):
+        assert second["second"] == t and sum(c["share"] for c in second["sounding"]) <= 1 + 1e-5
+        for item in second["sounding"]:
+            assert item["name"] == names[item["index"]] and item["index"] != 0
+            assert 0 < item["share"] <= 1 and item["score"] > 0  # a class's score map: sum over queries
+    with av.open(str(folder / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == FPS
+        assert sum(1 for _ in container.decode(stream)) == 10 * FPS
+    assert not [p for p in two_stage_out.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_frame_of_each_second_is_ffmpeg_fps_filter_choice(tmp_path):
+    """Second t's frame is the one ffmpeg's fps=1 picks (AVSBench's 1 fps extraction)."""
+    import av
+
+    for fps, count in ((25, 138), (10, 56), (30, 150)):
+        path = tmp_path / f"count{fps}.mkv"
+        frames = (np.full((16, 16, 3), i % 250, np.uint8) for i in range(count))
+        write_video(path, frames, fps, **LOSSLESS)
+        ours = [int(f[0, 0, 0]) for f in iter_second_frames(path)]
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            graph = av.filter.Graph()
+            source, sink = graph.add_buffer(template=stream), graph.add("buffersink")
+            rate = graph.add("fps", "fps=1")
+            source.link_to(rate)
+            rate.link_to(sink)
+            graph.configure()
+            picked = []
+            for frame in [*container.decode(stream), None]:
+                graph.push(frame)
+                while True:
+                    try:
+                        picked.append(int(graph.pull().to_ndarray(format="rgb24")[0, 0, 0]))
+                    except (av.BlockingIOError, av.EOFError):
+                        break
+        assert ours == picked, fps
+
+
+def test_long_clip_windows_do_not_drift(work, tmp_path, capsys):
+    """Seconds 10-19 of a 23-second clip are predicted as the 10-second clip of those seconds."""
+    frames = list(_moving_frames(23, 2))
+    audio = _tone(23)
+    write_video(tmp_path / "long.mkv", frames, 2, audio=(audio, 16000), **LOSSLESS)
+    write_video(tmp_path / "cut.mkv", frames[20:40], 2, audio=(audio[160000:320000], 16000), **LOSSLESS)
+    out = tmp_path / "out"
+    code, _, _ = _run(["predict", str(tmp_path / "long.mkv"), str(tmp_path / "cut.mkv"), "--out", str(out),
+                       "--checkpoint", str(work["s2"]), "--prior-checkpoint", str(work["s1"])], capsys)
+    assert code == 0
+    assert len(list((out / "long" / "masks").iterdir())) == 23
+    for t in range(10):
+        assert (out / "long" / "masks" / f"{t + 10}.png").read_bytes() == (out / "cut" / "masks" / f"{t}.png").read_bytes()
+
+
+def test_existing_results_are_skipped_unless_overwrite(work, stage_one_out, capsys):
+    video = work["videos"] / f"{work['records'][0].uid}.mkv"
+    target = stage_one_out / work["records"][0].uid / "timeline.json"
+    before = target.stat().st_mtime_ns
+    code, stdout, _ = _run(["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]),
+                            "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["skipped"] == 1 and target.stat().st_mtime_ns == before
+    code, stdout, _ = _run(["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]),
+                            "--json", "--overwrite"], capsys)
+    assert code == 0 and json.loads(stdout)["done"] == 1 and target.stat().st_mtime_ns != before
+
+
+def test_bad_inputs_are_named_and_the_others_finish(work, tmp_path, capsys):
+    import av
+
+    bad = tmp_path / "in"
+    bad.mkdir()
+    good = work["videos"] / f"{work['records'][0].uid}.mkv"
+    shutil.copy(good, bad / "good.mkv")
+    (bad / "text.mp4").write_text("not a video at all\n")
+    data = good.read_bytes()
+    corrupt = bytearray(data)
+    corrupt[len(data) // 3: len(data) // 3 + 4000] = np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes()
+    (bad / "corrupt.mkv").write_bytes(bytes(corrupt))
+    write_video(bad / "cut.mp4", _moving_frames(6, 5), 5, options={"preset": "ultrafast"})
+    (bad / "truncated.mp4").write_bytes((bad / "cut.mp4").read_bytes()[: (bad / "cut.mp4").stat().st_size // 2])
+    (bad / "cut.mp4").unlink()
+    write_video(bad / "tail.mkv", _moving_frames(12, 5), 5, **LOSSLESS)
+    (bad / "tail.mkv").write_bytes((bad / "tail.mkv").read_bytes()[: (bad / "tail.mkv").stat().st_size // 2])
+    with av.open(str(bad / "sound-only.mkv"), "w") as container:  # no video stream
+        stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(_tone(2)[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    write_video(bad / "blink.mkv", list(_moving_frames(1, 5))[:1], 5, **LOSSLESS)  # one frame: 0.2 s
+    write_video(bad / "silent.mkv", _moving_frames(3, 5), 5, **LOSSLESS)  # no audio track: fine
+    out = tmp_path / "out"
+    code, stdout, err = _run(["predict", str(bad), "--out", str(out), "--checkpoint", str(work["s1"]), "--json"], capsys)
+    assert code == 2
+    summary = json.loads(stdout)
+    status = {v["name"]: v for v in summary["videos"]}
+    assert {n for n, v in status.items() if v["status"] == "done"} == {"good", "silent"}
+    expected = {"text": "not a readable video", "corrupt": "corrupt or truncated", "truncated": "not a readable video",
+                "tail": "truncated video", "sound-only": "no video stream", "blink": "zero-length clip"}
+    for name, words in expected.items():
+        assert status[name]["status"] == "failed", name
+        assert words in status[name]["error"] and str(bad / status[name]["video"].split("/")[-1]) in status[name]["error"]
+        assert f"aavs: failed: {status[name]['error']}" in err
+        assert not (out / name).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["good", "silent"]  # nothing partial, no temporary folders
+    silent = json.loads((out / "silent" / "timeline.json").read_text())
+    assert silent["audio"] == "no audio track: predicted as silence" and silent["seconds"] == 3
+
+
+def test_predict_video_api_matches_the_files(work, stage_one_out):
+    from aavs.orchestrator.predict import load_models, predict_video
+
+    record = work["records"][0]
+    prediction = predict_video(work["videos"] / f"{record.uid}.mkv", load_models(checkpoint=work["s1"]))
+    assert prediction.masks.shape == (record.num_frames, 224, 224) and prediction.binary
+    for t in range(record.num_frames):
+        on_disk = np.asarray(Image.open(stage_one_out / record.uid / "masks" / f"{t}.png")) > 0
+        assert np.array_equal(on_disk, prediction.masks[t] == 1)
+    timeline = json.loads((stage_one_out / record.uid / "timeline.json").read_text())["timeline"]
+    assert prediction.timeline == timeline
+    assert prediction.colour_masks().shape == (record.num_frames, 224, 224, 3)
+
+
+# ---------------------------------------------------------------------------------- slow tests
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, local_ray, tmp_path, capsys):
+    out = tmp_path / "ray"
+    code, stdout, _ = _run(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s2"]),
+                            "--prior-checkpoint", str(work["s1"]), "--ray", "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["done"] == len(work["records"])
+    for record in work["records"]:
+        for name in ("timeline.json", "overlay.mp4"):
+            assert (out / record.uid / name).read_bytes() == (two_stage_out / record.uid / name).read_bytes(), name
+        assert _png_tree(out / record.uid) == _png_tree(two_stage_out / record.uid)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+_PEAK = """
+import resource, sys
+from aavs.orchestrator.cli import main
+code = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_long_clip_memory_stays_flat(work, tmp_path):
+    """Peak RSS (a fresh process each) of a 95-second clip stays within 200 MB of a 10-second one's,
+    with frames large enough that holding the 95-second clip's decoded frames would take ~330 MB."""
+    peaks = {}
+    for seconds in (10, 95):
+        video = tmp_path / f"clip{seconds}.mp4"
+        write_video(video, _moving_frames(seconds, 15, (240, 320)), 15, options={"preset": "ultrafast", "crf": "30"},
+                    audio=(_tone(seconds), 16000), audio_codec="aac")
+        result = subprocess.run([sys.executable, "-c", _PEAK, "predict", str(video), "--out", str(tmp_path / "out"),
+                                 "--checkpoint", str(work["s2"]), "--prior-checkpoint", str(work["s1"])],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        peaks[seconds] = int(result.stdout.split()[-1])
+    assert json.loads((tmp_path / "out" / "clip95" / "timeline.json").read_text())["seconds"] == 95
+    assert peaks[95] - peaks[10] <= 200, peaks
