@@ -116,7 +116,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- experiments
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.evaluation import evaluate_checkpoint
+    from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
 
     scores = evaluate_checkpoint(args.checkpoint, args.data, task=args.task, split=args.split,
                                  prior=args.prior, save_masks=args.save_masks, base=args.base,
@@ -150,14 +150,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.experiment import run_experiment
-    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+    from aavs.orchestrator.experiment.stages import run_experiment
+    from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
     if args.print_config:
-        from aavs.orchestrator.experiment import effective_config
+        from aavs.orchestrator.experiment.stages import effective_config
         import yaml
 
-        from aavs.orchestrator.spec import load_spec
+        from aavs.orchestrator.experiment.spec import load_spec
 
         spec, _ = load_spec(args.experiment, args.set)
         sys.stdout.write(yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True,
@@ -172,8 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.experiment import resume_experiment
-    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+    from aavs.orchestrator.experiment.stages import resume_experiment
+    from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
     with _run_console() as console:
         results = resume_experiment(args.results_dir, local=args.local, console=console, verbose=args.verbose)
@@ -200,7 +200,7 @@ def _run_console() -> Iterator[Console]:
 
 
 def _logs_hint(console: Console, results: Path) -> None:
-    from aavs.orchestrator.live import plain_line
+    from aavs.orchestrator.views.live import plain_line
 
     plain_line(console, f"trial logs: aavs logs {results} [STAGE/TRIAL]")
 
@@ -208,23 +208,23 @@ def _logs_hint(console: Console, results: Path) -> None:
 def cmd_logs(args: argparse.Namespace) -> int:
     """A log file (``STAGE/TRIAL`` or ``STAGE/TASK``), or the list of them; ``--follow`` keeps printing
     new lines until the trial (or, for the list, the whole experiment) has ended."""
-    from aavs.orchestrator import triallog
+    from aavs.orchestrator.recipe import output_capture
 
     results = args.results_dir
     if args.target:
-        target = triallog.resolve(results, args.target)
-        files, done, prefix = (lambda: [target]), (lambda: not args.follow or triallog.trial_done(target)), False
+        target = output_capture.resolve(results, args.target)
+        files, done, prefix = (lambda: [target]), (lambda: not args.follow or output_capture.trial_done(target)), False
     elif args.follow:
-        files, done, prefix = (lambda: triallog.log_files(results)), (lambda: triallog.experiment_done(results)), True
+        files, done, prefix = (lambda: output_capture.log_files(results)), (lambda: output_capture.experiment_done(results)), True
     else:
-        rows = triallog.log_files(results)
+        rows = output_capture.log_files(results)
         width = max((len(f.label) for f in rows), default=0)
         for f in rows:
             sys.stdout.write(f"{f.label:<{width}}  {f.status:<8} {f.path.stat().st_size:>9} B  {f.path}\n")
         if not rows:
             sys.stdout.write(f"no log files yet in {results}\n")
         return 0
-    triallog.follow(files, _write_through, done, prefix)
+    output_capture.follow(files, _write_through, done, prefix)
     return 0
 
 
@@ -235,7 +235,7 @@ def _write_through(text: str) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Exit status 0 once submitted (with --follow: when the job SUCCEEDED), 1 when it did not succeed."""
-    from aavs.orchestrator import submit
+    from aavs.orchestrator.experiment import submit
 
     job = submit.prepare_submission(args.experiment, args.set, results=args.results,
                                     working_dir=args.working_dir, runtime_env_file=args.runtime_env)
@@ -248,7 +248,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     status = submit.follow(client, job_id, _write_through)
     log.info("job %s: %s", job_id, status.value)
     if (job.results_dir / "leaderboard.json").is_file():
-        from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard
+        from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
         _console().print(render_leaderboard(load_leaderboard(job.results_dir)))
     else:
@@ -258,8 +258,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.leaderboard import load_leaderboard, render_leaderboard, select
-    from aavs.orchestrator.live import watch
+    from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard, select
+    from aavs.orchestrator.views.live import watch
 
     if args.json:
         _print_json(select(load_leaderboard(args.results_dir), args.stage, args.top))
@@ -271,7 +271,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from aavs.orchestrator.report import write_report
+    from aavs.orchestrator.views.figures import write_report
 
     write_report(args.results_dir)
     return 0

@@ -17,7 +17,7 @@ import yaml
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import build_parser, cmd_run, main
-from aavs.orchestrator.spec import load_spec, parse_spec
+from aavs.orchestrator.experiment.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -115,7 +115,7 @@ def test_stage_resources_are_validated(resources, message):
 
 
 def test_results_storage_uris():
-    from aavs.orchestrator.experiment import results_path
+    from aavs.orchestrator.experiment.stages import results_path
 
     assert results_path("file:///mnt/shared/my%20results") == Path("/mnt/shared/my results")
     for uri in ("s3://bucket/results", "gs://bucket/results", "file://host/results"):
@@ -148,7 +148,7 @@ def test_rayjob_entrypoint_exists():
 
 
 def test_runtime_env_pip_is_pyproject_dependencies_less_ray():
-    from aavs.orchestrator.submit import EXCLUDES
+    from aavs.orchestrator.experiment.submit import EXCLUDES
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())

@@ -101,7 +101,7 @@ def test_best_trial_and_its_masks_feed_every_stage_two_trial(ray_run: Path):
     # thread of a 1-CPU Ray task: summation order otherwise flips the odd pixel at a near-tie).
     import torch
 
-    from aavs.orchestrator.evaluation import export_masks
+    from aavs.orchestrator.recipe.evaluation import export_masks
 
     again = ray_run.parent / "re-exported"
     threads = torch.get_num_threads()

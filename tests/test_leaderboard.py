@@ -1,7 +1,7 @@
 """Leaderboard tables, ``aavs leaderboard --json`` and the live view, on the folder of a real tiny run.
 
 One ``aavs run --local`` (tiny preset, 2 videos per split; 3 stage-one trials, 2 stage-two trials,
-2 epochs each) makes the results folder once per session (``tiny_results``; test_report.py uses it
+2 epochs each) makes the results folder once per session (``tiny_results``; test_figures.py uses it
 too); tests that need a failed or still-running trial edit a copy of it.
 """
 
@@ -23,8 +23,8 @@ from rich.console import Console
 
 from aavs.datasets.layout import class_names
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.leaderboard import BEST_STYLE, FILE, load_leaderboard, render_leaderboard, stage_table
-from aavs.orchestrator.live import LiveView, watch
+from aavs.orchestrator.views.leaderboard import BEST_STYLE, FILE, load_leaderboard, render_leaderboard, stage_table
+from aavs.orchestrator.views.live import LiveView, watch
 
 SPEC = {
     "name": "tiny",

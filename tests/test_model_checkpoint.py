@@ -17,7 +17,7 @@ from aavs.models import build_model, load_model, save_checkpoint, set_phase
 from aavs.models.checkpoint import import_released_checkpoint
 from aavs.models.presets import preset_config
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.evaluation import check_classes
+from aavs.orchestrator.recipe.evaluation import check_classes
 
 S = 128
 

@@ -15,7 +15,7 @@ from transformers.models.swin.modeling_swin import SwinDropPath
 from aavs.models import build_model, set_phase
 from aavs.models.modeling_aavs import AAVS, phase_parameter_groups
 from aavs.models.presets import preset_config
-from aavs.orchestrator.config import TrainConfig
+from aavs.orchestrator.recipe.config import TrainConfig
 
 S = 128  # tiny preset input size
 

@@ -10,7 +10,7 @@ import yaml
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.spec import apply_overrides, load_spec, parse_spec, sample_trials, spec_hash
+from aavs.orchestrator.experiment.spec import apply_overrides, load_spec, parse_spec, sample_trials, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.submit import prepare_submission
+from aavs.orchestrator.experiment.submit import prepare_submission
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -190,7 +190,7 @@ def test_submit_follow_runs_the_demo_to_success(ray_head, tmp_path, monkeypatch,
 def test_the_job_imports_the_aavs_code_that_submitted_it(ray_head, monkeypatch):
     """Not the cluster's installed aavs (here: the editable install in the repository), but the copy
     that travelled with the job, in the job's own runtime resources."""
-    from aavs.orchestrator import submit
+    from aavs.orchestrator.experiment import submit
 
     address, token = ray_head
     monkeypatch.chdir(REPO)

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.evaluation import export_masks
-from aavs.orchestrator.reporting import read_metrics
-from aavs.orchestrator.train import TrainingDiverged, train_func
+from aavs.orchestrator.recipe.evaluation import export_masks
+from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_stage_two_runs_with_stage_one_masks_as_prior(stage_one, synth_root, tmp
 def test_checkpoint_that_does_not_match_the_model_is_refused(stage_one, synth_root, tmp_path):
     # A binary (stage-one) checkpoint cannot be evaluated as the 71-class network ...
     with pytest.raises(InputError, match="binary"):
-        from aavs.orchestrator.evaluation import evaluate_checkpoint
+        from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
         evaluate_checkpoint(stage_one / "best", synth_root, task="avss", split="val")
     # ... and a resume state of another architecture fails naming the mismatching weights.
     trial = tmp_path / "other"
@@ -113,7 +113,7 @@ def test_nan_loss_stops_the_trial_and_keeps_the_last_good_checkpoint(synth_root,
 
 
 def _run_in_subprocess(cfg: dict) -> subprocess.Popen:
-    code = f"import json; from aavs.orchestrator.train import train_func; train_func(json.loads({json.dumps(json.dumps(cfg))}))"
+    code = f"import json; from aavs.orchestrator.recipe.train import train_func; train_func(json.loads({json.dumps(json.dumps(cfg))}))"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -161,7 +161,7 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
 
     trial = tmp_path / "ds"
     code = subprocess.run(
-        [sys.executable, "-c", "import json,sys; from aavs.orchestrator.train import train_func; "
+        [sys.executable, "-c", "import json,sys; from aavs.orchestrator.recipe.train import train_func; "
          "train_func(json.loads(sys.argv[1]))",
          json.dumps(config(synth_root, trial, epochs=2, max_videos=2, compute={"num_workers": 0, "strategy": "deepspeed", "zero_stage": 2}))],
         capture_output=True, text=True, timeout=900)
@@ -173,7 +173,7 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
     model = load_model(trial / "best")
     assert model.config.task == "avss-binary"
     best = json.loads((trial / "best" / "metrics.json").read_text())
-    from aavs.orchestrator.evaluation import evaluate_checkpoint
+    from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
     assert evaluate_checkpoint(trial / "best", synth_root, split="val")["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
 
 

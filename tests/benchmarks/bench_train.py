@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from aavs.datasets.synth import write_synthetic_avsbench
-from aavs.orchestrator.reporting import read_metrics
-from aavs.orchestrator.train import train_func
+from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator.recipe.train import train_func
 
 
 def main() -> None:

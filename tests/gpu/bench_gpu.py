@@ -19,8 +19,8 @@ import time
 import torch
 
 from aavs.models import build_model, phase_parameter_groups, set_phase
-from aavs.orchestrator.accelerator import make_accelerator, release
-from aavs.orchestrator.config import ComputeConfig
+from aavs.orchestrator.recipe.accelerator import make_accelerator, release
+from aavs.orchestrator.recipe.config import ComputeConfig
 
 
 def run(strategy: str, videos: int, frames_per_video: int, seconds: float) -> dict:

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.config import ComputeConfig
+from aavs.orchestrator.recipe.config import ComputeConfig
 
 
 def _free_port() -> int:

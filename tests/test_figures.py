@@ -15,7 +15,7 @@ from aavs.datasets.avsbench import read_class_map, read_frames
 from aavs.datasets.layout import VideoRecord, class_names
 from aavs.datasets.masks import read_binary_masks
 from aavs.datasets.palette import encode_class_map, palette
-from aavs.orchestrator import report
+from aavs.orchestrator.views import figures
 from aavs.orchestrator.cli import main
 from test_leaderboard import copy_results, make_unfinished, read, tiny_results, tiny_run  # noqa: F401 - fixtures
 
@@ -96,13 +96,13 @@ def test_aavs_report_computes_predictions_once_per_checkpoint(tiny_results: Path
     (copy / "report" / "semantic" / "samples.png").unlink()
     old_curves = (copy / "report" / "localize" / "curves.png").stat().st_mtime_ns
     calls = []
-    predict = report.stage_predictions
+    predict = figures.stage_predictions
 
     def counted(*args):
         calls.append(args[2])
         return predict(*args)
 
-    monkeypatch.setattr(report, "stage_predictions", counted)
+    monkeypatch.setattr(figures, "stage_predictions", counted)
     assert main(["report", str(copy)]) == 0
     assert calls == ["avss"]  # stage one's pictures were there for its checkpoint already
     assert (copy / "report" / "semantic" / "samples.png").is_file()
@@ -114,7 +114,7 @@ def test_aavs_report_computes_predictions_once_per_checkpoint(tiny_results: Path
 def test_report_of_a_run_with_failed_and_running_trials(tiny_results: Path, tmp_path: Path, monkeypatch):
     copy = make_unfinished(tiny_results, tmp_path)
     shutil.rmtree(copy / "report" / "semantic")
-    monkeypatch.setattr(report, "stage_predictions", lambda *args: pytest.fail("no new best checkpoint to predict with"))
+    monkeypatch.setattr(figures, "stage_predictions", lambda *args: pytest.fail("no new best checkpoint to predict with"))
     assert main(["report", str(copy)]) == 0
     assert sorted(p.name for p in (copy / "report" / "semantic").iterdir()) == ["curves.png"]  # no best yet
     with Image.open(copy / "report" / "semantic" / "curves.png") as image:
@@ -127,7 +127,7 @@ def test_per_class_chart_names_and_colours_the_data_classes():
     classes = ["background", "violin", "dog", "piano"]
     per_class = {"classes": classes, "iou": [0.9, 0.2, 0.0, 0.6], "fscore": [0.9, 0.3, 0.0, 0.7],
                  "present": [True, True, False, True]}
-    (ax,) = report.per_class_figure(per_class, "semantic t000").axes
+    (ax,) = figures.per_class_figure(per_class, "semantic t000").axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["background", "piano", "violin"]  # best first
     bars = [tuple(round(255 * v) for v in bar.get_facecolor()[:3]) for bar in ax.patches]
     assert bars == [tuple(int(v) for v in palette()[c]) for c in (0, 3, 1)]

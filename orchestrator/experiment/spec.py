@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import yaml
 
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.config import PRECISIONS, STRATEGIES, TASKS
+from aavs.orchestrator.recipe.config import PRECISIONS, STRATEGIES, TASKS
 
 SEARCHABLE = ("lr", "lr_b", "weight_decay", "adapter_warmup", "grad_clip", "batch_size", "grad_accum", "seed")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

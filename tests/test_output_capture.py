@@ -20,9 +20,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from aavs.orchestrator import triallog
+from aavs.orchestrator.recipe import output_capture
 from aavs.orchestrator.cli import _PlainHandler, main
-from aavs.orchestrator.live import Event, LiveView, event_lines, plain_line
+from aavs.orchestrator.views.live import Event, LiveView, event_lines, plain_line
 
 ANSI = re.compile(r"\x1b\[")
 SPEC = {
@@ -53,7 +53,7 @@ def test_captured_sends_fds_streams_and_logging_to_the_file(tmp_path, capfd):
     keep = Keep()
     logging.getLogger("aavs").addHandler(keep)
     try:
-        with triallog.captured(tmp_path / "log.txt"):
+        with output_capture.captured(tmp_path / "log.txt"):
             print("from print")
             os.write(1, b"from fd 1\n")
             os.write(2, b"from fd 2\n")
@@ -70,7 +70,7 @@ def test_captured_sends_fds_streams_and_logging_to_the_file(tmp_path, capfd):
 
 
 def test_a_failure_is_in_the_log_and_in_status_json(tmp_path):
-    from aavs.orchestrator.experiment import _logged_trial
+    from aavs.orchestrator.experiment.stages import _logged_trial
 
     def boom(config):
         print("working on it")
@@ -82,8 +82,8 @@ def test_a_failure_is_in_the_log_and_in_status_json(tmp_path):
     status = json.loads((trial / "status.json").read_text())
     assert status["status"] == "failed" and status["error"] == "RuntimeError: out of cheese"
     assert status["log"] == str(trial / "log.txt")
-    assert "working on it" in triallog.tail(trial / "log.txt", 20)
-    assert "RuntimeError: out of cheese" in triallog.tail(trial / "log.txt")[-1]
+    assert "working on it" in output_capture.tail(trial / "log.txt", 20)
+    assert "RuntimeError: out of cheese" in output_capture.tail(trial / "log.txt")[-1]
 
 
 # ------------------------------------------------------------------------------- plain lines

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from aavs.datasets import atomic
-from aavs.orchestrator.leaderboard import load_leaderboard
+from aavs.orchestrator.views.leaderboard import load_leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
     from aavs.datasets.avsbench import AVSBenchDataset, read_class_map, read_frames
     from aavs.datasets.masks import read_binary_masks
     from aavs.models import load_model
-    from aavs.orchestrator.evaluation import accumulate, check_classes
+    from aavs.orchestrator.recipe.evaluation import accumulate, check_classes
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint)

@@ -31,9 +31,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from aavs.orchestrator.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
+from aavs.orchestrator.views.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
                                            write_leaderboard)
-from aavs.orchestrator.triallog import tail
+from aavs.orchestrator.recipe.output_capture import tail
 
 log = logging.getLogger(__name__)
 

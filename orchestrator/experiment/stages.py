@@ -12,12 +12,12 @@ goes under ``results/<name>/``::
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
     <stage>/trials/t000/ ...        each trial's folder (train_func's metrics, checkpoints, status)
     <stage>/trials/t000/node.json   the Ray node the trial last ran on (its rank 0)
-    <stage>/trials/t000/log.txt     the trial's output (aavs.orchestrator.triallog; `aavs logs`)
+    <stage>/trials/t000/log.txt     the trial's output (aavs.orchestrator.recipe.output_capture; `aavs logs`)
     <stage>/{masks,test,report}.log.txt   the output of the stage's tasks
     <stage>/masks/                  the best checkpoint's masks of every split (a later stage's prior)
     <stage>/best.json               the stage's best trial, checkpoint, value, test metrics
     <stage>/done.json               written last: the stage is complete for these inputs
-    leaderboard.json                kept current while trials report (aavs.orchestrator.live)
+    leaderboard.json                kept current while trials report (aavs.orchestrator.views.live)
     report/<stage>/                 learning curves, per-class IoU, sample predictions (PNG), at each stage's end
 
 A stage whose inputs are unchanged since it completed is not run again; an interrupted stage picks up
@@ -50,10 +50,10 @@ import yaml
 
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
-from aavs.orchestrator import trainstate
-from aavs.orchestrator.config import TrainConfig
-from aavs.orchestrator.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
-from aavs.orchestrator.triallog import captured, mark_failed, task_log, trial_log
+from aavs.orchestrator.recipe import checkpointing
+from aavs.orchestrator.recipe.config import TrainConfig
+from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
+from aavs.orchestrator.recipe.output_capture import captured, mark_failed, task_log, trial_log
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -136,16 +136,16 @@ def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
     """Every stage, while a live view follows the results folder: it keeps leaderboard.json current
     as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn).
 
-    Trials and tasks write their output into their log files (aavs.orchestrator.triallog), with
+    Trials and tasks write their output into their log files (aavs.orchestrator.recipe.output_capture), with
     ``verbose`` also where it went before (Ray forwards it to this terminal)."""
-    from aavs.orchestrator.live import LiveView
+    from aavs.orchestrator.views.live import LiveView
 
     with LiveView(results_dir, console):
         return _run_stages(spec, results_dir, local, quiet=not verbose)
 
 
 def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: bool) -> dict[str, dict[str, Any]]:
-    from aavs.orchestrator.leaderboard import write_leaderboard
+    from aavs.orchestrator.views.leaderboard import write_leaderboard
 
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
@@ -190,7 +190,7 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
 
 def _write_report(results_dir: Path, call: Callable[..., Any]) -> None:
     """The report's pictures; if they fail, the stage's results stand and the run goes on."""
-    from aavs.orchestrator.report import write_report
+    from aavs.orchestrator.views.figures import write_report
 
     try:
         write_report(results_dir, call=call)
@@ -311,14 +311,14 @@ def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]]) -> dict[str,
     candidates = []
     for trial_id, config in configs.items():
         trial_dir = Path(config["trial_dir"])
-        metrics = _read_json(trial_dir / trainstate.BEST / "metrics.json")
+        metrics = _read_json(trial_dir / checkpointing.BEST / "metrics.json")
         if metrics and stage.tune.metric in metrics:
             candidates.append((metrics[stage.tune.metric], trial_id, trial_dir))
     if not candidates:
         raise StageFailed(f"stage {stage.name}: no trial produced a checkpoint (see the trials' status.json)")
     reverse = stage.tune.mode == "max"
     value, trial_id, trial_dir = sorted(candidates, key=lambda c: (-c[0] if reverse else c[0], c[1]))[0]
-    checkpoint = trial_dir / trainstate.BEST
+    checkpoint = trial_dir / checkpointing.BEST
     return {"trial_id": trial_id, "metric": stage.tune.metric, "mode": stage.tune.mode, "value": value,
             "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_digest(checkpoint),
             "params": _read_json(trial_dir / "params.json")}
@@ -362,7 +362,7 @@ def masks_ready(out: Path, checkpoint: str) -> bool:
 def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | None,
                        vggish_pca: str | None, cache: str) -> str:
     """Write the masks into a temporary folder, then rename it: ``out`` is complete or absent."""
-    from aavs.orchestrator.evaluation import export_masks
+    from aavs.orchestrator.recipe.evaluation import export_masks
 
     out_path = Path(out)
     if masks_ready(out_path, checkpoint):
@@ -376,7 +376,7 @@ def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | 
 
 def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior: str | None,
                               vggish: str | None, vggish_pca: str | None, cache: str) -> dict[str, float]:
-    from aavs.orchestrator.evaluation import evaluate_checkpoint
+    from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
 
     return evaluate_checkpoint(checkpoint, data_root, task=task, split="test", prior=prior,
                                vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
@@ -386,7 +386,7 @@ def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior:
 class LocalRunner:
     """``--local``: trials one after another in this process (no Ray). Schedulers do not apply.
 
-    ``quiet``: a trial's or task's output goes to its log file only (see aavs.orchestrator.triallog);
+    ``quiet``: a trial's or task's output goes to its log file only (see aavs.orchestrator.recipe.output_capture);
     otherwise also to this terminal. A trial that fails is reported by the live view (its status.json).
     """
 
@@ -394,7 +394,7 @@ class LocalRunner:
         self.quiet = quiet
 
     def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
-        from aavs.orchestrator.train import TrainingDiverged, train_func
+        from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
 
         for trial_id, config in configs.items():
             log.debug("stage %s: trial %s", stage.name, trial_id)
@@ -451,7 +451,7 @@ class RayRunner(LocalRunner):
         super().__init__(quiet)
         self.spec, self.results_dir = spec, results_dir
         # Tune's console output off (with verbose=0, its new engine still prints a header per
-        # stage): the live view (aavs.orchestrator.live) shows the trials instead.
+        # stage): the live view (aavs.orchestrator.views.live) shows the trials instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if not ray.is_initialized():
             # Workers' output stays in their log files (quiet); a Ray we join keeps its own
@@ -538,7 +538,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
 
 def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: str) -> None:
-    from aavs.orchestrator.train import train_func
+    from aavs.orchestrator.recipe.train import train_func
 
     if launch["workers"] == 1:
         record_node(train_config["trial_dir"])
@@ -567,7 +567,7 @@ def _train_func_recording_node(config: dict[str, Any], quiet: bool = True) -> di
     """``train_func`` on a Ray Train worker, output in the trial's log of its rank; rank 0 records its node."""
     import ray.train
 
-    from aavs.orchestrator.train import train_func
+    from aavs.orchestrator.recipe.train import train_func
 
     rank = ray.train.get_context().get_world_rank()
     if rank == 0:

@@ -3,7 +3,7 @@
 The leaderboard is built from the results folder alone (spec, trial folders, ``best.json``), so any
 machine that sees the folder (another terminal, a laptop with the cluster's shared storage mounted)
 gets the same data. The driver of a run keeps ``leaderboard.json`` current (at stage boundaries and,
-through :mod:`aavs.orchestrator.live`, whenever a trial reports); readers (``aavs leaderboard``, its
+through :mod:`aavs.orchestrator.views.live`, whenever a trial reports); readers (``aavs leaderboard``, its
 ``--json`` and ``--watch``, the report) take that file, and rebuild the same data in memory only
 when its recorded fingerprint of the source files no longer matches them: a reader never writes
 into the folder, yet never shows stale data.
@@ -25,8 +25,8 @@ from rich.text import Text
 
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.reporting import read_metrics
-from aavs.orchestrator.spec import sample_trials
+from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator.experiment.spec import sample_trials
 
 FILE = "leaderboard.json"
 TERMINAL = ("done", "stopped", "failed")
@@ -167,7 +167,7 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
     return {
         "trial_id": trial_dir.name, "rank": None, "status": status_doc.get("status", "pending"),
         "error": status_doc.get("error"),
-        "log": str(trial_dir / "log.txt") if (trial_dir / "log.txt").exists() else None,  # aavs.orchestrator.triallog
+        "log": str(trial_dir / "log.txt") if (trial_dir / "log.txt").exists() else None,  # aavs.orchestrator.recipe.output_capture
         "params": _read(trial_dir / "params.json") or {},
         "epochs_done": len(rows), "epochs": int(config.get("epochs", epochs)),
         "best": _number(best_row[metric]) if best_row else None,

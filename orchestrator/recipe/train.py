@@ -1,7 +1,7 @@
 """``train_func``: one stage of one trial, the same code for every launcher.
 
 Called in-process (``aavs run --local``), by every worker of a Ray Train ``TorchTrainer``, or inside a
-Ray Tune trial; it reads one plain ``config`` dict (see :class:`~aavs.orchestrator.config.TrainConfig`)
+Ray Tune trial; it reads one plain ``config`` dict (see :class:`~aavs.orchestrator.recipe.config.TrainConfig`)
 and writes its trial folder (``metrics.jsonl``, ``status.json``, ``checkpoints/last``, ``best``).
 
 The recipe, as in docs/method.md §4:
@@ -35,11 +35,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from aavs.datasets import atomic
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
 from aavs.models import build_model, phase_parameter_groups, read_weights, save_checkpoint, set_phase
-from aavs.orchestrator import trainstate
-from aavs.orchestrator.accelerator import make_accelerator, release
-from aavs.orchestrator.config import TrainConfig
-from aavs.orchestrator.evaluation import evaluate, model_inputs, training_frames, weights_dtype
-from aavs.orchestrator.reporting import keep_metrics_through, make_reporter, read_metrics
+from aavs.orchestrator.recipe import checkpointing
+from aavs.orchestrator.recipe.accelerator import make_accelerator, release
+from aavs.orchestrator.recipe.config import TrainConfig
+from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
+from aavs.orchestrator.recipe.reporter import keep_metrics_through, make_reporter, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
     rank, world = _rank_and_world()
     reporter = make_reporter(trial_dir, is_main=rank == 0)
 
-    state = trainstate.read_trainer_state(trial_dir)
+    state = checkpointing.read_trainer_state(trial_dir)
     if state is not None and state.epoch >= cfg.epochs - 1:
         log.info("%s already finished (best %s = %s)", trial_dir, cfg.metric, state.best_value)
-        reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / trainstate.BEST)
+        reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / checkpointing.BEST)
         return state.best_metrics
     if rank == 0:
         if state is None:  # a fresh start: nothing earlier in this folder counts
@@ -76,7 +76,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     start = 0 if state is None else state.epoch + 1
-    state = state or trainstate.TrainerState()
+    state = state or checkpointing.TrainerState()
     accelerator = optimizer = train_set = val_set = None
     try:
         for epoch in range(start, cfg.epochs):
@@ -88,7 +88,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                 if resumed and phase != state.phase:
                     # Killed right after the last epoch of a phase: start the next phase as the
                     # uninterrupted run did, from the RNG state it had at that point.
-                    trainstate.restore_trainer_rng(trial_dir)
+                    checkpointing.restore_trainer_rng(trial_dir)
                     resumed = False
                 model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
                 state.phase = phase
@@ -106,7 +106,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                     _save_best(accelerator.unwrap_model(model), trial_dir, state)
             state.epoch = epoch
             row["best/" + cfg.metric] = state.best_value
-            reporter.report(row, checkpoint=trial_dir / trainstate.BEST)
+            reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
             _save_last(cfg, trial_dir, model, optimizer, accelerator, state, rank)
             reporter.status("done" if epoch == cfg.epochs - 1 else "running", epoch=epoch + 1, epochs=cfg.epochs,
                             best=state.best_metrics)
@@ -138,7 +138,7 @@ def _build(cfg: TrainConfig):
                        **(spec.get("overrides") or {}))
 
 
-def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerState, phase: str,
+def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str,
                  epoch: int, resumed: bool):
     """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights.
 
@@ -149,9 +149,9 @@ def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerSta
     model = _build(cfg)
     if resumed:
         set_phase(model, phase)
-        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.LAST / "model", model))
+        model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.LAST / "model", model))
     elif phase == "B" and epoch > 0:
-        model.load_trainable_state_dict(_load_weights(trial_dir / trainstate.BEST, model))
+        model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.BEST, model))
         set_phase(model, "B")  # re-initialises the Swin adapters, as the reference does
     else:
         if cfg.init_from:
@@ -163,14 +163,14 @@ def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: trainstate.TrainerSta
     accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
-        last = trial_dir / trainstate.LAST
+        last = trial_dir / checkpointing.LAST
         if cfg.compute.strategy == "deepspeed":
             model.load_checkpoint(str(last / "deepspeed"), load_module_strict=False,
                                   load_optimizer_states=True, load_lr_scheduler_states=False)
         else:
-            trainstate.load_optimizer(last / "optimizer.pt", optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+            checkpointing.load_optimizer(last / "optimizer.pt", optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                                       accelerator.scaler)
-        trainstate.restore_trainer_rng(trial_dir)
+        checkpointing.restore_trainer_rng(trial_dir)
         log.info("resumed %s at epoch %d (phase %s)", trial_dir, epoch, phase)
     return model, optimizer, accelerator
 
@@ -293,14 +293,14 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def _save_best(model, trial_dir: Path, state: trainstate.TrainerState) -> None:
-    with atomic.atomic_dir(trial_dir / trainstate.BEST) as tmp:
+def _save_best(model, trial_dir: Path, state: checkpointing.TrainerState) -> None:
+    with atomic.atomic_dir(trial_dir / checkpointing.BEST) as tmp:
         save_checkpoint(model, tmp)
         atomic.write_json(tmp / "metrics.json", state.best_metrics)
 
 
 def _save_last(cfg: TrainConfig, trial_dir: Path, model, optimizer, accelerator, state, rank: int) -> None:
-    last = trial_dir / trainstate.LAST
+    last = trial_dir / checkpointing.LAST
     if cfg.compute.strategy == "deepspeed":
         # Every rank writes its own optimizer partition into a folder that rank 0 then completes.
         staging = trial_dir / "checkpoints" / f".deepspeed-epoch{state.epoch}"
@@ -313,12 +313,12 @@ def _save_last(cfg: TrainConfig, trial_dir: Path, model, optimizer, accelerator,
                 shutil.move(str(staging), tmp / "deepspeed")
             else:
                 inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-                trainstate.save_optimizer(tmp / "optimizer.pt", inner, accelerator.scaler)
-            trainstate.write_trainer_files(tmp, state)
+                checkpointing.save_optimizer(tmp / "optimizer.pt", inner, accelerator.scaler)
+            checkpointing.write_trainer_files(tmp, state)
     accelerator.wait_for_everyone()
 
 
-def _final_report(trial_dir: Path, state: trainstate.TrainerState) -> dict[str, Any]:
+def _final_report(trial_dir: Path, state: checkpointing.TrainerState) -> dict[str, Any]:
     rows = read_metrics(trial_dir)
     return dict(rows[-1]) if rows else dict(state.best_metrics)
 

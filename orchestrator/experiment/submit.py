@@ -31,8 +31,8 @@ from typing import Any, Callable
 import yaml
 
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.experiment import results_path
-from aavs.orchestrator.spec import load_spec
+from aavs.orchestrator.experiment.stages import results_path
+from aavs.orchestrator.experiment.spec import load_spec
 
 log = logging.getLogger(__name__)
 

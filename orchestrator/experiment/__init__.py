@@ -1,0 +1,1 @@
+"""Everything the driver does: the experiment file, the stages, the runners, cluster submission."""

@@ -1,0 +1,1 @@
+"""What reads a results folder: the leaderboard, the live view, the report figures."""
