@@ -14,13 +14,14 @@ _EXPORTS = {
     "avsbench": ("AVSBenchDataset", "collate_videos"),
     "check": ("Problem", "check_data_root", "render_problems"),
     "errors": ("InputError",),
-    "layout": ("AVSBENCH_CLASSES", "BINARY_TASKS", "FRAMES_PER_SUBSET", "SPLITS", "SUBSETS", "TASK_SUBSETS",
-               "VideoRecord", "class_names", "read_label2idx", "read_metadata", "select_videos"),
+    "layout": ("AVSBENCH_CLASSES", "FRAMES_PER_SUBSET", "SPLITS", "SUBSETS", "VideoRecord", "class_names",
+               "read_label2idx", "read_metadata", "select_videos"),
     "masks": ("read_binary_masks", "read_class_masks", "write_binary_masks", "write_class_masks"),
     "metrics": ("BinaryMetric", "SemanticMetric", "binary_video_scores"),
     "palette": ("decode_colour_mask", "encode_class_map", "palette"),
     "score": ("render_scores", "score_predictions"),
     "synth": ("write_synthetic_avsbench",),
+    "tasks": ("TASKS", "Task", "get_task"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -31,6 +31,7 @@ import torchaudio.functional as AF
 
 from aavs.datasets.atomic import atomic_path
 from aavs.datasets.errors import InputError
+from aavs.datasets.files import file_sha256
 from aavs.datasets.layout import VideoRecord, read_metadata
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class EmbeddingCache:
 
 def _file_sha256(path: Path) -> str:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise InputError(f"{path}: audio file missing") from None
 
@@ -181,9 +182,7 @@ class _LazyModel:
 def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: str | os.PathLike | None,
                vggish_pca: str | os.PathLike | None,
                cache_dir: str | os.PathLike | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from aavs.datasets.progress import track
     from aavs.models.vggish import RANDOM_INIT_IDENTITY, warn_random_init
 
     lazy = _LazyModel(vggish, vggish_pca)
@@ -201,16 +200,12 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
         else:
             out[record.uid] = hit
     if misses:
-        console = Console(stderr=True)  # a bar on a terminal; elsewhere it would only leave an empty line
-        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("VGGish embeddings", total=len(misses))
-            for record, path, sha in misses:
-                embedding = embed_clip(path, lazy.model)
-                if len(embedding) == 0:
-                    raise InputError(f"{path}: shorter than one VGGish example (0.96 s); no audio embedding")
-                cache.put(sha, embedding)
-                out[record.uid] = embedding
-                progress.advance(task)
+        for record, path, sha in track(misses, "VGGish embeddings"):
+            embedding = embed_clip(path, lazy.model)
+            if len(embedding) == 0:
+                raise InputError(f"{path}: shorter than one VGGish example (0.96 s); no audio embedding")
+            cache.put(sha, embedding)
+            out[record.uid] = embedding
     summary = {"videos": len(records), "computed": len(misses), "cached": len(records) - len(misses),
                "weights": lazy.identity, "features": lazy.mode, "cache_dir": str(cache.folder)}
     return out, summary

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 
 from aavs.datasets.audio_features import align_to_frames, embed_videos
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import BINARY_TASKS, VideoRecord, select_videos
+from aavs.datasets.layout import VideoRecord, select_videos
 from aavs.datasets.masks import first_missing, read_binary_masks, read_colour, read_sounding
+from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE, normalize_resized, resize_frame
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class AVSBenchDataset(Dataset):
         self.records = select_videos(self.root, task, split)
         if not self.records:
             raise InputError(f"{self.root / 'metadata.csv'}: no {task} videos in split {split!r}")
-        self.binary = task in BINARY_TASKS
+        self.binary = get_task(task).binary
         self.reference_targets = self.binary and training
         self.prior = self._check_prior(prior)
         if embeddings is None:
@@ -156,15 +157,9 @@ class AVSBenchDataset(Dataset):
         return per_frame * sum(r.num_frames for r in self.records)
 
     def _load_all(self) -> list[dict[str, np.ndarray]]:
-        from rich.console import Console
-        from rich.progress import Progress
+        from aavs.datasets.progress import track
 
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task(f"decoding {self.task}/{self.split}", total=len(self.records))
-            arrays = []
-            for record in self.records:
-                arrays.append(self._load_arrays(record))
-                progress.advance(task)
+        arrays = [self._load_arrays(record) for record in track(self.records, f"decoding {self.task}/{self.split}")]
         log.debug("%s/%s: %d videos decoded into memory", self.task, self.split, len(self.records))
         return arrays
 

@@ -57,15 +57,11 @@ def _check_label2idx(path: Path) -> tuple[list[Problem], int]:
 
 
 def _check_videos(root: Path, records: list[VideoRecord], num_classes: int) -> list[Problem]:
-    from rich.console import Console
-    from rich.progress import Progress
+    from aavs.datasets.progress import track
 
     problems: list[Problem] = []
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("checking videos", total=len(records))
-        for record in records:
-            problems += check_video(root, record, num_classes)
-            progress.advance(task)
+    for record in track(records, "checking videos"):
+        problems += check_video(root, record, num_classes)
     return problems
 
 

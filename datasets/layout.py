@@ -19,11 +19,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.tasks import get_task
 
 SUBSETS = ("v1s", "v1m", "v2")
 FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
-TASK_SUBSETS = {"s4": ("v1s",), "ms3": ("v1m",), "avss": ("v1s", "v1m", "v2"), "avss-binary": ("v1s", "v1m", "v2")}
-BINARY_TASKS = ("s4", "ms3", "avss-binary")  # background / sounding; avss takes the data's classes
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 256  # the PASCAL VOC colour map's length, which the palette (and a uint8 index) covers
 # AVSBench-semantic's label2idx.json (background + 70 sources), as the reference's AVSS config lists it
@@ -147,12 +146,11 @@ def read_metadata(root: str | os.PathLike) -> list[VideoRecord]:
 def select_videos(root: str | os.PathLike, task: str, split: str) -> list[VideoRecord]:
     """The videos of ``task`` in ``split``: subset by subset (AVSS: v1s, then v1m, then v2), each in
     metadata order, the order in which the reference concatenates them (and trains stage two)."""
-    if task not in TASK_SUBSETS:
-        raise InputError(f"unknown task {task!r} (expected one of {', '.join(TASK_SUBSETS)})")
+    subsets = get_task(task).subsets
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
     records = [r for r in read_metadata(root) if r.split == split]
-    return [r for subset in TASK_SUBSETS[task] for r in records if r.subset == subset]
+    return [r for subset in subsets for r in records if r.subset == subset]
 
 
 def label2idx_problems(mapping: object) -> list[str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import BINARY_TASKS, MAX_CLASSES, class_names, select_videos
+from aavs.datasets.layout import MAX_CLASSES, class_names, select_videos
 from aavs.datasets.masks import read_binary_masks, read_class_masks, read_colour
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
+from aavs.datasets.tasks import get_task
 
 
 def score_predictions(pred_root: str | os.PathLike, data_root: str | os.PathLike, task: str,
@@ -28,7 +29,7 @@ def score_predictions(pred_root: str | os.PathLike, data_root: str | os.PathLike
     records = select_videos(data_root, task, split)
     if not records:
         raise InputError(f"{data_root / 'metadata.csv'}: no {task} videos in split {split!r}")
-    binary = task in BINARY_TASKS
+    binary = get_task(task).binary
     # A binary task counts any palette colour as sounding; avss knows only the data's classes.
     num_classes = MAX_CLASSES if binary else len(class_names(data_root))
     metric = BinaryMetric() if binary else SemanticMetric(num_classes)

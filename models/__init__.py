@@ -4,6 +4,9 @@ The public names below are imported lazily, so ``import aavs.models.vggish`` doe
 transformers::
 
     from aavs.models import build_model, load_model, save_checkpoint, set_phase, phase_parameter_groups
+
+The recipe reaches a network only through ``aavs.models.registry`` (keyed by the experiment file's
+``model.type``) and the ``aavs.models.protocol.SegmentationModel`` methods.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ _EXPORTS = {
     "sounding_probability": "modeling_aavs",
     "predicted_labels": "modeling_aavs",
     "AAVSConfig": "configuration_aavs",
-    "TASKS": "configuration_aavs",
+    "SegmentationModel": "protocol",
     "save_checkpoint": "checkpoint",
     "load_model": "checkpoint",
     "read_weights": "checkpoint",

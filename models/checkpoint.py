@@ -51,7 +51,8 @@ from torch import Tensor
 from aavs.datasets.atomic import atomic_dir, write_json
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import describe_classes
-from aavs.models.configuration_aavs import AAVSConfig, check_task, task_labels
+from aavs.datasets.tasks import get_task
+from aavs.models.configuration_aavs import AAVSConfig, task_labels
 from aavs.models.modeling_aavs import (
     AAVS,
     PHASES,
@@ -158,7 +159,7 @@ def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
         config = AAVSConfig.from_dict(meta.get("config"))
     except (KeyError, TypeError, ValueError, StrictDataclassError) as err:
         raise InputError(f"{folder / META_FILE}: invalid config ({err})") from err
-    if task is not None and check_task(task) != config.task:
+    if task is not None and get_task(task).name != config.task:
         raise InputError(f"{folder} holds a {config.task} network, not {task}")
     if base is not None:
         config.base = base if base in PRESETS else str(check_base_dir(base))
@@ -265,12 +266,13 @@ def import_released(released: str | Path, base: str, task: str,
     path = Path(released).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such released checkpoint file")
-    check_task(task)
+    takes_prior = get_task(task).takes_prior
     state = _read_released(path)
     has_prior = any(_PRIOR_OLD.match(k) for k in state)
-    if has_prior != (task == "avss"):
+    if has_prior != takes_prior:
         kind = "has the stage-two prior embeddings" if has_prior else "has no prior embeddings"
-        raise InputError(f"{path} {kind}, which does not fit task {task} (avss is the only task with a prior)")
+        raise InputError(f"{path} {kind}, which does not fit task {task} (a {task} network "
+                         f"{'takes' if takes_prior else 'takes no'} prior)")
     labels = task_labels(task, classes)
     released_classes = state[_CLASS_WEIGHT].shape[0] - 1  # the last row is Mask2Former's no-object class
     if released_classes != len(labels):

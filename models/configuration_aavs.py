@@ -1,6 +1,7 @@
 """Configuration of an AAVS network: the task, where its base came from, and the Mask2Former config.
 
-The task decides the network (docs/method.md §3, §5):
+The task's attributes (:mod:`aavs.datasets.tasks`: ``semantic``, ``takes_prior``) decide the network
+(docs/method.md §3, §5):
 
 | task | network | labels (+ no-object) | queries |
 | --- | --- | --- | --- |
@@ -15,31 +16,21 @@ Mask2Former config (one source of truth) and are exposed here as properties.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from transformers import Mask2FormerConfig
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import AVSBENCH_CLASSES
-
-BINARY_TASKS = ("s4", "ms3", "avss-binary")
-SEMANTIC_TASK = "avss"
-TASKS = (*BINARY_TASKS, SEMANTIC_TASK)
-BINARY_LABELS = {0: "background", 1: "sounding"}
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    return task
+from aavs.datasets.tasks import BINARY_CLASSES, get_task
 
 
 def task_labels(task: str, classes: Sequence[str] | None = None) -> dict[int, str]:
     """id2label of the task's network: background / sounding for the binary tasks (which ignore
-    ``classes``); for avss ``classes``, the data's label2idx.json names in index order (default:
-    AVSBench's 71)."""
-    if check_task(task) != SEMANTIC_TASK:
-        return dict(BINARY_LABELS)
+    ``classes``); for a semantic task ``classes``, the data's label2idx.json names in index order
+    (default: AVSBench's 71)."""
+    if get_task(task).binary:
+        return dict(enumerate(BINARY_CLASSES))
     names = AVSBENCH_CLASSES if classes is None else tuple(classes)
     if len(names) < 2 or names[0] != "background" or len(set(names)) != len(names):
         raise InputError(f"the semantic network's classes must be distinct names, 'background' first and at "
@@ -56,6 +47,8 @@ class AAVSConfig:
     resized to it; the per-class scores are computed at it before going to 224 x 224).
     """
 
+    model_type: ClassVar[str] = "aavs"  # its name in aavs.models.registry (an experiment's model.type)
+
     task: str
     base: str
     image_size: int
@@ -69,12 +62,17 @@ class AAVSConfig:
     train_base: bool = False
 
     def __post_init__(self) -> None:
-        check_task(self.task)
+        get_task(self.task)
 
     @property
     def semantic(self) -> bool:
-        """True for the stage-two (AVSS: the data's classes, prior-guided) network."""
-        return self.task == SEMANTIC_TASK
+        """True for the stage-two network: the data's classes, decoder adapters following the projections."""
+        return get_task(self.task).semantic
+
+    @property
+    def takes_prior(self) -> bool:
+        """True for a network with the prior embeddings, fed stage one's masks (stage two)."""
+        return get_task(self.task).takes_prior
 
     @property
     def num_labels(self) -> int:

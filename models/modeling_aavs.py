@@ -27,6 +27,7 @@ to it), and the Hungarian matcher's class cost is 1.0 (the loss's class weight s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -52,9 +53,10 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE, normalize_frames
 from aavs.models.adapters import AdaptedLinear, attach_adapter, promote
-from aavs.models.configuration_aavs import AAVSConfig, check_task
+from aavs.models.configuration_aavs import AAVSConfig
 from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ _PHASE_A = {
 # transformers 5's SwinModel final norm: the Swin backbone never applies it and 4.x checkpoints lack it.
 UNUSED_SWIN_NORM = re.compile(r"pixel_level_module\.encoder\.swin\.layernorm\.")
 _M2F_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# The settings a Mask2Former config takes (its dataclass fields; class-level constants such as
+# model_type are not among them).
+_MASK2FORMER_FIELDS = frozenset(f.name for f in dataclasses.fields(Mask2FormerConfig))
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -237,7 +242,7 @@ class AAVS(nn.Module):
         self._add_adapters()
         decoder = promote(mask2former.model.transformer_module.decoder, AAVSMaskedAttentionDecoder)
         decoder.conditioning = None
-        decoder.prior_embeddings = nn.Embedding(3, hidden) if config.semantic else None
+        decoder.prior_embeddings = nn.Embedding(3, hidden) if config.takes_prior else None
         promote(decoder.mask_predictor, AAVSMaskPredictor).pending_attention_mask = None
         self._init_added_weights()
         self._set_swin_drop_path()
@@ -328,6 +333,21 @@ class AAVS(nn.Module):
         ``strict`` so is a missing key."""
         copy_state(self.trainable_state_dict(), state_dict, strict, "trainable weights")
 
+    # The methods of the model protocol (aavs.models.protocol) that the functions below implement.
+    def set_phase(self, phase: str) -> None:
+        """:func:`set_phase` on this network."""
+        set_phase(self, phase)
+
+    def phase_parameter_groups(self, phase: str, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """:func:`phase_parameter_groups` of this network."""
+        return phase_parameter_groups(self, phase, lr, weight_decay)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """:func:`aavs.models.checkpoint.save_checkpoint` of this network."""
+        from aavs.models.checkpoint import save_checkpoint  # checkpoint.py builds on this module
+
+        return save_checkpoint(self, folder)
+
     # ------------------------------------------------------------------------------ forward
     def forward(
         self,
@@ -341,7 +361,7 @@ class AAVS(nn.Module):
         _check_shape("pixel_values", pixel_values, (n, 3, None, None))
         _check_shape("audio", audio, (n, self.config.audio_dim))
         if prior is not None:
-            if not self.config.semantic:
+            if not self.config.takes_prior:
                 raise ValueError(f"the {self.config.task} network takes no prior (only the avss network does)")
             _check_shape("prior", prior, (n, None, None))
         audio_embeds = self.audio_proj(audio.to(pixel_values.dtype))  # [N, D]
@@ -430,7 +450,7 @@ class AAVS(nn.Module):
                              f"got {list(audio_t.shape)}")
         prior_t = None
         if prior is not None:
-            if not self.config.semantic:
+            if not self.config.takes_prior:
                 raise InputError(f"prior: the {self.config.task} network takes no prior (only avss does)")
             prior_t = torch.as_tensor(_as_array(prior), dtype=torch.float32)
             if prior_t.ndim != 3 or prior_t.shape[0] != t:
@@ -586,7 +606,7 @@ def _apply_overrides(config: Mask2FormerConfig, fields: dict[str, Any], override
     for key, value in overrides.items():
         if key in aavs_fields:
             fields[key] = value
-        elif key in Mask2FormerConfig.__dataclass_fields__ and key not in ("backbone_config", "id2label", "label2id"):
+        elif key in _MASK2FORMER_FIELDS and key not in ("backbone_config", "id2label", "label2id"):
             try:
                 setattr(config, key, value)
             except (StrictDataclassError, ValueError, TypeError) as err:
@@ -659,7 +679,7 @@ def build_model(task: str, preset: str | None = None, pretrained: str | None = N
     networks are always background / sounding. ``overrides`` set ``image_size`` / ``audio_hidden_dim`` /
     ``adapter_reduction`` or any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
     """
-    check_task(task)
+    get_task(task)
     if (preset is None) == (pretrained is None):
         raise InputError("give exactly one of a model preset (tiny, swin-base) or a pretrained Mask2Former folder")
     if preset is not None:

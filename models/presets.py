@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from transformers import Mask2FormerConfig, SwinConfig
 
 from aavs.datasets.errors import InputError
-from aavs.models.configuration_aavs import SEMANTIC_TASK, check_task, task_labels
+from aavs.datasets.tasks import get_task
+from aavs.models.configuration_aavs import task_labels
 
 PRESETS = ("tiny", "swin-base")
 SWIN_STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -39,7 +40,7 @@ LOSS_SETTINGS: dict[str, Any] = {
 def task_sizes(task: str, preset: str | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """num_queries and the label map of the task's network (the tiny preset uses fewer queries);
     ``classes`` are the semantic network's (:func:`task_labels`)."""
-    semantic = check_task(task) == SEMANTIC_TASK
+    semantic = get_task(task).semantic
     if preset == "tiny":
         num_queries = 20 if semantic else 10
     else:

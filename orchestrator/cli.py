@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.tasks import task_names
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 log = logging.getLogger("aavs")
 
-TASKS = ("s4", "ms3", "avss")
 DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head started as cluster/README.md says
 # The embeddings default to VGGish's raw last-fc output, as the reference feeds them (docs/method.md
 # §2); the AudioSet post-processing is a different feature space, only on request.
@@ -171,6 +171,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.experiment.spec import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from aavs.orchestrator.experiment.stages import resume_experiment
     from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
@@ -247,7 +254,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     status = submit.follow(client, job_id, _write_through)
     log.info("job %s: %s", job_id, status.value)
-    if (job.results_dir / "leaderboard.json").is_file():
+    from aavs.orchestrator.results import LEADERBOARD_FILE
+
+    if (job.results_dir / LEADERBOARD_FILE).is_file():
         from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
         _console().print(render_leaderboard(load_leaderboard(job.results_dir)))
@@ -306,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="metrics of predicted masks on disk")
     p.add_argument("predictions")
     p.add_argument("--data", required=True)
-    p.add_argument("--task", required=True, choices=TASKS + ("avss-binary",))
+    p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)
@@ -315,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", choices=("tiny", "swin-base"))
     g.add_argument("--pretrained", help="local Mask2Former checkpoint folder (Hugging Face format)")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=task_names(standalone_only=True))
     p.add_argument("--data", default=None, help=DATA_CLASSES_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
@@ -323,14 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-checkpoint", help="convert a released Stepping Stones .pth to our format")
     p.add_argument("released")
     p.add_argument("--base", required=True, help="the Mask2Former folder the release was trained from")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=task_names(standalone_only=True))
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None, help=DATA_CLASSES_HELP)
     p.set_defaults(func=cmd_import_checkpoint)
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split (and its masks)")
     p.add_argument("checkpoint", help="our checkpoint folder, or a released .pth with --base and --task")
     p.add_argument("--data", required=True)
-    p.add_argument("--task", choices=TASKS + ("avss-binary",), default=None,
+    p.add_argument("--task", choices=task_names(), default=None,
                    help="default: the checkpoint's own task")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--prior", default=None, help="stage one's masks folder (AVSS)")
@@ -368,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="print every stage's training config with the method's defaults, and run nothing")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("schema", help="the experiment file's JSON Schema (every key, its type and default)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("resume", help="continue an interrupted experiment (in the mode it was started in)")
     p.add_argument("results_dir")

@@ -36,9 +36,12 @@ from aavs.datasets.atomic import atomic_dir, write_bytes, write_json
 from aavs.datasets.errors import InputError
 from aavs.datasets.masks import binary_mask_png, class_mask_png
 from aavs.datasets.palette import palette
+from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE
 from aavs.datasets.video import (WINDOW_SECONDS, VideoInfo, WindowEmbedder, find_videos, iter_timed_frames,
                                  iter_windows, probe, write_video)
+from aavs.models.registry import DEFAULT_TYPE
+from aavs.orchestrator import results
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +63,13 @@ class ModelSource:
     ``checkpoint`` predicts the masks; ``prior_checkpoint`` (a binary, stage-one network) feeds a semantic
     ``checkpoint`` its sounding masks; both are our checkpoint folders (``aavs import-checkpoint`` converts a
     release). ``base``: the Mask2Former folder, for checkpoints of trainable weights whose base moved.
+    ``model_type``: the registered model type both checkpoints are (an experiment's ``model.type``).
     """
 
     checkpoint: str
     prior_checkpoint: str | None = None
     base: str | None = None
+    model_type: str = DEFAULT_TYPE
     vggish: str | None = None
     vggish_pca: str | None = None
     cache_dir: str | None = None
@@ -75,13 +80,14 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
     stage its ``prior`` names; ``stage`` picks another. VGGish files and cache default to the
     experiment's (``audio`` overrides: vggish, vggish_pca, cache_dir)."""
     results_dir = Path(results_dir)
-    spec_file = results_dir / "spec.json"
+    spec_file = results_dir / results.SPEC_FILE
+    record = results.read_spec(results_dir)
+    if record is None:
+        raise InputError(f"{spec_file}: missing (--experiment takes a results folder written by `aavs run`)")
+    spec = record.spec
     try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))["spec"]
         stages = {s["name"]: s for s in spec["stages"]}
-    except FileNotFoundError:
-        raise InputError(f"{spec_file}: missing (--experiment takes a results folder written by `aavs run`)") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise InputError(f"{spec_file}: not an experiment description ({err})") from None
     if stage is None:
         stage = next((s["name"] for s in reversed(spec["stages"]) if s.get("prior")), spec["stages"][-1]["name"])
@@ -94,6 +100,7 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
     return ModelSource(
         checkpoint=_best_checkpoint(results_dir, stage),
         prior_checkpoint=_best_checkpoint(results_dir, prior) if prior else None,
+        model_type=model.get("type", DEFAULT_TYPE),
         vggish=audio.get("vggish") or model.get("vggish"),
         vggish_pca=audio.get("vggish_pca") or model.get("vggish_pca"),
         cache_dir=audio.get("cache_dir") or str(results_dir / "cache"),
@@ -101,13 +108,11 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
 
 
 def _best_checkpoint(results_dir: Path, stage: str) -> str:
-    best_file = results_dir / stage / "best.json"
-    try:
-        return str(json.loads(best_file.read_text(encoding="utf-8"))["checkpoint"])
-    except FileNotFoundError:
-        raise InputError(f"{best_file}: missing (stage {stage} has not finished: `aavs resume {results_dir}`)") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{best_file}: no best checkpoint recorded ({err})") from None
+    best = results.read_best(results_dir / stage)  # a file that is not a best.json: InputError naming it
+    if best is None:
+        raise InputError(f"{results_dir / stage / results.BEST_FILE}: missing (stage {stage} has not finished: "
+                         f"`aavs resume {results_dir}`)")
+    return best.checkpoint
 
 
 def _device() -> torch.device:
@@ -118,33 +123,32 @@ class Models:
     """The loaded networks of a :class:`ModelSource`, ready to predict windows."""
 
     def __init__(self, source: ModelSource, device: torch.device | str | None = None) -> None:
-        from aavs.models import load_model
+        from aavs.models import registry
 
         self.source = source
         self.device = torch.device(device) if device is not None else _device()
-        self.main = load_model(source.checkpoint, base=source.base).to(self.device).eval()
+        load = functools.partial(registry.load, model_type=source.model_type, base=source.base)
+        self.main = load(source.checkpoint).to(self.device).eval()
         self.prior = None
         if source.prior_checkpoint is not None:
-            self.prior = load_model(source.prior_checkpoint, base=source.base).to(self.device).eval()
+            self.prior = load(source.prior_checkpoint).to(self.device).eval()
         self._check()
-        self.binary = not self.main.config.semantic
-        labels = self.main.config.mask2former.id2label
-        self.class_names = ("background", "sounding") if self.binary else tuple(
-            labels.get(i, f"class_{i}") for i in range(self.main.config.num_labels))
+        self.binary = get_task(self.main.config.task).binary
+        self.class_names = self.main.config.class_names
 
     def _check(self) -> None:
         src = self.source
         if self.prior is not None:
-            if self.prior.config.semantic:
+            if get_task(self.prior.config.task).semantic:
                 raise InputError(f"{src.prior_checkpoint}: a prior comes from a binary (stage-one) network, "
                                  f"this one is {self.prior.config.task}")
-            if not self.main.config.semantic:
+            if not get_task(self.main.config.task).takes_prior:
                 raise InputError(f"{src.checkpoint}: a {self.main.config.task} network takes no prior "
                                  "(only the semantic avss network does)")
             if self.prior.config.image_size != self.main.config.image_size:
                 raise InputError(f"{src.prior_checkpoint}: input size {self.prior.config.image_size}, but "
                                  f"{src.checkpoint} takes {self.main.config.image_size}; both must match")
-        elif self.main.config.semantic:
+        elif get_task(self.main.config.task).takes_prior:
             log.warning("%s: a stage-two network without a prior checkpoint runs as the stage-one AAVS", src.checkpoint)
 
     @property

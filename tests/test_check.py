@@ -154,7 +154,8 @@ def _digest(root):
                                    for p in sorted(root.rglob("*")) if p.is_file())).hexdigest()
 
 
-def test_every_problem_is_reported_and_nothing_is_modified(synth_copy, capsys):
+def test_every_problem_is_reported_and_nothing_is_modified(synth_copy, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # the title holds the temp folder's path: keep it on one line
     _append_row(synth_copy, "x,x,0,0,,nope,v1s")
     (synth_copy / V1S / "frames" / "0.jpg").unlink()
     (synth_copy / V2 / "labels_rgb" / "9.png").unlink()

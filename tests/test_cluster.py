@@ -103,8 +103,8 @@ def test_stage_two_on_another_node_reads_stage_one_masks_from_shared_storage(two
 @pytest.mark.parametrize("resources, message", [
     ({"node_a": 0}, "stages.0.resources.node_a: expected a number > 0, got 0"),
     ({"node_a": -1}, "stages.0.resources.node_a: expected a number > 0, got -1"),
-    ({"node_a": "x"}, "stages.0.resources.node_a: expected a number > 0, got 'x'"),
-    ({"node_a": True}, "stages.0.resources.node_a: expected a number > 0, got True"),
+    ({"node_a": "x"}, "stages.0.resources.node_a: expected a number, got 'x'"),
+    ({"node_a": True}, "stages.0.resources.node_a: expected a number, got True"),
     ({"GPU": 1}, "stages.0.resources.GPU: expected a custom resource name (CPUs and GPUs are set under compute)"),
     (["node_a"], "stages.0.resources: expected a mapping of custom Ray resource names to amounts"),
 ])

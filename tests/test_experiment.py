@@ -206,7 +206,7 @@ def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
     assert [r["epoch"] for r in rows] == [0, 1]  # rank 0 alone writes: no duplicated lines
     assert json.loads((trial / "status.json").read_text())["status"] == "done"
     if strategy == "deepspeed":  # both ranks' optimizer partitions are in the checkpoint
-        shards = list((trial / "checkpoints" / "last" / "deepspeed").rglob("*optim_states.pt"))
+        shards = list((trial / "checkpoints" / "last" / "accelerate").rglob("*optim_states.pt"))
         assert len(shards) == 2
     best = json.loads((tmp_path / "results" / spec["name"] / "localize" / "best.json").read_text())
     assert best["trial_id"] == "t000" and 0.0 <= best["value"] <= 1.0

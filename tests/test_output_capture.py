@@ -134,7 +134,7 @@ def test_live_view_on_a_pipe_prints_events_as_lines(tmp_path):
 def _fake_results(tmp_path: Path) -> Path:
     results = tmp_path / "quiet-demo"
     (results / "localize" / "trials" / "t000").mkdir(parents=True)
-    (results / "spec.json").write_text(json.dumps({"spec": SPEC}))
+    (results / "spec.json").write_text(json.dumps({"hash": "x", "spec": SPEC}))
     (results / "localize" / "trials" / "t000" / "log.txt").write_text("epoch 1: val/miou=0.5\n")
     (results / "localize" / "trials" / "t000" / "status.json").write_text(json.dumps({"status": "done"}))
     (results / "localize" / "test.log.txt").write_text("evaluated\n")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import (AVSBENCH_CLASSES, FRAMES_PER_SUBSET, MAX_CLASSES, TASK_SUBSETS, VideoRecord,
-                                  class_list_mismatch, class_names, read_label2idx, read_metadata, select_videos)
+from aavs.datasets.layout import (AVSBENCH_CLASSES, FRAMES_PER_SUBSET, MAX_CLASSES, VideoRecord, class_list_mismatch,
+                                  class_names, read_label2idx, read_metadata, select_videos)
 from aavs.datasets.palette import decode_colour_mask, encode_class_map, palette, unknown_colours
+from aavs.datasets.tasks import get_task
 
 
 def _voc_colour(j: int) -> tuple[int, int, int]:
@@ -84,7 +85,7 @@ def test_read_metadata_and_select_videos(synth_root):
     assert {r.subset for r in select_videos(synth_root, "ms3", "val")} == {"v1m"}
     for task in ("avss", "avss-binary"):
         avss = select_videos(synth_root, task, "train")
-        assert len(avss) == 6 and {r.subset for r in avss} == set(TASK_SUBSETS[task]) == {"v1s", "v1m", "v2"}
+        assert len(avss) == 6 and {r.subset for r in avss} == set(get_task(task).subsets) == {"v1s", "v1m", "v2"}
         assert {r.split for r in avss} == {"train"}
     with pytest.raises(InputError, match="unknown task 'seg'"):
         select_videos(synth_root, "seg", "test")

@@ -21,6 +21,7 @@ from PIL import Image
 from aavs.datasets.layout import class_names, select_videos
 from aavs.datasets.video import iter_second_frames, write_video
 from aavs.orchestrator.cli import main
+from aavs.orchestrator.results import BestTrial, write_best
 
 FPS = 5  # every second of a test video is its data frame, repeated
 LOSSLESS = {"codec": "ffv1", "pix_fmt": "bgr0"}
@@ -163,7 +164,9 @@ def test_experiment_runs_stage_one_into_stage_two(work, two_stage_out, capsys):
     (results / "spec.json").write_text(json.dumps({"hash": "x", "spec": spec}))
     for stage, checkpoint in (("localize", work["s1"]), ("semantic", work["s2"]), ("plain", work["s1"])):
         (results / stage).mkdir()
-        (results / stage / "best.json").write_text(json.dumps({"checkpoint": str(checkpoint)}))
+        write_best(results / stage, BestTrial(stage=stage, trial_id="t000", metric="val/miou", mode="max", value=0.5,
+                                              checkpoint=str(checkpoint), checkpoint_sha256="0" * 64, params={},
+                                              data_root=str(work["base"] / "data")))
     video = work["videos"] / f"{work['records'][0].uid}.mkv"
     out = work["base"] / "out-exp"
     code, stdout, _ = _run(["predict", str(video), "--out", str(out), "--experiment", str(results), "--json"], capsys)

@@ -22,6 +22,7 @@ from aavs.models import build_model, phase_parameter_groups, set_phase
 from aavs.models.modeling_aavs import resize_labels
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import ComputeConfig, TrainConfig
+from aavs.orchestrator.results import BestTrial
 from aavs.orchestrator.recipe.evaluation import training_frames
 from aavs.orchestrator.experiment.stages import trial_configs
 from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
@@ -174,7 +175,7 @@ def test_all_empty_ms3_video_makes_no_optimizer_step(synth_copy, tmp_path, one_t
     records = select_videos(synth_copy, "ms3", "train")
     _blank_masks(synth_copy, records[0])
     cfg = TrainConfig(task="ms3", data_root=str(synth_copy), trial_dir=str(tmp_path),
-                      compute=ComputeConfig(cpu=True, num_workers=0))
+                      compute=ComputeConfig(gpus_per_worker=0, loader_workers=0))
     torch.manual_seed(0)
     model = build_model("ms3", preset="tiny")
     set_phase(model, "A")
@@ -244,14 +245,16 @@ def test_shuffle_is_a_stage_option_of_the_experiment_file(tmp_path):
            "stages": [{"name": "localize", "task": "avss-binary"},
                       {"name": "semantic", "task": "avss", "prior": "localize", "shuffle": True}]}
     spec = parse_spec(raw, "x.yaml")
-    assert [s.shuffle for s in spec.stages] == [None, True]
-    bests = {"localize": {"masks": str(tmp_path / "masks"), "checkpoint": str(tmp_path / "best")}}
+    assert [s.shuffle for s in spec.stages] == [True, True]  # stage one's task default, stage two's as written
+    bests = {"localize": BestTrial(stage="localize", trial_id="t000", metric="val/miou", mode="max", value=0.5,
+                                   checkpoint=str(tmp_path / "best"), checkpoint_sha256="0" * 64, params={},
+                                   data_root=str(tmp_path / "data"), masks=str(tmp_path / "masks"))}
     shuffles = []
     for stage in spec.stages:
         configs = trial_configs(spec, stage, tmp_path / "data", tmp_path / "cache", tmp_path / stage.name, bests)
-        shuffles.append([TrainConfig.from_dict(c).shuffle for c in configs.values()])
+        shuffles.append([TrainConfig.load(c).shuffle for c in configs.values()])
     assert shuffles == [[True], [True]]
-    with pytest.raises(InputError, match=r"x.yaml: stages.1.shuffle: expected true or false .*, got 'no'"):
+    with pytest.raises(InputError, match=r"x.yaml: stages.1.shuffle: expected true or false, got 'no'"):
         parse_spec(apply_overrides(raw, ["stages.1.shuffle='no'"], "x.yaml"), "x.yaml")
-    with pytest.raises(InputError, match="shuffle: expected true or false, got 1"):
-        TrainConfig(task="avss", data_root="d", trial_dir="t", shuffle=1)
+    with pytest.raises(InputError, match="training config: shuffle: expected true or false, got 1"):
+        TrainConfig.load({"task": "avss", "data_root": "d", "trial_dir": "t", "shuffle": 1})

@@ -204,9 +204,10 @@ def test_matcher_class_cost_is_one_while_the_loss_class_weight_stays_two():
 # ------------------------------------------------------------------------ phase B start
 @pytest.mark.parametrize(("task", "warmup", "divisor"), [("s4", 0.5, 2), ("avss", 1 / 3, 3)])
 def test_phase_b_starts_at_epochs_floor_divided_like_the_reference(task, warmup, divisor):
-    """experiment.trial_configs sets adapter_warmup 0.5 for stage one and 1/3 for stage two."""
+    """The tasks' default adapter_warmup (aavs.datasets.tasks): 0.5 for stage one, 1/3 for stage two."""
     for epochs in range(1, 121):
-        config = TrainConfig(task=task, data_root="data", trial_dir="trial", epochs=epochs, adapter_warmup=warmup)
+        config = TrainConfig(task=task, data_root="data", trial_dir="trial", epochs=epochs)
+        assert config.adapter_warmup == warmup
         phase_a = epochs // divisor
         assert [config.phase_of(e) for e in range(epochs)] == ["A"] * phase_a + ["B"] * (epochs - phase_a), epochs
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.recipe.evaluation import export_masks
-from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator.results import read_metrics
 from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def config(root: Path, trial_dir: Path, **extra) -> dict:
     base = {"task": "avss-binary", "data_root": str(root), "trial_dir": str(trial_dir), "epochs": 2,
-            "lr": 3e-3, "compute": {"num_workers": 0}}
+            "lr": 3e-3, "compute": {"loader_workers": 0}}
     base.update(extra)
     return base
 
@@ -49,7 +49,7 @@ def test_trial_folder_layout_and_phases(stage_one: Path):
     assert best["epoch"] == max(rows, key=lambda r: r["val/miou"])["epoch"]
     for key in ("train/loss", "val/miou", "val/fscore", "train/data_wait_frac"):
         assert all(isinstance(r[key], float) for r in rows)
-    assert (stage_one / "checkpoints" / "last" / "optimizer.pt").exists()
+    assert (stage_one / "checkpoints" / "last" / "accelerate" / "optimizer.bin").exists()
 
 
 def test_evaluate_reproduces_the_reported_val_metric_and_score_agrees(stage_one, synth_root, tmp_path, capsys):
@@ -163,11 +163,11 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
     code = subprocess.run(
         [sys.executable, "-c", "import json,sys; from aavs.orchestrator.recipe.train import train_func; "
          "train_func(json.loads(sys.argv[1]))",
-         json.dumps(config(synth_root, trial, epochs=2, max_videos=2, compute={"num_workers": 0, "strategy": "deepspeed", "zero_stage": 2}))],
+         json.dumps(config(synth_root, trial, epochs=2, max_videos=2, compute={"loader_workers": 0, "strategy": "deepspeed", "deepspeed": {"zero_stage": 2}}))],
         capture_output=True, text=True, timeout=900)
     assert code.returncode == 0, code.stderr[-3000:]
-    assert "DEEPSPEED" in code.stderr or (trial / "checkpoints" / "last" / "deepspeed").is_dir()
-    assert (trial / "checkpoints" / "last" / "deepspeed" / "latest").exists()
+    assert "DEEPSPEED" in code.stderr or (trial / "checkpoints" / "last" / "accelerate" / "pytorch_model").is_dir()
+    assert (trial / "checkpoints" / "last" / "accelerate" / "latest").exists()
     rows = read_metrics(trial)
     assert [r["phase"] for r in rows] == ["A", "B"]
     model = load_model(trial / "best")
@@ -199,3 +199,35 @@ def test_stage_one_learns_beyond_the_all_background_baseline(tmp_path_factory):
     # (10 epochs at 1.5e-3 reached 0.45-0.51 against a baseline of 0.16 for seeds 3407, 1 and 2.)
     best = train_func(config(root, tmp_path_factory.mktemp("learn-trial") / "t", epochs=10, lr=1.5e-3))
     assert best["val/miou"] > baseline + 0.1, (best, baseline)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_training_state_of_a_frozen_base_holds_none_of_its_weights(synth_root, tmp_path):
+    """``checkpoints/last`` of a network on a frozen pre-trained base: its trainable weights, their
+    optimizer moments and the RNG states; no copy of the base (megabytes, not swin-base's ~430 MB)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from aavs.models import build_model, set_phase
+    from aavs.models.presets import preset_config
+
+    base_config, _ = preset_config("tiny", "avss-binary")
+    base = tmp_path / "mask2former-tiny"
+    Mask2FormerForUniversalSegmentation(base_config).save_pretrained(base)
+    trial = tmp_path / "frozen"
+    train_func(config(synth_root, trial, epochs=1, max_videos=1,
+                      model={"pretrained": str(base), "overrides": {"image_size": 128}}))
+
+    model = build_model("avss-binary", pretrained=str(base), image_size=128)
+    trainable = model.trainable_state_dict()
+    frozen = {k for k in model.state_dict() if k not in trainable}
+    assert frozen and any("pixel_level_module.encoder" in k for k in frozen)
+    state = trial / "checkpoints" / "last" / "accelerate"
+    assert sorted(p.name for p in state.iterdir()) == ["optimizer.bin", "random_states_0.pkl"]
+    set_phase(model, json.loads((state.parent / "trainer.json").read_text())["state"]["phase"])
+    optimizer = torch.load(state / "optimizer.bin", weights_only=True)["state"]
+    moments = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in optimizer.values())
+    assert moments == 2 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert set(load_file(str(trial / "checkpoints" / "last" / "model" / "model.safetensors"))) <= set(trainable)
+    base_bytes = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k in frozen)
+    state_bytes = sum(p.stat().st_size for p in (trial / "checkpoints" / "last").rglob("*") if p.is_file())
+    assert state_bytes < base_bytes

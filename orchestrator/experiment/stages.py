@@ -5,6 +5,7 @@ For each stage: sample its trials (deterministically), run them (Ray Tune, or in
 stage uses them as its prior, evaluate it on the test split, and record ``best.json``. Everything
 goes under ``results/<name>/``::
 
+    format.json, provenance.json    the folder's format version; what wrote it (aavs.orchestrator.results)
     spec.yaml, spec.json            the resolved experiment and its hash
     run.json                        how it was started (--local or Ray); `aavs resume` continues so
     data/                           the synthetic data set (when the spec asks for one)
@@ -26,21 +27,18 @@ where it stopped (finished trials are kept, running ones resume from their last 
 On a cluster the results folder must be storage that every node sees at the same path (NFS, EFS, a
 mounted bucket): trials on one node write checkpoints that a task on another reads, and stage two's
 trials read the masks stage one exported. Object-store URIs (s3://...) are refused: everything here is
-read and written as files.
+read and written as files. Every file's record, reader and writer is in :mod:`aavs.orchestrator.results`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -50,6 +48,8 @@ import yaml
 
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
+from aavs.datasets.files import file_sha256
+from aavs.orchestrator import results
 from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.config import TrainConfig
 from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
@@ -59,9 +59,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("done", "stopped", "failed")
-RUN_FILE = "run.json"  # {"mode": "local" | "ray"}: how `aavs run` started the experiment
 
 
 class StageFailed(RuntimeError):
@@ -73,10 +70,11 @@ def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
                    results_root: str | Path = "results", local: bool = False,
                    console: Console | None = None, verbose: bool = False) -> Path:
     """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files."""
-    spec, raw = load_spec(spec_file, overrides)
+    spec, _ = load_spec(spec_file, overrides)
     results_dir = results_path(results_root) / spec.name
-    _save_spec(results_dir, raw, spec)
-    atomic.write_json(results_dir / RUN_FILE, {"mode": "local" if local else "ray"})
+    results.open_results(results_dir, "run")
+    _save_spec(results_dir, spec)
+    results.write_run(results_dir, "local" if local else "ray")
     run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
@@ -89,6 +87,7 @@ def resume_experiment(results_dir: str | Path, local: bool | None = None, consol
     spec_file = results_dir / "spec.yaml"
     if not spec_file.is_file():
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
+    results.open_results(results_dir, "resume")
     raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
     spec = parse_spec(raw, str(spec_file))
     if local is None:
@@ -100,8 +99,8 @@ def resume_experiment(results_dir: str | Path, local: bool | None = None, consol
 
 def started_mode(results_dir: Path) -> str:
     """"local" or "ray": how the experiment was started (folders older than run.json: Ray)."""
-    recorded = _read_json(results_dir / RUN_FILE) or {}
-    return "local" if recorded.get("mode") == "local" else "ray"
+    recorded = results.read_run(results_dir)
+    return recorded.mode if recorded else "ray"
 
 
 def results_path(value: str | Path) -> Path:
@@ -124,15 +123,16 @@ def results_path(value: str | Path) -> Path:
     return Path(text).expanduser().resolve()
 
 
-def _save_spec(results_dir: Path, raw: dict, spec: ExperimentSpec) -> None:
+def _save_spec(results_dir: Path, spec: ExperimentSpec) -> None:
+    """The resolved spec: every default filled in, paths absolute (``aavs resume`` reads it back)."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(results_dir / "spec.yaml", yaml.safe_dump(raw, sort_keys=False))
-    atomic.write_json(results_dir / "spec.json", {"hash": spec_hash(spec.to_dict()), "spec": spec.to_dict()})
+    atomic.write_text(results_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    results.write_spec(results_dir, spec.to_dict(), spec_hash(spec.to_dict()))
 
 
 # ----------------------------------------------------------------------------------------- stages
 def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
-               console: Console | None = None, verbose: bool = False) -> dict[str, dict[str, Any]]:
+               console: Console | None = None, verbose: bool = False) -> dict[str, results.BestTrial]:
     """Every stage, while a live view follows the results folder: it keeps leaderboard.json current
     as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn).
 
@@ -144,47 +144,48 @@ def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
         return _run_stages(spec, results_dir, local, quiet=not verbose)
 
 
-def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: bool) -> dict[str, dict[str, Any]]:
+def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
+                quiet: bool) -> dict[str, results.BestTrial]:
     from aavs.orchestrator.views.leaderboard import write_leaderboard
 
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
     runner = LocalRunner(quiet) if local else RayRunner(spec, results_dir, quiet)
-    bests: dict[str, dict[str, Any]] = {}
+    bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
     for stage in spec.stages:
         stage_dir = results_dir / stage.name
         inputs = _stage_inputs(spec, stage, data_root, bests)
         digest = spec_hash(inputs)
-        done = _read_json(stage_dir / "done.json")
-        if done and done.get("inputs_hash") == digest:
+        done = results.read_done(stage_dir)
+        best = results.read_best(stage_dir)
+        if done and done.inputs_hash == digest and best:
             log.info("stage %s: unchanged since it completed; skipping", stage.name)
-            bests[stage.name] = _read_json(stage_dir / "best.json")
+            bests[stage.name] = best
             continue
         _supersede_if_changed(stage_dir, digest)
-        atomic.write_json(stage_dir / "inputs.json", {"inputs_hash": digest, "inputs": inputs})
+        results.write_inputs(stage_dir, digest, inputs)
         configs = trial_configs(spec, stage, data_root, cache, stage_dir, bests)
-        pending = {tid: c for tid, c in configs.items() if _status(Path(c["trial_dir"])) not in TERMINAL}
+        pending = {tid: c for tid, c in configs.items() if not results.trial_status(c["trial_dir"]).ended}
         log.info("stage %s: %d trials (%d to run)", stage.name, len(configs), len(pending))
         if pending:
             runner.run_trials(stage, pending)
         write_leaderboard(results_dir)
-        best = pick_best(stage, configs)
-        best.update(stage=stage.name, data_root=str(data_root))
+        best = pick_best(stage, configs, data_root)
         if stage.name in needs_masks:
-            best["masks"] = str(runner.export_masks(best["checkpoint"], data_root, stage_dir / "masks", spec, cache,
-                                                    stage.resources, log_file=task_log(stage_dir, "masks")))
-        best["test"] = runner.evaluate(best["checkpoint"], data_root, stage.task,
-                                       bests[stage.prior]["masks"] if stage.prior else None, spec, cache,
-                                       stage.resources, log_file=task_log(stage_dir, "test"))
-        atomic.write_json(stage_dir / "best.json", best)
-        atomic.write_json(stage_dir / "done.json", {"inputs_hash": digest})
+            best.masks = str(runner.export_masks(best.checkpoint, data_root, stage_dir / "masks", spec, cache,
+                                                 stage.resources, log_file=task_log(stage_dir, "masks")))
+        best.test = runner.evaluate(best.checkpoint, data_root, stage.task,
+                                    bests[stage.prior].masks if stage.prior else None, spec, cache,
+                                    stage.resources, log_file=task_log(stage_dir, "test"))
+        results.write_best(stage_dir, best)
+        results.write_done(stage_dir, digest)
         bests[stage.name] = best
         write_leaderboard(results_dir)
         _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources,
                                                                  log_file=task_log(stage_dir, "report")))
-        log.info("stage %s: best trial %s, %s = %.4f", stage.name, best["trial_id"], best["metric"], best["value"])
+        log.info("stage %s: best trial %s, %s = %.4f", stage.name, best.trial_id, best.metric, best.value)
     return bests
 
 
@@ -207,7 +208,7 @@ def prepare_data(spec: ExperimentSpec, results_dir: Path) -> Path:
 
     root = results_dir / "data"
     if not (root / "metadata.csv").is_file():
-        write_synthetic_avsbench(root, **spec.data.synthetic)
+        write_synthetic_avsbench(root, **spec.data.synthetic.model_dump())
     return root
 
 
@@ -219,22 +220,25 @@ def _precompute_embeddings(spec: ExperimentSpec, data_root: Path, cache: Path) -
                  vggish_pca=spec.model.vggish_pca, cache_dir=cache)
 
 
-def _stage_inputs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, bests: dict) -> dict[str, Any]:
+def _stage_inputs(spec: ExperimentSpec, stage: StageSpec, data_root: Path,
+                  bests: dict[str, results.BestTrial]) -> dict[str, Any]:
     def upstream(name: str | None) -> str | None:
-        return bests[name]["checkpoint_sha256"] if name else None
+        return bests[name].checkpoint_sha256 if name else None
 
     placement = ("resources",)  # where a stage runs does not change what it computes
-    return {"stage": {k: v for k, v in asdict(stage).items() if k not in placement},
-            "model": asdict(spec.model), "data": str(data_root),
-            "synthetic": spec.data.synthetic, "compute": {k: v for k, v in asdict(spec.compute).items()
-                                                          if k in ("strategy", "zero_stage", "mixed_precision", "workers_per_trial")},
+    c = spec.compute
+    return {"stage": stage.model_dump(mode="json", exclude=set(placement)),
+            "model": spec.model.model_dump(mode="json"), "data": str(data_root),
+            "synthetic": spec.data.synthetic.model_dump() if spec.data.synthetic else None,
+            "compute": {"strategy": c.strategy, "zero_stage": c.deepspeed.zero_stage,
+                        "mixed_precision": c.mixed_precision, "workers_per_trial": c.workers_per_trial},
             "prior": upstream(stage.prior), "init_from": upstream(stage.init_from)}
 
 
 def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
-    old = _read_json(stage_dir / "inputs.json")
-    if old and old.get("inputs_hash") != digest:
-        target = stage_dir.with_name(f"{stage_dir.name}.superseded-{old['inputs_hash']}")
+    old = results.read_inputs(stage_dir)
+    if old and old.inputs_hash != digest:
+        target = stage_dir.with_name(f"{stage_dir.name}.superseded-{old.inputs_hash}")
         log.warning("stage %s: its inputs changed; moving the earlier results to %s", stage_dir.name, target)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(stage_dir, target)
@@ -242,24 +246,12 @@ def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
 
 def stage_config(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
                  prior: str | None, init_from: str | None) -> dict[str, Any]:
-    """A stage's ``train_func`` config before the sampled parameters: the method's defaults for its task."""
-    model: dict[str, Any] = {"preset": spec.model.preset} if spec.model.preset else {"pretrained": spec.model.pretrained}
-    if spec.model.overrides:
-        model["overrides"] = dict(spec.model.overrides)
-    semantic = stage.task == "avss"
-    return {
-        "task": stage.task, "data_root": str(data_root), "model": model,
-        "vggish": spec.model.vggish, "vggish_pca": spec.model.vggish_pca, "audio_cache": str(cache),
-        "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
-        "max_videos": stage.max_videos, "shuffle": stage.shuffle,
-        # docs/method.md §4: phase A is half of stage one and a third of stage two; the
-        # reference clips gradients (norm 0.01) in stage one only.
-        "adapter_warmup": 1 / 3 if semantic else 0.5, "grad_clip": None if semantic else 0.01,
-        "prior": prior, "init_from": init_from,
-        "compute": {"strategy": spec.compute.strategy, "zero_stage": spec.compute.zero_stage,
-                    "mixed_precision": spec.compute.mixed_precision, "num_workers": spec.compute.loader_workers,
-                    "cpu": spec.compute.gpus_per_worker == 0},
-    }
+    """A stage's ``train_func`` config before the sampled parameters: its sections and settings under
+    their own names (``prior`` and ``init_from`` become the earlier stages' masks and checkpoint)."""
+    return {"task": stage.task, "data_root": str(data_root), "model": spec.model, "audio_cache": str(cache),
+            "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
+            "max_videos": stage.max_videos, "shuffle": stage.shuffle, "prior": prior, "init_from": init_from,
+            "compute": spec.compute}
 
 
 def effective_config(spec: ExperimentSpec, results_root: str | Path = "results") -> dict[str, Any]:
@@ -273,16 +265,16 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
                               prior=f"<masks of {stage.prior}'s best trial>" if stage.prior else None,
                               init_from=f"<best checkpoint of {stage.init_from}>" if stage.init_from else None)
         fixed = {k: v for k, v in stage.params.items() if not isinstance(v, dict)}
-        resolved = TrainConfig.from_dict({**config, **fixed, "trial_dir": "<trial folder>"})
-        shown = {**resolved.to_dict(), **stage.params}  # search spaces as written
-        shown.pop("trial_dir")
-        if "lr_b" not in stage.params:
+        resolved = TrainConfig.load({**config, **fixed, "trial_dir": "<trial folder>"})
+        # The search spaces as written; model and compute are the experiment's, shown once below.
+        shown = {**resolved.model_dump(mode="json", exclude={"trial_dir", "model", "compute"}), **stage.params}
+        if stage.params["lr_b"] is None:
             shown["lr_b"] = resolved.learning_rate_b if "lr" in fixed else "lr / 10"
-        if "adapter_warmup" not in stage.params or "adapter_warmup" in fixed:
+        if "adapter_warmup" in fixed:
             shown["phase_b_from_epoch"] = resolved.phase_a_epochs
         stages[stage.name] = {**shown, "num_samples": stage.tune.num_samples}
     notes = []
-    train_base = (spec.model.overrides or {}).get("train_base", spec.model.preset == "tiny")
+    train_base = spec.model.overrides.get("train_base", spec.model.preset == "tiny")
     if train_base:
         notes.append(f"model.preset {spec.model.preset} has random weights: its whole Mask2Former trains too "
                      "(train_base), where the method keeps a pre-trained base frozen (docs/method.md §8)")
@@ -293,25 +285,26 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
 
 
 def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
-                  stage_dir: Path, bests: dict) -> dict[str, dict[str, Any]]:
+                  stage_dir: Path, bests: dict[str, results.BestTrial]) -> dict[str, dict[str, Any]]:
     """Each trial's ``train_func`` config: the stage's, then the sampled parameters."""
     base = stage_config(spec, stage, data_root, cache,
-                        prior=bests[stage.prior]["masks"] if stage.prior else None,
-                        init_from=bests[stage.init_from]["checkpoint"] if stage.init_from else None)
+                        prior=bests[stage.prior].masks if stage.prior else None,
+                        init_from=bests[stage.init_from].checkpoint if stage.init_from else None)
     configs = {}
     for i, params in enumerate(sample_trials(stage.params, stage.tune.num_samples, stage.tune.seed)):
         trial_id = f"t{i:03d}"
-        configs[trial_id] = {**base, **params, "trial_dir": str(stage_dir / "trials" / trial_id)}
-        atomic.write_json(stage_dir / "trials" / trial_id / "params.json", params)
+        trial = {**base, **params, "trial_dir": str(stage_dir / "trials" / trial_id)}
+        configs[trial_id] = TrainConfig.load(trial).to_dict()  # a bad sample fails here, not in a trial
+        results.write_params(stage_dir / "trials" / trial_id, params)
     return configs
 
 
-def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]], data_root: Path) -> results.BestTrial:
     """The trial with the best value of the stage's metric among those with a best checkpoint."""
     candidates = []
     for trial_id, config in configs.items():
         trial_dir = Path(config["trial_dir"])
-        metrics = _read_json(trial_dir / checkpointing.BEST / "metrics.json")
+        metrics = results.read_checkpoint_metrics(trial_dir / checkpointing.BEST)
         if metrics and stage.tune.metric in metrics:
             candidates.append((metrics[stage.tune.metric], trial_id, trial_dir))
     if not candidates:
@@ -319,25 +312,13 @@ def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]]) -> dict[str,
     reverse = stage.tune.mode == "max"
     value, trial_id, trial_dir = sorted(candidates, key=lambda c: (-c[0] if reverse else c[0], c[1]))[0]
     checkpoint = trial_dir / checkpointing.BEST
-    return {"trial_id": trial_id, "metric": stage.tune.metric, "mode": stage.tune.mode, "value": value,
-            "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_digest(checkpoint),
-            "params": _read_json(trial_dir / "params.json")}
+    return results.BestTrial(stage=stage.name, trial_id=trial_id, metric=stage.tune.metric, mode=stage.tune.mode,
+                             value=value, checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_digest(checkpoint),
+                             params=results.read_params(trial_dir) or {}, data_root=str(data_root))
 
 
 def checkpoint_digest(checkpoint: Path) -> str:
-    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()
-
-
-def _status(trial_dir: Path) -> str | None:
-    status = _read_json(trial_dir / "status.json")
-    return status.get("status") if status else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return file_sha256(Path(checkpoint) / "model.safetensors")
 
 
 def ray_node_id() -> str | None:
@@ -351,12 +332,12 @@ def ray_node_id() -> str | None:
 
 def record_node(trial_dir: str) -> None:
     """``node.json`` in the trial folder: which node ran it (a stage's ``resources`` decide where)."""
-    atomic.write_json(Path(trial_dir) / "node.json", {"node_id": ray_node_id()})
+    results.write_node(trial_dir, ray_node_id())
 
 
 def masks_ready(out: Path, checkpoint: str) -> bool:
-    done = _read_json(out / "_SUCCESS.json")
-    return bool(done) and done.get("checkpoint_sha256") == checkpoint_digest(Path(checkpoint))
+    done = results.read_masks_success(out)
+    return done is not None and done.checkpoint_sha256 == checkpoint_digest(Path(checkpoint))
 
 
 def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | None,
@@ -369,8 +350,9 @@ def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | 
         return out
     with atomic.atomic_dir(out_path) as tmp:
         scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
-        atomic.write_json(tmp / "_SUCCESS.json", {"checkpoint": checkpoint, "scores": scores, "node_id": ray_node_id(),
-                                                   "checkpoint_sha256": checkpoint_digest(Path(checkpoint))})
+        results.write_masks_success(tmp, results.MasksRecord(checkpoint=checkpoint, scores=scores,
+                                                             node_id=ray_node_id(),
+                                                             checkpoint_sha256=checkpoint_digest(Path(checkpoint))))
     return out
 
 
@@ -478,11 +460,11 @@ class RayRunner(LocalRunner):
             # group (a deadlock on a small machine): the trial asks for a token of memory instead.
             trainable = tune.with_resources(tune_trial, {"memory": 1 << 20})
         scheduler = None
-        if t.scheduler == "asha":
+        if t.asha:
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=stage.epochs,
-                                      grace_period=t.grace_period, reduction_factor=t.reduction_factor)
+                                      grace_period=t.asha.grace_period, reduction_factor=t.asha.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(sorted(configs)),
@@ -496,10 +478,10 @@ class RayRunner(LocalRunner):
         with _without_tune_trial_tracebacks(self.quiet):
             tuner.fit()
         for config in configs.values():  # trials a scheduler stopped early end "stopped", not "running"
-            trial_dir = Path(config["trial_dir"])
-            if _status(trial_dir) == "running":
-                status = _read_json(trial_dir / "status.json") or {}
-                atomic.write_json(trial_dir / "status.json", {**status, "status": "stopped"})
+            status = results.read_status(config["trial_dir"])
+            if status and status.status == results.TrialStatus.RUNNING:
+                status.status = results.TrialStatus.STOPPED
+                results.write_status(config["trial_dir"], status)
 
     def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
              log_file: Path | None = None) -> Any:

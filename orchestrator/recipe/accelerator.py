@@ -47,7 +47,7 @@ def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float |
     if compute.strategy == "deepspeed":
         _ensure_single_process_env()
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-            zero_stage=compute.zero_stage,
+            zero_stage=compute.deepspeed.zero_stage,
             gradient_accumulation_steps=grad_accum,
             gradient_clipping=grad_clip or 0.0,
         )

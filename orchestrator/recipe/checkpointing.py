@@ -3,12 +3,15 @@
 A trial folder holds::
 
     checkpoints/last/   the state after the last finished epoch
-        model/          trainable weights (aavs.models.save_checkpoint: model.safetensors + aavs.json)
-        optimizer.pt    optimizer (and scaler) state, read back with torch.load(weights_only=True)
-        deepspeed/      instead of optimizer.pt under DeepSpeed: the engine's own checkpoint
-        rng.safetensors torch's CPU (and CUDA) generator states
-        trainer.json    epoch, phase, best value and epoch, Python and NumPy RNG states
+        model/          trainable weights (the model's save_pretrained; AAVS: model.safetensors + aavs.json)
+        accelerate/     Accelerator.save_state without the model: optimizer and scaler states, every
+                        rank's RNG states (Python, NumPy, torch CPU and CUDA); under DeepSpeed also the
+                        engine's own checkpoint (every rank's optimizer partition, frozen weights left out)
+        trainer.json    epoch, phase, best value and epoch
     best/               the best checkpoint so far by the stage's metric (a model checkpoint folder)
+
+The weights are in ``model/`` alone, in the model's own format (AAVS: trainable weights and the base's path),
+so a training state never holds the frozen pre-trained base: megabytes, not the whole network.
 
 Each folder is built under a temporary name and renamed into place, so ``last`` is always a complete
 epoch: a run killed mid-epoch restarts from the epoch before, replays the same batches (the sampler is
@@ -18,17 +21,21 @@ seeded by epoch) and ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import random
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
+from accelerate.checkpointing import load_accelerator_state
+
+from aavs.datasets import atomic
 
 LAST = "checkpoints/last"
 BEST = "best"
+STATE = "accelerate"  # the Accelerator.save_state folder inside LAST
 
 
 @dataclass
@@ -40,39 +47,6 @@ class TrainerState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
-    py = random.getstate()
-    np_state = np.random.get_state()
-    plain = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    return tensors, plain
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    v, internal, gauss = plain["python"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def write_trainer_files(folder: Path, state: TrainerState) -> None:
-    """RNG and bookkeeping files of a state folder being built (the caller renames it into place)."""
-    tensors, plain = capture_rng()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "rng.safetensors"))
-    (folder / "trainer.json").write_text(json.dumps({"state": asdict(state), "rng": plain}, indent=1))
-
-
 def read_trainer_state(trial_dir: Path) -> TrainerState | None:
     path = trial_dir / LAST / "trainer.json"
     if not path.exists():
@@ -80,21 +54,55 @@ def read_trainer_state(trial_dir: Path) -> TrainerState | None:
     return TrainerState(**json.loads(path.read_text())["state"])
 
 
-def restore_trainer_rng(trial_dir: Path) -> None:
-    folder = trial_dir / LAST
-    plain = json.loads((folder / "trainer.json").read_text())["rng"]
-    restore_rng(load_file(str(folder / "rng.safetensors")), plain)
+def save_last(trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module, state: TrainerState) -> None:
+    """Write ``checkpoints/last``; every rank calls it.
+
+    Each rank saves its RNG states (and under DeepSpeed its optimizer partition) into a staging folder
+    that all ranks can name; rank 0 then adds the weights and ``trainer.json`` and renames the whole
+    into place.
+    """
+    staging = trial_dir / "checkpoints" / f".state-epoch{state.epoch}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # what a run killed while saving left behind
+    accelerator.wait_for_everyone()
+    handle = accelerator.register_save_state_pre_hook(_drop_model_weights)
+    try:
+        accelerator.save_state(str(staging), exclude_frozen_parameters=True)  # the kwarg: DeepSpeed's
+    finally:
+        handle.remove()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic.atomic_dir(trial_dir / LAST) as tmp:
+            os.replace(staging, tmp / STATE)
+            accelerator.unwrap_model(model).save_pretrained(tmp / "model")
+            (tmp / "trainer.json").write_text(json.dumps({"state": asdict(state)}, indent=1))
+    accelerator.wait_for_everyone()
 
 
-def save_optimizer(path: Path, optimizer: torch.optim.Optimizer, scaler: Any | None) -> None:
-    payload = {"optimizer": optimizer.state_dict()}
-    if scaler is not None:
-        payload["scaler"] = scaler.state_dict()
-    torch.save(payload, path)
+def load_last(trial_dir: Path, accelerator: Accelerator) -> None:
+    """The optimizer, scaler and RNG states of ``checkpoints/last`` into a prepared accelerator (under
+    DeepSpeed the engine's checkpoint); the weights were loaded from ``model/`` before ``prepare``."""
+    handle = accelerator.register_load_state_pre_hook(_skip_model_weights)
+    try:
+        accelerator.load_state(str(trial_dir / LAST / STATE), load_module_strict=False)
+    finally:
+        handle.remove()
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, scaler: Any | None) -> None:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(payload["optimizer"])
-    if scaler is not None and "scaler" in payload:
-        scaler.load_state_dict(payload["scaler"])
+def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
+    """This rank's RNG states as ``checkpoints/last`` holds them, and nothing else (not the scaler: the
+    next phase starts a fresh one): a run killed right after a phase's last epoch builds the next
+    phase's model from them. accelerate's loader logs, so an accelerator must exist."""
+    load_accelerator_state(str(trial_dir / LAST / STATE), models=[], optimizers=[], schedulers=[],
+                           dataloaders=[], process_index=accelerator.process_index)
+
+
+def _drop_model_weights(models: list, weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """save_state hook: no state dict of the model (it would hold the frozen base, ~430 MB for
+    swin-base); ``model/`` holds the trainable weights."""
+    weights.clear()
+
+
+def _skip_model_weights(models: list, input_dir: str) -> None:
+    """load_state hook, the counterpart of :func:`_drop_model_weights`."""
+    models.clear()

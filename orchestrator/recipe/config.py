@@ -1,85 +1,178 @@
-"""The configuration of one training run (one stage of one trial), validated once at the edge.
+"""One training run's configuration (one stage of one trial), and the sections it shares with the experiment file.
 
-``train_func`` receives a plain ``dict`` (that is what Ray Train and Tune pass around); it becomes a
-:class:`TrainConfig` here, and every later line of the recipe can trust it. Unknown keys are errors.
+``train_func`` receives a plain ``dict`` (Ray Train and Tune pass dicts around); :meth:`TrainConfig.load`
+validates it once, and every later line of the recipe can trust it. The experiment file's schema
+(:mod:`aavs.orchestrator.experiment.spec`) is built from the same models: its ``model`` and ``compute``
+sections are :class:`ModelConfig` and :class:`ComputeConfig`, and a stage's ``params`` are the fields
+of :class:`Hyperparameters`. A trial's config is therefore the stage's values under the same names.
+
+Validation is pydantic's, strict (``"3"`` is not 3, ``"no"`` is not false, unknown keys are errors);
+:func:`validated` turns its errors into InputErrors that name the file, the key path and what was
+expected.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.tasks import TASKS, get_task
+from aavs.models.registry import DEFAULT_TYPE, model_types
 
-TASKS = ("s4", "ms3", "avss", "avss-binary")
-STRATEGIES = ("plain", "ddp", "deepspeed")
-PRECISIONS = ("no", "fp16", "bf16")
-
-
-@dataclass
-class ComputeConfig:
-    strategy: str = "plain"  # plain: one device; ddp; deepspeed (ZeRO through accelerate)
-    zero_stage: int = 2
-    mixed_precision: str = "no"
-    num_workers: int = 2  # DataLoader worker processes per training process
-    cpu: bool = False  # force the CPU even where a GPU is visible
-
-    def __post_init__(self) -> None:
-        _one_of("compute.strategy", self.strategy, STRATEGIES)
-        _one_of("compute.mixed_precision", self.mixed_precision, PRECISIONS)
-        # ZeRO-3 partitions the parameters themselves; saving and evaluating the trainable parts would
-        # need gathering we have not built yet, so only stages 1 and 2 are accepted.
-        _one_of("compute.zero_stage", self.zero_stage, (1, 2))
-        if self.num_workers < 0:
-            raise InputError(f"compute.num_workers: expected an integer >= 0, got {self.num_workers}")
+TaskName = Literal[tuple(TASKS)]
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-@dataclass
-class TrainConfig:
-    task: str
+class Strict(BaseModel):
+    """Unknown keys are errors, and no value is converted to another type. A key written without a
+    value (YAML's null) takes its default, as leaving it out does, unless None is one of its values."""
+
+    model_config = STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items()
+                if v is not None or k not in fields or type(None) in get_args(fields[k].annotation)}
+
+
+class Expected(ValueError):
+    """A validator's error: what the key ``at`` (below the validated object) should be, and what it is."""
+
+    def __init__(self, expected: str, at: tuple[str | int, ...] = (), got: Any = ...) -> None:
+        super().__init__(expected)
+        self.at, self.got = at, got
+
+
+def _local_path(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
+
+
+def _registered_model_type(name: str) -> str:
+    if name not in model_types():
+        raise Expected(f"one of {list(model_types())} (aavs.models.registry)")
+    return name
+
+
+def _validation_metric(name: str) -> str:
+    if not name.startswith("val/"):
+        raise Expected("a validation metric (val/miou, val/fscore, ...)")
+    return name
+
+
+# Relative paths are resolved against the current directory (where ``aavs run`` starts; under
+# ``ray job submit``, the uploaded working directory).
+LocalPath = Annotated[str, AfterValidator(_local_path)]
+Metric = Annotated[str, AfterValidator(_validation_metric)]
+
+
+class ModelConfig(Strict):
+    """The network: a registered ``type`` on a ``preset`` (random weights) or a local Hugging Face
+    Mask2Former folder (``pretrained``), plus the audio front end's VGGish files."""
+
+    type: Annotated[str, AfterValidator(_registered_model_type)] = DEFAULT_TYPE
+    preset: Literal["tiny", "swin-base"] | None = None
+    pretrained: LocalPath | None = None
+    vggish: LocalPath | None = None  # None: random VGGish weights (a warning says so)
+    vggish_pca: LocalPath | None = None  # AudioSet PCA on top of the raw embeddings (docs/method.md §2)
+    overrides: dict[str, Any] = {}  # the network's configuration fields, e.g. {num_queries: 7}
+
+    @model_validator(mode="after")
+    def _one_base(self) -> ModelConfig:
+        if (self.preset is None) == (self.pretrained is None):
+            raise Expected("exactly one of 'preset' or 'pretrained'", got=self.model_dump(exclude_defaults=True))
+        return self
+
+
+class DeepSpeedConfig(Strict):
+    # ZeRO-3 partitions the parameters themselves; saving and evaluating the trainable parts would
+    # need gathering we have not built yet, so only stages 1 and 2 are accepted.
+    zero_stage: Literal[1, 2] = 2
+
+
+class ComputeConfig(Strict):
+    """Where and how each trial trains: its Ray resources, the parallel strategy and the precision."""
+
+    workers_per_trial: int = Field(1, ge=1)  # training processes (Ray Train workers) per trial
+    gpus_per_worker: float = Field(0, ge=0)  # 0: the CPU, even where a GPU is visible
+    cpus_per_worker: float = Field(1, ge=0)
+    strategy: Literal["plain", "ddp", "deepspeed"] = "plain"  # plain: one device; deepspeed: ZeRO via accelerate
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    loader_workers: int = Field(2, ge=0)  # DataLoader worker processes per training process
+    max_failures: int = Field(1, ge=0)  # Ray retries a failed trial from its last checkpoint this many times
+
+    @model_validator(mode="after")
+    def _parallel_strategy(self) -> ComputeConfig:
+        if self.workers_per_trial > 1 and self.strategy == "plain":
+            raise Expected("'ddp' or 'deepspeed' when workers_per_trial > 1", at=("strategy",), got=self.strategy)
+        return self
+
+    @property
+    def cpu(self) -> bool:
+        """Train on the CPU, even where a GPU is visible (``gpus_per_worker: 0``)."""
+        return self.gpus_per_worker == 0
+
+
+class Hyperparameters(Strict):
+    """What a stage's ``params`` may search. The defaults are the paper's recipe; ``adapter_warmup``
+    and ``grad_clip`` default to the task's (:mod:`aavs.datasets.tasks`, docs/method.md §4)."""
+
+    lr: float = Field(1e-3, gt=0)  # phase A
+    lr_b: float | None = Field(None, gt=0)  # phase B; None: lr / 10 (1e-3 -> 1e-4 as in the paper)
+    weight_decay: float = Field(0.05, ge=0)
+    adapter_warmup: float = Field(0.5, ge=0, lt=1)  # the fraction of the epochs in phase A
+    grad_clip: float | None = Field(0.01, gt=0)  # max gradient norm; None: no clipping
+    batch_size: int = Field(1, ge=1)  # videos per step per worker
+    grad_accum: int = Field(1, ge=1)
+    seed: int = 3407
+
+
+def task_defaults(task: str) -> dict[str, Any]:
+    """The reference's recipe for ``task`` where it differs between tasks (docs/method.md §4): phase A
+    is half of stage one and a third of stage two, gradients are clipped in stage one only, and stage
+    two runs its videos in file order (v1s, v1m, v2) where the others shuffle."""
+    task_ = get_task(task)
+    return {"adapter_warmup": task_.adapter_warmup, "grad_clip": task_.grad_clip, "shuffle": task_.shuffle}
+
+
+class TrainConfig(Hyperparameters):
+    """One training run: its stage's settings, its trial's hyperparameters, and where things are."""
+
+    task: TaskName
     data_root: str
     trial_dir: str
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})  # preset | pretrained (+ overrides)
-    vggish: str | None = None
-    vggish_pca: str | None = None
+    model: ModelConfig = ModelConfig(preset="tiny")
     audio_cache: str | None = None  # embeddings cache folder (default: $AAVS_CACHE_DIR or ~/.cache/aavs)
     prior: str | None = None  # stage two: stage one's masks for val/test; training uses the true mask
     init_from: str | None = None  # a checkpoint folder whose matching trainable weights start this run
-    epochs: int = 60
-    batch_size: int = 1  # videos per step per worker
-    grad_accum: int = 1
-    lr: float = 1e-3  # phase A
-    lr_b: float | None = None  # phase B; default lr / 10 (1e-3 -> 1e-4 as in the paper)
-    weight_decay: float = 0.05
-    adapter_warmup: float = 0.5  # fraction of the epochs in phase A (paper: 1/2 stage one, 1/3 stage two)
-    grad_clip: float | None = 0.01
-    seed: int = 3407
-    metric: str = "val/miou"
-    mode: str = "max"
-    max_videos: int | None = None  # cap on training videos per epoch (smoke tests, demos)
-    # A new order of the training videos every epoch; None: the reference's choice for the task, a
-    # shuffle except in stage two (avss), which runs v1s, v1m, v2 in file order (docs/method.md §4).
-    shuffle: bool | None = None
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    epochs: int = Field(60, ge=1)
+    metric: Metric = "val/miou"
+    mode: Literal["max", "min"] = "max"
+    max_videos: int | None = Field(None, ge=1)  # cap on training videos per epoch (smoke tests, demos)
+    shuffle: bool = True  # a new order of the training videos every epoch; default: the task's
+    compute: ComputeConfig = ComputeConfig()
 
-    def __post_init__(self) -> None:
-        _one_of("task", self.task, TASKS)
-        _one_of("mode", self.mode, ("max", "min"))
-        if self.shuffle is None:
-            self.shuffle = self.task != "avss"
-        if not isinstance(self.shuffle, bool):
-            raise InputError(f"shuffle: expected true or false, got {self.shuffle!r}")
-        if not (set(self.model) <= {"preset", "pretrained", "overrides"}) or ("preset" in self.model) == ("pretrained" in self.model):
-            raise InputError(f"model: expected exactly one of 'preset' or 'pretrained' (and optional 'overrides'), got {sorted(self.model)}")
-        for key in ("epochs", "batch_size", "grad_accum"):
-            if int(getattr(self, key)) < 1:
-                raise InputError(f"{key}: expected an integer >= 1, got {getattr(self, key)}")
-        if not 0.0 <= self.adapter_warmup < 1.0:
-            raise InputError(f"adapter_warmup: expected a fraction in [0, 1), got {self.adapter_warmup}")
-        if self.lr <= 0 or (self.lr_b is not None and self.lr_b <= 0):
-            raise InputError(f"lr: expected positive learning rates, got lr={self.lr} lr_b={self.lr_b}")
+    @model_validator(mode="after")
+    def _task_defaults(self) -> TrainConfig:
+        for key, value in task_defaults(self.task).items():
+            if key not in self.model_fields_set:
+                setattr(self, key, value)
+        return self
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any]) -> TrainConfig:
+        return validated(cls, config, "training config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
     @property
     def phase_a_epochs(self) -> int:
@@ -96,29 +189,70 @@ class TrainConfig:
     def phase_of(self, epoch: int) -> str:
         return "A" if epoch < self.phase_a_epochs else "B"
 
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "TrainConfig":
-        config = dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise InputError(f"training config: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        compute = config.pop("compute", None) or {}
-        if isinstance(compute, Mapping):
-            ckeys = {f.name for f in dataclasses.fields(ComputeConfig)}
-            bad = sorted(set(compute) - ckeys)
-            if bad:
-                raise InputError(f"compute: unknown key(s) {bad}; expected some of {sorted(ckeys)}")
-            compute = ComputeConfig(**compute)
-        try:
-            return cls(compute=compute, **config)
-        except TypeError as err:  # a missing required key
-            raise InputError(f"training config: {err}") from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# ------------------------------------------------------------------------------- error messages
+M = TypeVar("M", bound=BaseModel)
+
+# What pydantic's error types expect, in the words of our messages (others: pydantic's own words).
+EXPECTATIONS = {
+    "missing": "this key (it is required)", "bool_type": "true or false", "int_type": "an integer",
+    "float_type": "a number", "string_type": "a string", "list_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "literal_error": "one of {expected}",
+    "greater_than": "a number > {gt:g}", "greater_than_equal": "a number >= {ge:g}", "less_than": "a number < {lt:g}",
+    "too_short": "at least {min_length} item(s)",
+}
+# Steps pydantic adds to an error's location that are no key of the file: a tagged union's member, a
+# mapping's key (as opposed to its value).
+_NOT_KEYS = ("value", "[key]")
 
 
-def _one_of(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise InputError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+def validated(model: type[M], data: Any, source: str) -> M:
+    """``model`` validated from ``data``; errors as one InputError, a line per problem, each naming
+    ``source``, the key path and what was expected."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        schema = model.model_json_schema()
+        raise InputError("\n".join(_message(e, schema, source) for e in err.errors())) from None
+
+
+def _message(error: Any, schema: dict[str, Any], source: str) -> str:
+    loc = [step for step in error["loc"] if step not in _NOT_KEYS]
+    loc = [step for i, step in enumerate(loc) if i == 0 or step != loc[i - 1]]  # a tag, then its key
+    got, ctx = error["input"], error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, Expected):
+        loc, expected = loc + list(cause.at), str(cause)
+        got = got if cause.got is ... else cause.got
+    elif error["type"] == "extra_forbidden":
+        expected, got = f"one of the keys {_keys(schema, loc[:-1])} (unknown key)", ...
+    elif error["type"] in EXPECTATIONS:
+        expected = EXPECTATIONS[error["type"]].format(**ctx)
+        got = ... if error["type"] == "missing" else got
+    else:
+        expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    tail = "" if got is ... else f", got {got!r}"
+    return f"{source}: {'.'.join(map(str, loc)) or '(top level)'}: expected {expected}{tail}"
+
+
+def _keys(schema: dict[str, Any], loc: list[str | int]) -> list[str]:
+    """The keys the JSON Schema allows at ``loc``."""
+    node = _resolve(schema, schema)
+    for step in loc:
+        if isinstance(step, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(step) or node.get("additionalProperties") or {}
+        node = _resolve(schema, node)
+    return list(node.get("properties", {}))
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with its references followed and, of a union, the member that is a mapping."""
+    while "$ref" in node or "anyOf" in node or "oneOf" in node:
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        else:
+            members = node.get("anyOf") or node["oneOf"]
+            node = next((m for m in members if "$ref" in m or "properties" in m), members[0])
+    return node

@@ -22,29 +22,25 @@ from aavs.datasets.errors import InputError
 from aavs.datasets.layout import SPLITS, VideoRecord, class_list_mismatch, class_names
 from aavs.datasets.masks import write_binary_masks, write_class_masks
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
+from aavs.datasets.tasks import MASK_EXPORT_TASK, Task, get_task, same_kind
+from aavs.models import registry
+from aavs.models.protocol import SegmentationModel
 
 log = logging.getLogger(__name__)
-
-BINARY_TASKS = ("s4", "ms3", "avss-binary")
-
-
-# Per task, the subsets whose training videos with all-empty masks the reference leaves out: its loss
-# for a 'v1m' video whose masks are all zero is a constant without a graph, so no gradient and no
-# optimiser step (MS3, and v1m inside the binary stage one). S4, v2 and stage two train on them.
-SKIP_EMPTY_VIDEOS = {"ms3": ("v1m",), "avss-binary": ("v1m",)}
 
 
 def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], torch.Tensor]:
     """Keep the frames that carry loss; return the (possibly smaller) batch and its ``loss_frames``.
 
     Frames are independent batch items in AAVS, so a frame without a label costs compute and adds
-    nothing: it is dropped. So is every frame of an all-empty video of :data:`SKIP_EMPTY_VIDEOS`
-    (docs/method.md §4). If nothing is left, one frame stays with
+    nothing: it is dropped. So is every frame of an all-empty video of the task's ``skip_empty_subsets``
+    (docs/method.md §4: the reference's loss for an all-empty v1m video of MS3 or stage one is a constant
+    without a graph, so no optimiser step). If nothing is left, one frame stays with
     ``loss_frames`` all False: every worker still runs its forward, and the training loop makes no
     optimiser step when no worker has a frame that counts.
     """
     keep = batch["annotated"].clone()
-    skipped_subsets = SKIP_EMPTY_VIDEOS.get(task, ())
+    skipped_subsets = get_task(task).skip_empty_subsets
     start = 0
     for n, subset in zip(batch["frames_per_video"], batch["subsets"]):
         video = slice(start, start + n)
@@ -76,11 +72,11 @@ def weights_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def new_metric(task: str, num_classes: int) -> BinaryMetric | SemanticMetric:
     """The task's metric; a semantic one over ``num_classes`` (the network's, which are the data's)."""
-    return BinaryMetric() if task in BINARY_TASKS else SemanticMetric(num_classes)
+    return BinaryMetric() if get_task(task).binary else SemanticMetric(num_classes)
 
 
 @torch.no_grad()
-def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
+def evaluate(model: SegmentationModel, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
              rank: int = 0, world: int = 1, save_masks: str | Path | None = None,
              num_workers: int = 0) -> dict[str, float]:
     """Metrics of ``model`` on ``dataset`` (videos sharded over ``world`` ranks, then merged)."""
@@ -88,7 +84,7 @@ def evaluate(model, dataset: AVSBenchDataset, task: str, device: torch.device | 
 
 
 @torch.no_grad()
-def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
+def accumulate(model: SegmentationModel, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
                rank: int = 0, world: int = 1, save_masks: str | Path | None = None, num_workers: int = 0,
                videos: Sequence[int] | None = None,
                on_video: Callable[[VideoRecord, np.ndarray], None] | None = None) -> BinaryMetric | SemanticMetric:
@@ -97,7 +93,7 @@ def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device 
     ``videos``: dataset indices to predict (default all); ``on_video(record, masks)`` receives each
     video's predicted masks (bool ``[T, 224, 224]`` for binary tasks, class indices for AVSS).
     """
-    _check_task(model, task)
+    binary = _check_task(model, task).binary
     was_training = model.training
     model.eval()
     metric = new_metric(task, model.config.num_labels)
@@ -109,7 +105,7 @@ def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device 
         out = model(**model_inputs(batch, device, dtype))
         scores = model.class_scores(out).float().cpu()  # [T, C, 224, 224]
         ann = batch["annotated"]
-        if task in BINARY_TASKS:
+        if binary:
             pred = scores[:, 1] > scores[:, 0]
             prob = torch.sigmoid(2 * scores[:, 1] - scores[:, 0])
             if ann.any():
@@ -120,7 +116,7 @@ def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device 
                 metric.update(pred[ann], batch["class_map"][ann])
         if save_masks is not None:
             video = dataset.records[indices[position]]
-            if task in BINARY_TASKS:
+            if binary:
                 write_binary_masks(save_masks, video, pred.numpy())
             else:
                 write_class_masks(save_masks, video, pred.numpy())
@@ -137,18 +133,20 @@ def accumulate(model, dataset: AVSBenchDataset, task: str, device: torch.device 
     return metric
 
 
-def _check_task(model, task: str) -> None:
-    binary_model = not model.config.semantic
-    if binary_model != (task in BINARY_TASKS):
-        kind = "binary (stage one / S4 / MS3)" if binary_model else "semantic (AVSS)"
+def _check_task(model: SegmentationModel, task: str) -> Task:
+    """``task``, which must label as the network's own task does (binary or the data's classes)."""
+    wanted, own = get_task(task), get_task(model.config.task)
+    if wanted.semantic != own.semantic:
+        kind = "semantic" if own.semantic else "binary"
         raise InputError(f"--task {task}: the checkpoint holds a {kind} network (trained for "
-                         f"{model.config.task}); evaluate it on {'s4, ms3 or avss-binary' if binary_model else 'avss'}")
+                         f"{own.name}); evaluate it on {' or '.join(same_kind(own.semantic))}")
+    return wanted
 
 
-def check_classes(model, checkpoint: str | Path, data: str | Path) -> None:
+def check_classes(model: SegmentationModel, checkpoint: str | Path, data: str | Path) -> None:
     """A semantic network predicts the classes it was trained on: the data's label2idx.json must list
     the same ones, in the same order (a binary network's background / sounding fit any data)."""
-    if not model.config.semantic:
+    if get_task(model.config.task).binary:
         return
     data_classes = class_names(data)
     problem = class_list_mismatch(f"checkpoint {checkpoint}", model.config.class_names,
@@ -167,13 +165,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | No
                         vggish: str | None = None, vggish_pca: str | None = None,
                         cache_dir: str | Path | None = None) -> dict[str, float]:
     """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
-    from aavs.models import load_model
-
-    model = load_model(checkpoint, base=base, task=task)
+    model = registry.load(checkpoint, base=base, task=task)
     check_classes(model, checkpoint, data)
     model.to(_device())
     task = task or model.config.task
-    if model.config.semantic and prior is None:
+    if get_task(model.config.task).takes_prior and prior is None:
         log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")
     dataset = AVSBenchDataset(data, task, split, image_size=model.config.image_size, prior=prior,
                               vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
@@ -187,14 +183,12 @@ def export_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
 
     Returns the metrics of each split as a by-product (the masks and the metrics come from one pass).
     """
-    from aavs.models import load_model
-
-    model = load_model(checkpoint).to(_device())
-    if model.config.semantic:
+    model = registry.load(checkpoint).to(_device())
+    if get_task(model.config.task).semantic:
         raise InputError(f"{checkpoint}: mask export needs a binary (stage-one) network, this one is {model.config.task}")
     scores = {}
     for split in splits:
-        dataset = AVSBenchDataset(data, "avss-binary", split, image_size=model.config.image_size,
+        dataset = AVSBenchDataset(data, MASK_EXPORT_TASK, split, image_size=model.config.image_size,
                                   vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
-        scores[split] = evaluate(model, dataset, "avss-binary", _device(), save_masks=out)
+        scores[split] = evaluate(model, dataset, MASK_EXPORT_TASK, _device(), save_masks=out)
     return scores

@@ -26,7 +26,6 @@ output goes where it went before (Ray forwards it to the driver's terminal). The
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -36,14 +35,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, TextIO
 
-from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
+from aavs.orchestrator import results
+from aavs.orchestrator.results import TrialStatus
 
 log = logging.getLogger(__name__)
 
 TRIAL_LOG = "log.txt"
 TASK_LOGS = ("masks", "test", "report")  # <stage>/<task>.log.txt
-FINAL = ("done", "stopped", "failed")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -152,14 +151,12 @@ def _flush(stream: TextIO | None) -> None:
 
 def mark_failed(trial_dir: str | os.PathLike, err: BaseException) -> None:
     """``status.json`` says failed, with the error and the log's path (the leaderboard shows both)."""
-    status_file = Path(trial_dir) / "status.json"
-    try:
-        status = json.loads(status_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        status = {}
-    if status.get("status") != "failed":  # train_func's own words win (a diverged loss)
-        status.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0], time=time.time())
-    atomic.write_json(status_file, {**status, "log": str(trial_log(trial_dir))})
+    status = results.read_status(trial_dir) or results.StatusRecord(status=TrialStatus.PENDING)
+    if status.status != TrialStatus.FAILED:  # train_func's own words win (a diverged loss)
+        status.status, status.time = TrialStatus.FAILED, time.time()
+        status.error = f"{type(err).__name__}: {err}".splitlines()[0]
+    status.log = str(trial_log(trial_dir))
+    results.write_status(trial_dir, status)
 
 
 def tail(path: str | os.PathLike, lines: int = 5) -> list[str]:
@@ -177,7 +174,7 @@ def tail(path: str | os.PathLike, lines: int = 5) -> list[str]:
 class LogFile(NamedTuple):
     label: str  # "<stage>/<trial>" or "<stage>/<task>"
     path: Path
-    status: str  # the trial's status; "-" for a task
+    status: str  # the trial's TrialStatus; "-" for a task
 
 
 def log_files(results_dir: str | os.PathLike) -> list[LogFile]:
@@ -187,7 +184,7 @@ def log_files(results_dir: str | os.PathLike) -> list[LogFile]:
     for stage in _stage_names(results_dir):
         stage_dir = results_dir / stage
         for path in sorted(stage_dir.glob("trials/*/log*.txt")):
-            status = _trial_status(path.parent)
+            status = results.trial_status(path.parent)
             suffix = "" if path.name == TRIAL_LOG else "." + path.name[len("log."):-len(".txt")]
             files.append(LogFile(f"{stage}/{path.parent.name}{suffix}", path, status))
         files.extend(LogFile(f"{stage}/{task}", task_log(stage_dir, task), "-") for task in TASK_LOGS
@@ -203,7 +200,7 @@ def resolve(results_dir: str | os.PathLike, target: str) -> LogFile:
     stage, _, name = target.strip("/").partition("/")
     trial_dir = Path(results_dir) / stage / "trials" / name
     if stage in _stage_names(Path(results_dir)) and name and trial_dir.is_dir():  # started, nothing logged yet
-        return LogFile(target, trial_log(trial_dir), _trial_status(trial_dir))
+        return LogFile(target, trial_log(trial_dir), results.trial_status(trial_dir))
     raise InputError(f"{target}: no such log in {results_dir}; expected STAGE/TRIAL or STAGE/TASK, one of "
                      f"{sorted(known) or 'none yet'}")
 
@@ -243,24 +240,13 @@ def _new_lines(path: Path, offset: int) -> tuple[list[str], int]:
 
 def experiment_done(results_dir: str | os.PathLike) -> bool:
     """Every stage of the experiment has completed (its ``done.json``)."""
-    return all((Path(results_dir) / s / "done.json").is_file() for s in _stage_names(Path(results_dir)))
+    return all(results.read_done(Path(results_dir) / s) is not None for s in _stage_names(Path(results_dir)))
 
 
 def trial_done(target: LogFile) -> bool:
     """The trial behind a log has ended (a task's log: at once, it is complete when shown)."""
-    return target.status == "-" or _trial_status(target.path.parent) in FINAL
+    return target.status == "-" or results.trial_status(target.path.parent).ended
 
 
 def _stage_names(results_dir: Path) -> list[str]:
-    try:
-        spec = json.loads((results_dir / "spec.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{results_dir}: not an experiment results folder (no spec.json)") from None
-    return [s["name"] for s in spec["spec"]["stages"]]
-
-
-def _trial_status(trial_dir: Path) -> str:
-    try:
-        return json.loads((trial_dir / "status.json").read_text(encoding="utf-8")).get("status", "pending")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return "pending"
+    return results.require_spec(results_dir).stage_names

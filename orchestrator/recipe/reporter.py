@@ -1,32 +1,31 @@
 """Where a training run's per-epoch results go.
 
 ``train_func`` always writes the same files into its trial folder (``metrics.jsonl``, ``status.json``,
-checkpoint folders), so a results directory looks the same however the function ran. Under Ray the
-:class:`RayReporter` additionally hands every report to ``ray.train.report`` so Ray Tune can schedule
-and rank trials; in local mode the :class:`LocalReporter` alone is used.
+checkpoint folders; their records are in :mod:`aavs.orchestrator.results`), so a results directory
+looks the same however the function ran. Under Ray the :class:`RayReporter` additionally hands every
+report to ``ray.train.report`` so Ray Tune can schedule and rank trials; in local mode the
+:class:`LocalReporter` alone is used.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from aavs.datasets import atomic
+from aavs.orchestrator import results
+from aavs.orchestrator.results import TrialStatus
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-STATUS_FILE = "status.json"
 
 
 class Reporter(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None: ...
 
-    def status(self, status: str, **extra: Any) -> None: ...
+    def status(self, status: TrialStatus, **extra: Any) -> None: ...
 
 
 class LocalReporter:
@@ -47,13 +46,13 @@ class LocalReporter:
         line = dict(metrics, time=time.time())
         if checkpoint is not None:
             line["checkpoint"] = str(checkpoint)
-        with open(self.trial_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(metrics_line(line))
+        results.append_metrics(self.trial_dir, line)
         log.info("%s", epoch_line(metrics))
 
-    def status(self, status: str, **extra: Any) -> None:
+    def status(self, status: TrialStatus, **extra: Any) -> None:
+        """``status.json`` now: ``extra`` are StatusRecord's fields (epoch, epochs, best, error)."""
         if self.is_main:
-            atomic.write_json(self.trial_dir / STATUS_FILE, dict(extra, status=status, time=time.time()))
+            results.write_status(self.trial_dir, results.StatusRecord(status=status, time=time.time(), **extra))
 
 
 class RayReporter(LocalReporter):
@@ -93,12 +92,14 @@ def _in_train_worker() -> bool:
 
 
 def _in_tune_trial() -> bool:
+    """Inside a Tune trial: Tune's public context knows the trial's id (outside one it warns and says None)."""
     try:
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-        return bool(_in_tune_session())
-    except Exception:  # noqa: BLE001 - no Ray
+        import ray.tune
+    except ImportError:
         return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ray.tune.get_context().get_trial_id() is not None
 
 
 def make_reporter(trial_dir: str | os.PathLike, is_main: bool) -> Reporter:
@@ -113,29 +114,3 @@ def epoch_line(metrics: dict[str, Any]) -> str:
     values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
                       if k not in ("epoch", "phase") and isinstance(v, (int, float, str)))
     return f"{head}{f' (phase {phase})' if phase else ''}: {values}"
-
-
-def metrics_line(row: dict[str, Any]) -> str:
-    """One report as a line of ``metrics.jsonl``."""
-    return json.dumps(row, sort_keys=True) + "\n"
-
-
-def keep_metrics_through(trial_dir: str | os.PathLike, last_epoch: int) -> None:
-    """Drop report lines of epochs after ``last_epoch`` (an epoch reported, then killed before its
-    checkpoint, is redone and reported again)."""
-    rows = [r for r in read_metrics(trial_dir) if r.get("epoch", -1) <= last_epoch]
-    atomic.write_text(Path(trial_dir) / METRICS_FILE, "".join(metrics_line(r) for r in rows))
-
-
-def read_metrics(trial_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All reports of a trial, in order; a torn last line (a killed writer) is ignored."""
-    path = Path(trial_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: ignoring a truncated line", path)
-    return rows

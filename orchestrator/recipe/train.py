@@ -22,24 +22,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, DistributedSampler
 
 from aavs.datasets import atomic
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
-from aavs.models import build_model, phase_parameter_groups, read_weights, save_checkpoint, set_phase
+from aavs.datasets.tasks import get_task
+from aavs.models import registry
+from aavs.models.protocol import SegmentationModel
+from aavs.orchestrator import results
 from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import TrainConfig
 from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
-from aavs.orchestrator.recipe.reporter import keep_metrics_through, make_reporter, read_metrics
+from aavs.orchestrator.recipe.reporter import make_reporter
+from aavs.orchestrator.results import TrialStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +51,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial stops and keeps its last good checkpoint."""
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
     """Train one stage of one trial; returns the best metrics (also in ``status.json``)."""
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig.load(config)
     trial_dir = Path(cfg.trial_dir)
     rank, world = _rank_and_world()
     reporter = make_reporter(trial_dir, is_main=rank == 0)
@@ -68,13 +65,13 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
         return state.best_metrics
     if rank == 0:
         if state is None:  # a fresh start: nothing earlier in this folder counts
-            (trial_dir / "metrics.jsonl").unlink(missing_ok=True)
+            results.clear_metrics(trial_dir)
         else:
-            keep_metrics_through(trial_dir, state.epoch)
-        atomic.write_json(trial_dir / "config.json", cfg.to_dict())
-    reporter.status("running", epoch=state.epoch + 1 if state else 0, epochs=cfg.epochs)
+            results.keep_metrics_through(trial_dir, state.epoch)
+        results.write_trial_config(trial_dir, cfg.to_dict())
+    reporter.status(TrialStatus.RUNNING, epoch=state.epoch + 1 if state else 0, epochs=cfg.epochs)
 
-    seed_everything(cfg.seed)
+    set_seed(cfg.seed)
     start = 0 if state is None else state.epoch + 1
     state = state or checkpointing.TrainerState()
     accelerator = optimizer = train_set = val_set = None
@@ -85,18 +82,13 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
                 if accelerator is not None:
                     release(accelerator)
                 resumed = epoch == start and start > 0
-                if resumed and phase != state.phase:
-                    # Killed right after the last epoch of a phase: start the next phase as the
-                    # uninterrupted run did, from the RNG state it had at that point.
-                    checkpointing.restore_trainer_rng(trial_dir)
-                    resumed = False
                 model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
                 state.phase = phase
             if train_set is None:  # the network decides the input size
                 train_set, val_set = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
             metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,
-                               rank=rank, world=world, num_workers=cfg.compute.num_workers)
+                               rank=rank, world=world, num_workers=cfg.compute.loader_workers)
             row = {"epoch": epoch, "phase": phase, **train_stats, **{f"val/{k}": v for k, v in metrics.items()}}
             improved = _is_better(row[cfg.metric], state.best_value, cfg.mode)
             if improved:
@@ -107,11 +99,12 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
             state.epoch = epoch
             row["best/" + cfg.metric] = state.best_value
             reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
-            _save_last(cfg, trial_dir, model, optimizer, accelerator, state, rank)
-            reporter.status("done" if epoch == cfg.epochs - 1 else "running", epoch=epoch + 1, epochs=cfg.epochs,
+            checkpointing.save_last(trial_dir, accelerator, model, state)
+            reporter.status(TrialStatus.DONE if epoch == cfg.epochs - 1 else TrialStatus.RUNNING, epoch=epoch + 1,
+                            epochs=cfg.epochs,
                             best=state.best_metrics)
     except TrainingDiverged as err:
-        reporter.status("failed", error=str(err))
+        reporter.status(TrialStatus.FAILED, error=str(err))
         raise
     finally:
         if accelerator is not None:
@@ -122,63 +115,62 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- phases
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
     """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
-    common = dict(image_size=image_size, vggish=cfg.vggish, vggish_pca=cfg.vggish_pca, cache_dir=cfg.audio_cache)
+    common = dict(image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca,
+                  cache_dir=cfg.audio_cache)
     train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None,
                             training=True, **common)
     return train, AVSBenchDataset(cfg.data_root, cfg.task, "val", prior=cfg.prior, **common)
 
 
-def _build(cfg: TrainConfig):
-    """The stage's network; the semantic one predicts the data's classes (its label2idx.json)."""
+def _build(cfg: TrainConfig) -> SegmentationModel:
+    """The stage's network, of the registered ``model.type``; a semantic task's predicts the data's
+    classes (its label2idx.json)."""
     from aavs.datasets.layout import class_names
 
     spec = cfg.model
-    classes = class_names(cfg.data_root) if cfg.task == "avss" else None
-    return build_model(cfg.task, preset=spec.get("preset"), pretrained=spec.get("pretrained"), classes=classes,
-                       **(spec.get("overrides") or {}))
+    classes = class_names(cfg.data_root) if get_task(cfg.task).semantic else None
+    return registry.build(spec.type, cfg.task, preset=spec.preset, pretrained=spec.pretrained, classes=classes,
+                          **spec.overrides)
 
 
 def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str,
                  epoch: int, resumed: bool):
     """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights.
 
-    - a resumed run: the weights, optimizer state and RNG of ``checkpoints/last``;
+    - a resumed run: the weights, optimizer state and RNG of ``checkpoints/last``; resumed right after
+      the last epoch of the previous phase: as the uninterrupted run entered this one, from those RNG states;
     - the first epoch of phase B: phase A's best weights, then fresh Swin adapters;
     - the first epoch of a run: the base model (plus ``init_from``'s matching weights).
     """
+    accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
+    if resumed and phase != state.phase:
+        checkpointing.restore_rng(trial_dir, accelerator)
+        resumed = False
     model = _build(cfg)
     if resumed:
-        set_phase(model, phase)
+        model.set_phase(phase)
         model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.LAST / "model", model))
     elif phase == "B" and epoch > 0:
         model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.BEST, model))
-        set_phase(model, "B")  # re-initialises the Swin adapters, as the reference does
+        model.set_phase("B")  # re-initialises the Swin adapters, as the reference does
     else:
         if cfg.init_from:
             _init_from(model, cfg.init_from)
-        set_phase(model, phase)
+        model.set_phase(phase)
     lr = cfg.lr if phase == "A" else cfg.learning_rate_b
-    optimizer = torch.optim.AdamW(phase_parameter_groups(model, phase, lr=lr, weight_decay=cfg.weight_decay),
+    optimizer = torch.optim.AdamW(model.phase_parameter_groups(phase, lr=lr, weight_decay=cfg.weight_decay),
                                   lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
-        last = trial_dir / checkpointing.LAST
-        if cfg.compute.strategy == "deepspeed":
-            model.load_checkpoint(str(last / "deepspeed"), load_module_strict=False,
-                                  load_optimizer_states=True, load_lr_scheduler_states=False)
-        else:
-            checkpointing.load_optimizer(last / "optimizer.pt", optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                                      accelerator.scaler)
-        checkpointing.restore_trainer_rng(trial_dir)
+        checkpointing.load_last(trial_dir, accelerator)
         log.info("resumed %s at epoch %d (phase %s)", trial_dir, epoch, phase)
     return model, optimizer, accelerator
 
 
-def _load_weights(folder: Path, model) -> dict[str, torch.Tensor]:
+def _load_weights(folder: Path, model: SegmentationModel) -> dict[str, torch.Tensor]:
     """The trainable weights of ``model`` as stored in a checkpoint folder (which may hold all weights)."""
     trainable = model.trainable_state_dict()
-    return {k: v for k, v in read_weights(folder).items() if k in trainable}
+    return {k: v for k, v in registry.read_weights(folder, model.config.model_type).items() if k in trainable}
 
 
 def _init_from(model, checkpoint: str) -> None:
@@ -215,7 +207,7 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
     no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`)."""
     indices = epoch_videos(cfg, dataset, epoch, world, rank)
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.compute.num_workers, collate_fn=collate_videos,
+                        num_workers=cfg.compute.loader_workers, collate_fn=collate_videos,
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     model.train()
@@ -293,34 +285,15 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def _save_best(model, trial_dir: Path, state: checkpointing.TrainerState) -> None:
+def _save_best(model: SegmentationModel, trial_dir: Path, state: checkpointing.TrainerState) -> None:
     with atomic.atomic_dir(trial_dir / checkpointing.BEST) as tmp:
-        save_checkpoint(model, tmp)
-        atomic.write_json(tmp / "metrics.json", state.best_metrics)
-
-
-def _save_last(cfg: TrainConfig, trial_dir: Path, model, optimizer, accelerator, state, rank: int) -> None:
-    last = trial_dir / checkpointing.LAST
-    if cfg.compute.strategy == "deepspeed":
-        # Every rank writes its own optimizer partition into a folder that rank 0 then completes.
-        staging = trial_dir / "checkpoints" / f".deepspeed-epoch{state.epoch}"
-        model.save_checkpoint(str(staging), tag="state", exclude_frozen_parameters=True)
-        accelerator.wait_for_everyone()
-    if rank == 0:
-        with atomic.atomic_dir(last) as tmp:
-            save_checkpoint(accelerator.unwrap_model(model), tmp / "model")
-            if cfg.compute.strategy == "deepspeed":
-                shutil.move(str(staging), tmp / "deepspeed")
-            else:
-                inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-                checkpointing.save_optimizer(tmp / "optimizer.pt", inner, accelerator.scaler)
-            checkpointing.write_trainer_files(tmp, state)
-    accelerator.wait_for_everyone()
+        model.save_pretrained(tmp)
+        results.write_checkpoint_metrics(tmp, state.best_metrics)
 
 
 def _final_report(trial_dir: Path, state: checkpointing.TrainerState) -> dict[str, Any]:
-    rows = read_metrics(trial_dir)
-    return dict(rows[-1]) if rows else dict(state.best_metrics)
+    rows = results.read_metrics(trial_dir)
+    return rows[-1].to_json() if rows else dict(state.best_metrics)
 
 
 def _rank_and_world() -> tuple[int, int]:

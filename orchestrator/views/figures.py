@@ -20,7 +20,6 @@ checkpoint, so they are computed once per checkpoint however often the report is
 from __future__ import annotations
 
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from aavs.datasets import atomic
+from aavs.datasets.tasks import get_task
+from aavs.orchestrator import results
 from aavs.orchestrator.views.leaderboard import load_leaderboard
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct,
     """
     results_dir = Path(results_dir)
     board = load_leaderboard(results_dir)
-    model = json.loads((results_dir / "spec.json").read_text(encoding="utf-8"))["spec"]["model"]
+    model = results.require_spec(results_dir).spec["model"]
     out = results_dir / REPORT
     for stage in board["stages"]:
         if not stage["trials"]:
@@ -71,27 +72,22 @@ def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct,
         if found["per_class"] is not None:
             _save(folder / "per_class.png", per_class_figure(found["per_class"], title))
         _save(folder / "samples.png", samples_figure(found["samples"], stage["task"], title))
-        atomic.write_json(folder / "predictions.json", {
-            "checkpoint": best["checkpoint"], "checkpoint_sha256": best["checkpoint_sha256"], "videos": videos,
-            "per_class": found["per_class"],
-            "samples": [{"uid": s["uid"], "subset": s["subset"], "frame": s["frame"]} for s in found["samples"]]})
+        results.write_predictions(folder, results.Predictions(
+            checkpoint=best["checkpoint"], checkpoint_sha256=best["checkpoint_sha256"], videos=videos,
+            per_class=found["per_class"],
+            samples=[{"uid": s["uid"], "subset": s["subset"], "frame": s["frame"]} for s in found["samples"]]))
     log.info("report written to %s", out)
     return out
 
 
 def _current(folder: Path, sha: str, videos: int, task: str) -> bool:
     """Whether the pictures of this checkpoint are there already."""
-    try:
-        done = json.loads((folder / "predictions.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    done = results.read_predictions(folder)
+    if done is None:
         return False
-    pictures = ["samples.png"] + ([] if _binary(task) else ["per_class.png"])
-    return (done.get("checkpoint_sha256") == sha and done.get("videos") == videos
+    pictures = ["samples.png"] + ([] if get_task(task).binary else ["per_class.png"])
+    return (done.checkpoint_sha256 == sha and done.videos == videos
             and all((folder / p).is_file() for p in pictures))
-
-
-def _binary(task: str) -> bool:
-    return task != "avss"
 
 
 def _save(path: Path, figure: Any) -> None:
@@ -124,17 +120,17 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
 
     from aavs.datasets.avsbench import AVSBenchDataset, read_class_map, read_frames
     from aavs.datasets.masks import read_binary_masks
-    from aavs.models import load_model
+    from aavs.models import registry
     from aavs.orchestrator.recipe.evaluation import accumulate, check_classes
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(checkpoint)
+    model = registry.load(checkpoint)
     check_classes(model, checkpoint, data_root)
     model.to(device)
     common = {"image_size": model.config.image_size, "prior": prior, "vggish": vggish, "vggish_pca": vggish_pca,
               "cache_dir": cache}
     per_class = None
-    if not _binary(task):
+    if get_task(task).semantic:
         metric = accumulate(model, AVSBenchDataset(data_root, task, "test", **common), task, device)
         iou, fscore = metric.per_class()
         per_class = {"classes": list(model.config.class_names), "iou": iou.tolist(), "fscore": fscore.tolist(),
@@ -149,7 +145,7 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
         image = read_frames(Path(data_root), record, truth.shape[-1], [frame])[0]
         prior_mask = read_binary_masks(prior, record, [frame])[0] if prior else None
         samples.append({"uid": record.uid, "subset": record.subset, "frame": frame, "frame_image": image,
-                        "truth": (truth[frame] > 0 if _binary(task) else truth[frame]).astype(np.uint8),
+                        "truth": (truth[frame] > 0 if get_task(task).binary else truth[frame]).astype(np.uint8),
                         "pred": pred[frame].astype(np.uint8),
                         "prior": None if prior_mask is None else (255 * prior_mask).round().astype(np.uint8)})
 
@@ -224,7 +220,7 @@ def samples_figure(samples: list[dict[str, Any]], task: str, title: str):
         figure.text((j + 0.5) / len(columns), 1 - 0.75 * HEADER_PX / height, name, ha="center", va="center", fontsize=8)
 
     def mask_image(mask: np.ndarray) -> np.ndarray:
-        if _binary(task):
+        if get_task(task).binary:
             return np.repeat((255 * (mask > 0)).astype(np.uint8)[..., None], 3, axis=-1)
         return encode_class_map(mask)
 

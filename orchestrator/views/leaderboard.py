@@ -6,7 +6,7 @@ gets the same data. The driver of a run keeps ``leaderboard.json`` current (at s
 through :mod:`aavs.orchestrator.views.live`, whenever a trial reports); readers (``aavs leaderboard``, its
 ``--json`` and ``--watch``, the report) take that file, and rebuild the same data in memory only
 when its recorded fingerprint of the source files no longer matches them: a reader never writes
-into the folder, yet never shows stale data.
+into the folder, yet never shows stale data. Its files' records are in :mod:`aavs.orchestrator.results`.
 """
 
 from __future__ import annotations
@@ -23,27 +23,26 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator import results
 from aavs.orchestrator.experiment.spec import sample_trials
+from aavs.orchestrator.results import StageStatus, TrialStatus
 
-FILE = "leaderboard.json"
-TERMINAL = ("done", "stopped", "failed")
-STATUS_LABEL = {"stopped": "stopped early"}
-STATUS_STYLE = {"done": "green", "running": "yellow", "stopped": "magenta", "failed": "bold red", "pending": "dim"}
+FILE = results.LEADERBOARD_FILE
+STATUS_LABEL = {TrialStatus.STOPPED: "stopped early"}
+STATUS_STYLE = {TrialStatus.DONE: "green", TrialStatus.RUNNING: "yellow", TrialStatus.STOPPED: "magenta",
+                TrialStatus.FAILED: "bold red", TrialStatus.PENDING: "dim"}
 BEST_STYLE = "bold green"
 # The per-trial files a leaderboard is built from (relative to a stage folder); their sizes and
 # modification times make the fingerprint that tells whether leaderboard.json is current.
-_STAGE_SOURCES = ("best.json", "done.json", "masks/_SUCCESS.json", "trials/*/metrics.jsonl", "trials/*/status.json",
-                  "trials/*/params.json", "trials/*/config.json", "trials/*/best/metrics.json")
+_STAGE_SOURCES = (results.BEST_FILE, results.DONE_FILE, f"masks/{results.MASKS_SUCCESS_FILE}",
+                  *(f"trials/*/{name}" for name in (results.METRICS_FILE, results.STATUS_FILE, results.PARAMS_FILE,
+                                                    results.CONFIG_FILE)),
+                  f"trials/*/best/{results.CHECKPOINT_METRICS_FILE}")  # recipe.checkpointing.BEST (it imports torch)
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
+def _ended(status: str) -> bool:
+    return TrialStatus(status).ended
 
 
 def _number(value: Any) -> float | None:
@@ -57,11 +56,11 @@ def _number(value: Any) -> float | None:
 def sources_digest(results_dir: str | Path) -> str:
     """A digest of the names, sizes and modification times of every file the leaderboard reads."""
     results_dir = Path(results_dir)
-    spec = _read(results_dir / "spec.json")
-    files = [results_dir / "spec.json"]
-    for stage in (spec or {}).get("spec", {}).get("stages", []):
+    spec = results.read_spec(results_dir)
+    files = [results_dir / results.SPEC_FILE]
+    for name in spec.stage_names if spec else []:
         for pattern in _STAGE_SOURCES:
-            files.extend(sorted((results_dir / stage["name"]).glob(pattern)))
+            files.extend(sorted((results_dir / name).glob(pattern)))
     h = hashlib.sha256()
     for f in files:
         try:
@@ -76,18 +75,16 @@ def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
     """The leaderboard of an experiment folder, from its files (see the module docstring)."""
     results_dir = Path(results_dir)
     digest = sources_digest(results_dir)  # before reading: a file changed meanwhile makes it stale, never fresh
-    spec = _read(results_dir / "spec.json")
-    if spec is None:
-        raise InputError(f"{results_dir}: not an experiment results folder (no spec.json)")
-    stages = [_stage(results_dir, stage) for stage in spec["spec"]["stages"]]
-    progress = {"trials_done": sum(sum(t["status"] in TERMINAL for t in s["trials"]) for s in stages),
+    spec = results.require_spec(results_dir)
+    stages = [_stage(results_dir, stage) for stage in spec.stages]
+    progress = {"trials_done": sum(sum(_ended(t["status"]) for t in s["trials"]) for s in stages),
                 "trials": sum(s["planned_trials"] for s in stages),
                 "epochs_done": sum(_epochs_done(s) for s in stages),
                 "epochs": sum(s["planned_trials"] * s["epochs"] for s in stages)}
     statuses = {s["status"] for s in stages}
-    status = ("done" if statuses == {"done"} else "failed" if "failed" in statuses
-              else "pending" if statuses == {"pending"} else "running")
-    board = {"name": spec["spec"]["name"], "results_dir": str(results_dir), "updated": time.time(),
+    status = (StageStatus.DONE if statuses == {StageStatus.DONE} else StageStatus.FAILED if StageStatus.FAILED in statuses
+              else StageStatus.PENDING if statuses == {StageStatus.PENDING} else StageStatus.RUNNING)
+    board = {"name": spec.spec["name"], "results_dir": str(results_dir), "updated": time.time(),
              "sources_digest": digest, "status": status, "progress": progress, "stages": stages}
     board["summary"] = summary_text(board)
     return board
@@ -95,7 +92,7 @@ def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
 
 def _epochs_done(stage: dict[str, Any]) -> int:
     """Epochs trained, counting a trial that ended early (stopped, failed) as all of its epochs."""
-    return sum(t["epochs"] if t["status"] in TERMINAL else min(t["epochs_done"], t["epochs"]) for t in stage["trials"])
+    return sum(t["epochs"] if _ended(t["status"]) else min(t["epochs_done"], t["epochs"]) for t in stage["trials"])
 
 
 def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
@@ -114,21 +111,21 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
     for row in trials:  # a trial that has not started yet will be fed what the stage feeds now
         if row["fed_by"] is None and (prior_from or init_from):
             row["fed_by"] = {"prior": prior_from, "init": init_from}
-    best = _read(stage_dir / "best.json")
-    done = (stage_dir / "done.json").exists() and best is not None
-    leader = best["trial_id"] if best else (ranked[0]["trial_id"] if ranked else None)
+    best = results.read_best(stage_dir)
+    done = results.read_done(stage_dir) is not None and best is not None
+    leader = best.trial_id if best else (ranked[0]["trial_id"] if ranked else None)
     for row in trials:
         row["leader"] = row["trial_id"] == leader
-        if best and row["trial_id"] == best["trial_id"]:
-            row["test"] = best.get("test")
+        if best and row["trial_id"] == best.trial_id:
+            row["test"] = best.test
     if done:
-        status = "done"
+        status = StageStatus.DONE
     elif not trials:
-        status = "pending"
-    elif len(trials) == planned and all(t["status"] in TERMINAL for t in trials) and not ranked:
-        status = "failed"
+        status = StageStatus.PENDING
+    elif len(trials) == planned and all(_ended(t["status"]) for t in trials) and not ranked:
+        status = StageStatus.FAILED
     else:
-        status = "running"
+        status = StageStatus.RUNNING
     return {"name": stage["name"], "task": stage["task"], "metric": metric, "mode": mode, "epochs": stage["epochs"],
             "status": status, "planned_trials": max(planned, len(trials)), "trial_count": len(trials),
             "searched": searched,
@@ -138,40 +135,49 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
             "trials": sorted(trials, key=lambda t: (t["rank"] or 10**6, t["trial_id"]))}
 
 
-def _best_summary(best: dict[str, Any]) -> dict[str, Any]:
+def _best_summary(best: results.BestTrial) -> dict[str, Any]:
     """best.json's summary, with the class names its checkpoint records (the data's label2idx.json
     for a semantic stage; None when the checkpoint cannot be read)."""
     keys = ("trial_id", "metric", "mode", "value", "checkpoint", "checkpoint_sha256", "params", "test", "masks",
             "data_root")
-    meta = _read(Path(best["checkpoint"]) / "aavs.json") if best.get("checkpoint") else None
-    return {**{k: best.get(k) for k in keys}, "classes": (meta or {}).get("classes")}
+    return {**best.model_dump(include=set(keys)), "classes": _checkpoint_classes(Path(best.checkpoint))}
+
+
+def _checkpoint_classes(checkpoint: Path) -> list[str] | None:
+    """The class names a checkpoint's ``aavs.json`` (aavs.models' metadata, not a results file) records."""
+    try:
+        meta = json.loads((checkpoint / "aavs.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return meta.get("classes")
 
 
 def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: int) -> dict[str, Any]:
-    status_doc = _read(trial_dir / "status.json") or {}
-    config = _read(trial_dir / "config.json") or {}
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for row in read_metrics(trial_dir):  # a finished trial run again reports its last epoch again
-        if isinstance(row.get("epoch"), int):
-            by_epoch[row["epoch"]] = row
+    status_doc = results.read_status(trial_dir)
+    config = results.read_trial_config(trial_dir) or {}
+    by_epoch: dict[int, results.MetricsRow] = {}
+    for row in results.read_metrics(trial_dir):  # a finished trial run again reports its last epoch again
+        if isinstance(row.epoch, int):
+            by_epoch[row.epoch] = row
     rows = [by_epoch[e] for e in sorted(by_epoch)]
     scored = [r for r in rows if _number(r.get(metric)) is not None]
     best_row = None
     if scored:  # the first of equal values: the checkpoint a strict improvement kept
         best_row = (max if mode == "max" else min)(scored, key=lambda r: r[metric])
-    history = {"epoch": [r["epoch"] for r in rows], "phase": [r.get("phase") for r in rows]}
+    history = {"epoch": [r.epoch for r in rows], "phase": [r.phase for r in rows]}
     for key in dict.fromkeys(("val/miou", "val/fscore", metric)):
         history[key] = [_number(r.get(key)) for r in rows]
     links = {"prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
              "init": _checkpoint_link(results_dir, config.get("init_from"))}
     return {
-        "trial_id": trial_dir.name, "rank": None, "status": status_doc.get("status", "pending"),
-        "error": status_doc.get("error"),
+        "trial_id": trial_dir.name, "rank": None,
+        "status": status_doc.status if status_doc else TrialStatus.PENDING,
+        "error": status_doc.error if status_doc else None,
         "log": str(trial_dir / "log.txt") if (trial_dir / "log.txt").exists() else None,  # aavs.orchestrator.recipe.output_capture
-        "params": _read(trial_dir / "params.json") or {},
+        "params": results.read_params(trial_dir) or {},
         "epochs_done": len(rows), "epochs": int(config.get("epochs", epochs)),
         "best": _number(best_row[metric]) if best_row else None,
-        "best_epoch": best_row["epoch"] if best_row else None,
+        "best_epoch": best_row.epoch if best_row else None,
         "val/miou": _number(best_row.get("val/miou")) if best_row else None,
         "val/fscore": _number(best_row.get("val/fscore")) if best_row else None,
         "test": None, "leader": False,
@@ -184,7 +190,8 @@ def _masks_checkpoint(masks: str | None) -> str | None:
     """The checkpoint a stage-one masks folder was exported from (its ``_SUCCESS.json``)."""
     if not masks or masks == "ground-truth":
         return None
-    return (_read(Path(masks) / "_SUCCESS.json") or {}).get("checkpoint")
+    success = results.read_masks_success(masks)
+    return success.checkpoint if success else None
 
 
 def _checkpoint_link(results_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
@@ -199,33 +206,32 @@ def _checkpoint_link(results_dir: Path, checkpoint: str | None) -> dict[str, Any
     if len(parts) < 4 or parts[-3] != "trials":
         return {"stage": None, "trial_id": None, "epoch": None, "checkpoint": checkpoint}
     stage, trial_id = parts[-4], parts[-2]
-    metrics = _read(results_dir / stage / "trials" / trial_id / parts[-1] / "metrics.json") or {}
-    return {"stage": stage, "trial_id": trial_id, "epoch": metrics.get("epoch"), "checkpoint": checkpoint}
+    metrics = results.read_checkpoint_metrics(results_dir / stage / "trials" / trial_id / parts[-1])
+    return {"stage": stage, "trial_id": trial_id, "epoch": metrics.epoch if metrics else None, "checkpoint": checkpoint}
 
 
 def _upstream(results_dir: Path, stage_name: str | None) -> dict[str, Any] | None:
     """What the best trial of an earlier stage hands over: its checkpoint (and masks)."""
     if not stage_name:
         return None
-    best = _read(results_dir / stage_name / "best.json")
+    best = results.read_best(results_dir / stage_name)
     if not best:
         return {"stage": stage_name, "trial_id": None, "epoch": None, "checkpoint": None}
-    link = _checkpoint_link(results_dir, best["checkpoint"]) or {}
-    return {"stage": stage_name, "trial_id": best["trial_id"], "epoch": link.get("epoch"),
-            "checkpoint": best["checkpoint"], "checkpoint_sha256": best.get("checkpoint_sha256"),
-            "masks": best.get("masks")}
+    link = _checkpoint_link(results_dir, best.checkpoint) or {}
+    return {"stage": stage_name, "trial_id": best.trial_id, "epoch": link.get("epoch"),
+            "checkpoint": best.checkpoint, "checkpoint_sha256": best.checkpoint_sha256, "masks": best.masks}
 
 
 def write_leaderboard(results_dir: str | Path) -> dict[str, Any]:
     board = build_leaderboard(results_dir)
-    atomic.write_json(Path(results_dir) / FILE, board)
+    results.write_leaderboard(results_dir, board)
     return board
 
 
 def load_leaderboard(results_dir: str | Path) -> dict[str, Any]:
     """``leaderboard.json`` if it is current, else the same data rebuilt in memory (nothing written)."""
     results_dir = Path(results_dir)
-    board = _read(results_dir / FILE)
+    board = results.read_leaderboard(results_dir)
     if board and board.get("sources_digest") == sources_digest(results_dir):
         return board
     return build_leaderboard(results_dir)
@@ -295,7 +301,7 @@ def stage_table(stage: dict[str, Any]) -> Table:
     if hidden > 0:
         notes.append(f"{hidden} more trial(s) not shown")
     notes.extend(f"{t['trial_id']} failed: {t['error'] or 'see its log'}" + (f" (log: {t['log']})" if t.get("log") else "")
-                 for t in stage["trials"] if t["status"] == "failed")
+                 for t in stage["trials"] if t["status"] == TrialStatus.FAILED)
     if not stage["trials"]:
         notes.append(f"{stage['planned_trials']} trial(s) planned, none started")
     if notes:
@@ -307,7 +313,7 @@ def summary_text(board: dict[str, Any]) -> str:
     """One line comparing the stages: each one's best trial, its val score and test scores."""
     parts = []
     for stage in board["stages"]:
-        done = sum(t["status"] in TERMINAL for t in stage["trials"])
+        done = sum(_ended(t["status"]) for t in stage["trials"])
         head = f"{stage['name']} {done}/{stage['planned_trials']}"
         best = stage.get("best")
         leader = next((t for t in stage["trials"] if t["leader"]), None)

@@ -34,10 +34,10 @@ from rich.text import Text
 from aavs.orchestrator.views.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
                                            write_leaderboard)
 from aavs.orchestrator.recipe.output_capture import tail
+from aavs.orchestrator.results import StageStatus, TrialStatus
 
 log = logging.getLogger(__name__)
 
-FINAL = ("done", "failed")
 RECENT = 6  # events shown under the tables on a terminal
 TAIL = 5  # last lines of a failed trial's log shown with it
 LEVEL_STYLE = {logging.WARNING: "yellow", logging.ERROR: "bold red"}
@@ -219,15 +219,15 @@ def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
                 lines.append(Event(f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
                                    f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
                                    f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})"))
-            if trial["status"] != (was["status"] if was else "pending") and trial["status"] != "running":
+            if trial["status"] != (was["status"] if was else TrialStatus.PENDING) and trial["status"] != TrialStatus.RUNNING:
                 lines.extend(_trial_ended(prefix, stage["name"], trial))
-        if stage["status"] != old_status.get(stage["name"]) and stage["status"] in FINAL:
+        if stage["status"] != old_status.get(stage["name"]) and StageStatus(stage["status"]).ended:
             best = stage["best"] or {}
             test = best.get("test") or {}
             lines.append(Event(f"{prefix} stage {stage['name']} {stage['status']}" + (
                 f": best {best['trial_id']} {stage['metric']} {pct(best['value'])},"
                 f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}" if best else ""),
-                logging.INFO if stage["status"] == "done" else logging.ERROR))
+                logging.INFO if stage["status"] == StageStatus.DONE else logging.ERROR))
     return lines
 
 
@@ -235,7 +235,7 @@ def _trial_ended(prefix: str, stage: str, trial: dict[str, Any]) -> list[Event]:
     """A trial's end; a failure comes with its error, its log's last lines and the log's path."""
     head = (f"{prefix} {stage} {trial['trial_id']} {status_label(trial['status'])}"
             f" after {trial['epochs_done']}/{trial['epochs']} epochs")
-    if trial["status"] != "failed":
+    if trial["status"] != TrialStatus.FAILED:
         return [Event(head)]
     events = [Event(f"{head}: {trial['error'] or 'see its log'}", logging.ERROR)]
     if trial.get("log"):
@@ -252,7 +252,7 @@ def watch(results_dir: str | Path, console: Console, stage: str | None = None, t
     try:
         with LiveView(results_dir, console, write=False, interval=interval, stage=stage, top=top,
                       transient=False) as view:
-            while view.board["status"] not in FINAL:
+            while not StageStatus(view.board["status"]).ended:
                 time.sleep(interval / 2)
     except KeyboardInterrupt:
         log.debug("watch interrupted")

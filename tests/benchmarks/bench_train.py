@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aavs.datasets.synth import write_synthetic_avsbench
-from aavs.orchestrator.recipe.reporter import read_metrics
+from aavs.orchestrator.results import read_metrics
 from aavs.orchestrator.recipe.train import train_func
 
 
@@ -43,7 +43,7 @@ def main() -> None:
         start = time.perf_counter()
         train_func({"task": args.task, "data_root": str(root), "trial_dir": str(trial), "epochs": args.epochs,
                     "batch_size": args.batch_size, "audio_cache": str(work / "cache"),
-                    "compute": {"num_workers": workers}})
+                    "compute": {"loader_workers": workers}})
         total = time.perf_counter() - start
         previous = None
         for row in read_metrics(trial):

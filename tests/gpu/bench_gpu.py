@@ -28,7 +28,8 @@ def run(strategy: str, videos: int, frames_per_video: int, seconds: float) -> di
     model = build_model("avss-binary", preset="swin-base")
     set_phase(model, "B")
     optimizer = torch.optim.AdamW(phase_parameter_groups(model, "B", lr=1e-4, weight_decay=0.05))
-    compute = ComputeConfig(strategy=strategy, zero_stage=2, mixed_precision="bf16", num_workers=0)
+    compute = ComputeConfig(gpus_per_worker=1, strategy=strategy, deepspeed={"zero_stage": 2}, mixed_precision="bf16",
+                            loader_workers=0)
     accelerator = make_accelerator(compute, grad_accum=1, grad_clip=0.01, micro_batch=videos)
     model, optimizer = accelerator.prepare(model, optimizer)
     n = videos * frames_per_video
