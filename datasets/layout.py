@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Sequence
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task

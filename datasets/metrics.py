@@ -97,7 +97,7 @@ class BinaryMetric:
         self.videos += 1
         return miou, fscore
 
-    def merge(self, other: "BinaryMetric") -> None:
+    def merge(self, other: BinaryMetric) -> None:
         """Add another metric's videos (e.g. gathered from other workers)."""
         self.miou_sum += other.miou_sum
         self.fscore_sum += other.fscore_sum
@@ -150,7 +150,7 @@ class SemanticMetric:
         self.fscore_sum += fscore.sum(0).cpu()
         self.count += (union > 0).sum(0).double().cpu()
 
-    def merge(self, other: "SemanticMetric") -> None:
+    def merge(self, other: SemanticMetric) -> None:
         self.iou_sum += other.iou_sum
         self.fscore_sum += other.fscore_sum
         self.count += other.count

@@ -7,7 +7,7 @@ Masks are compared at ``MASK_SIZE x MASK_SIZE`` after a nearest-neighbour resize
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -23,18 +23,30 @@ import contextlib
 import hashlib
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aavs.datasets.audio_features import (EXAMPLE_FRAMES, HOP, SAMPLE_RATE, WINDOW, EmbeddingCache, align_to_frames,
-                                          embed_examples, waveform_to_examples)
+from aavs.datasets.audio_features import (
+    EXAMPLE_FRAMES,
+    HOP,
+    SAMPLE_RATE,
+    WINDOW,
+    EmbeddingCache,
+    align_to_frames,
+    embed_examples,
+    waveform_to_examples,
+)
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import FRAMES_PER_SUBSET
 from aavs.datasets.transforms import resize_frame
+
+if TYPE_CHECKING:  # imported when first needed (_av), named in annotations
+    import av
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 WINDOW_SECONDS = max(FRAMES_PER_SUBSET.values())  # the longest training clip (AVSBench v2: 10 s)
@@ -65,7 +77,7 @@ def _av():
 
 
 @contextlib.contextmanager
-def open_video(path: str | os.PathLike) -> Iterator["av.container.InputContainer"]:
+def open_video(path: str | os.PathLike) -> Iterator[av.container.InputContainer]:
     """The container of a video file; every decoding failure inside becomes an :class:`InputError`."""
     av = _av()
     path = Path(path)
@@ -123,7 +135,7 @@ def second_of(time_s: Fraction) -> int:
     return math.floor(time_s + Fraction(1, 2))
 
 
-def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fraction, "av.VideoFrame"]]:
+def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fraction, av.VideoFrame]]:
     """(start, end, frame) of every decoded frame, in seconds from the video stream's start; ``end`` is
     the next frame's start (the last frame lasts its own duration, or one frame period). A clip whose
     frames stop well before the length its header declares is refused as truncated."""
@@ -131,7 +143,7 @@ def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fract
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         origin = _start(stream)
-        previous: tuple[Fraction, "av.VideoFrame"] | None = None
+        previous: tuple[Fraction, av.VideoFrame] | None = None
         end = Fraction(0)
         for frame in container.decode(stream):
             if frame.pts is None:
@@ -149,7 +161,7 @@ def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fract
                              f"{declared:.2f} s its header declares)")
 
 
-def _frame_duration(frame: "av.VideoFrame", stream) -> Fraction:
+def _frame_duration(frame: av.VideoFrame, stream) -> Fraction:
     if frame.duration:
         return Fraction(frame.duration) * frame.time_base
     rate = stream.average_rate or stream.guessed_rate
@@ -159,7 +171,7 @@ def _frame_duration(frame: "av.VideoFrame", stream) -> Fraction:
 def iter_second_frames(path: str | os.PathLike, size: int | None = None) -> Iterator[np.ndarray]:
     """One RGB uint8 frame per second (see the module docstring), resized to ``size`` when given."""
     held, second, end = None, 0, Fraction(0)
-    for start, end, frame in iter_timed_frames(path):
+    for start, end, frame in iter_timed_frames(path):  # noqa: B007 - the last frame's end is read after the loop
         target = second_of(start)
         if held is not None and target > second:
             image = _rgb(held, size)
@@ -173,13 +185,13 @@ def iter_second_frames(path: str | os.PathLike, size: int | None = None) -> Iter
             yield image
 
 
-def _rgb(frame: "av.VideoFrame", size: int | None) -> np.ndarray:
+def _rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     rgb = frame.to_ndarray(format="rgb24")
     return rgb if size is None else resize_frame(rgb, size)
 
 
 # --------------------------------------------------------------------------------------- audio
-def _mono(frame: "av.AudioFrame") -> np.ndarray:
+def _mono(frame: av.AudioFrame) -> np.ndarray:
     """float64 mono samples of one decoded audio frame (channels averaged, integers at full scale)."""
     fmt = frame.format
     data = frame.to_ndarray()

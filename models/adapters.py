@@ -46,7 +46,7 @@ class BottleneckAdapter(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
     @torch.no_grad()
-    def normal_(self, std: float) -> "BottleneckAdapter":
+    def normal_(self, std: float) -> BottleneckAdapter:
         """Weights N(0, std), biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
         Linear inside the pixel-level module (Swin and pixel decoder) that the checkpoint lacked."""
         for layer in (self[0], self[2]):
@@ -55,7 +55,7 @@ class BottleneckAdapter(nn.Sequential):
         return self
 
     @torch.no_grad()
-    def xavier_uniform_(self, gain: float = 1.0) -> "BottleneckAdapter":
+    def xavier_uniform_(self, gain: float = 1.0) -> BottleneckAdapter:
         """Xavier-uniform weights, biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
         Linear inside a masked-attention decoder layer that the checkpoint lacked."""
         for layer in (self[0], self[2]):
@@ -64,7 +64,7 @@ class BottleneckAdapter(nn.Sequential):
         return self
 
     @torch.no_grad()
-    def zero_(self) -> "BottleneckAdapter":
+    def zero_(self) -> BottleneckAdapter:
         for p in self.parameters():
             p.zero_()
         return self

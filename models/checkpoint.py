@@ -39,8 +39,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError

@@ -15,8 +15,9 @@ Mask2Former config (one source of truth) and are exposed here as properties.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from transformers import Mask2FormerConfig
 
@@ -104,7 +105,7 @@ class AAVSConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AAVSConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AAVSConfig:
         expected = {"task", "base", "image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction", "mask2former"}
         optional = {"train_base"}
         if not isinstance(data, dict) or not expected <= set(data) <= expected | optional:

@@ -18,7 +18,8 @@ and whose train-mode passes (tests, CPU demos) stay repeatable.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from transformers import Mask2FormerConfig, SwinConfig
 

@@ -17,9 +17,10 @@ is the entry's name. Adding a model: its module(s), and one :func:`register` cal
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aavs.datasets.errors import InputError
 

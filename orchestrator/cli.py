@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import task_names
@@ -32,6 +33,8 @@ DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head s
 # §2); the AudioSet post-processing is a different feature space, only on request.
 VGGISH_PCA_HELP = ("opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
                    "(.pth or .npz; needs --vggish) instead of the raw last-fc output")
+FORCE_HELP = ("take over the results folder's lock left by a run on another host (that run must be gone; "
+              "a stale lock of this host is taken over without it)")
 DATA_CLASSES_HELP = "a data root whose label2idx.json names the avss classes (default: AVSBench's 71)"
 
 
@@ -150,14 +153,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     from aavs.orchestrator.experiment.stages import run_experiment
     from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
     if args.print_config:
-        from aavs.orchestrator.experiment.stages import effective_config
         import yaml
 
         from aavs.orchestrator.experiment.spec import load_spec
+        from aavs.orchestrator.experiment.stages import effective_config
 
         spec, _ = load_spec(args.experiment, args.set)
         sys.stdout.write(yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True,
@@ -165,9 +170,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     with _run_console() as console:
         results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local,
-                                 console=console, verbose=args.verbose)
+                                 console=console, verbose=args.verbose, force=args.force)
         console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
         _logs_hint(console, results)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """``aavs run --dry-run``: every problem of the experiment file and its data root on stderr, one a
+    line; exit status 2 if there is any. No results folder is made."""
+    from aavs.orchestrator.experiment.validate import experiment_problems
+
+    problems = experiment_problems(args.experiment, args.set)
+    for line in problems:
+        sys.stderr.write(f"aavs: error: {line}\n")
+    if problems:
+        return 2
+    sys.stdout.write(f"{args.experiment}: valid\n")
     return 0
 
 
@@ -183,7 +202,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
     with _run_console() as console:
-        results = resume_experiment(args.results_dir, local=args.local, console=console, verbose=args.verbose)
+        results = resume_experiment(args.results_dir, local=args.local, console=console, verbose=args.verbose,
+                                    force=args.force)
         console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
         _logs_hint(console, results)
     return 0
@@ -246,7 +266,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     job = submit.prepare_submission(args.experiment, args.set, results=args.results,
                                     working_dir=args.working_dir, runtime_env_file=args.runtime_env)
-    client = submit.connect(args.address)
+    client = submit.connect(args.address, insecure=args.insecure)
     job_id = submit.submit(client, job)
     sys.stdout.write(job_id + "\n")
     sys.stdout.flush()
@@ -376,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root (default: ./results)")
     p.add_argument("--print-config", action="store_true",
                    help="print every stage's training config with the method's defaults, and run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the file and check its data root, run nothing (exit status 2 on any problem); "
+                        "writes only the data check's cache ($AAVS_CACHE_DIR/data-check)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("schema", help="the experiment file's JSON Schema (every key, its type and default)")
@@ -387,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--local", dest="local", action="store_true", default=None,
                       help="continue in this process, whatever the run was started with")
     mode.add_argument("--ray", dest="local", action="store_false", help="continue on Ray")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("submit", help="run an experiment on a Ray cluster (Ray job submission)")
@@ -398,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results root, a path every node sees (made absolute here; default: ./results)")
     p.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
     p.add_argument("--runtime-env", default=None, help="a Ray runtime_env YAML to start from (pip, env_vars ...)")
+    p.add_argument("--insecure", action="store_true",
+                   help="submit to a job API on another host without a token (RAY_AUTH_TOKEN)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="rich table of trials and stages")

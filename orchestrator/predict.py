@@ -23,10 +23,11 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,16 @@ from aavs.datasets.masks import binary_mask_png, class_mask_png
 from aavs.datasets.palette import palette
 from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE
-from aavs.datasets.video import (WINDOW_SECONDS, VideoInfo, WindowEmbedder, find_videos, iter_timed_frames,
-                                 iter_windows, probe, write_video)
+from aavs.datasets.video import (
+    WINDOW_SECONDS,
+    VideoInfo,
+    WindowEmbedder,
+    find_videos,
+    iter_timed_frames,
+    iter_windows,
+    probe,
+    write_video,
+)
 from aavs.models.registry import DEFAULT_TYPE
 from aavs.orchestrator import results
 
@@ -475,7 +484,7 @@ class ProgressView:
         self.videos = self.progress.add_task("videos", total=videos)
         self.seconds = self.progress.add_task("seconds of video", total=seconds or None)
 
-    def __enter__(self) -> "ProgressView":
+    def __enter__(self) -> ProgressView:
         self.progress.start()
         return self
 
@@ -588,7 +597,9 @@ def _run_ray(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progres
     import ray
 
     if not ray.is_initialized():
-        ray.init()
+        from aavs.orchestrator.ray_local import local_ray_kwargs
+
+        ray.init(**local_ray_kwargs())  # on 127.0.0.1 only, unless RAY_ADDRESS names a cluster
     ray.data.DataContext.get_current().enable_progress_bars = False
     probe_models = Models(source, device="cpu")  # names, size and checks, here, before any worker starts
     finish = ray.remote(_finish_remote)

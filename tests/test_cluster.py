@@ -9,10 +9,10 @@ import re
 import shlex
 import shutil
 import tempfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from aavs.datasets.errors import InputError
@@ -72,6 +72,8 @@ def two_nodes():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_stage_two_on_another_node_reads_stage_one_masks_from_shared_storage(two_nodes, tmp_path, caplog):
     spec_file = tmp_path / "two-nodes.yaml"
     spec_file.write_text(yaml.safe_dump(_two_stage_spec({"node_a": 0.01}, {"node_b": 0.01})))

@@ -21,6 +21,9 @@ import yaml
 
 from aavs.orchestrator.cli import main
 
+# Every test here runs on a real local Ray (conftest.py's ray_cluster, one per module).
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 SPEC = {
     "name": "two-stage",
     "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
@@ -36,24 +39,6 @@ SPEC = {
          "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2}},
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray with its dashboard (on 127.0.0.1, a free port), as a user's would have: Ray Train's
-    placement-group cleaner asks the dashboard's state API whether a finished trial's controller is
-    gone; without it a worker group's CPUs can stay reserved after the trial ends."""
-    import socket
-
-    import ray
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def write_spec(folder: Path, spec: dict = SPEC) -> Path:
@@ -166,6 +151,7 @@ def test_local_mode_produces_the_same_layout(ray_run: Path, tmp_path):
     assert [s["status"] for s in board["stages"]] == ["done", "done"]
 
 
+@pytest.mark.subprocess
 def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
     spec_file = write_spec(tmp_path, {**SPEC, "stages": [dict(SPEC["stages"][0], params={"lr": 1.0e-3}),
                                                           dict(SPEC["stages"][1], epochs=4, max_videos=6,
@@ -194,7 +180,7 @@ def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("deepspeed", marks=pytest.mark.deepspeed)])
 def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
     spec = {**SPEC, "name": f"two-workers-{strategy}",
             "compute": {"workers_per_trial": 2, "cpus_per_worker": 1, "loader_workers": 0, "strategy": strategy,
@@ -210,3 +196,49 @@ def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
         assert len(shards) == 2
     best = json.loads((tmp_path / "results" / spec["name"] / "localize" / "best.json").read_text())
     assert best["trial_id"] == "t000" and 0.0 <= best["value"] <= 1.0
+
+
+# A shortened demo: two stage-one trials, one stage-two trial, FIFO, so that --local and Ray run the same trials.
+SHORT_DEMO = {**SPEC, "name": "short-demo",
+              "stages": [dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}),
+                         dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1})]}
+
+
+def trial_numbers(results: Path) -> dict[str, list[float]]:
+    """Every trial's val scores per epoch, and each stage's best.json value and test scores."""
+    numbers = {}
+    for rows in sorted(results.glob("*/trials/*/metrics.jsonl")):
+        trial = str(rows.parent.relative_to(results))
+        numbers[trial] = [json.loads(r)[k] for r in rows.read_text().splitlines() for k in ("val/miou", "val/fscore")]
+    for best in sorted(results.glob("*/best.json")):
+        record = json.loads(best.read_text())
+        numbers[best.parent.name] = [record["value"], *(record["test"][k] for k in sorted(record["test"]))]
+    return numbers
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_local_and_ray_give_the_same_numbers_and_a_resumed_run_ends_the_same(ray_cluster, tmp_path):
+    """One-worker trials compute the same numbers in --local and under Ray (same thread count per trial,
+    two trials at once on Ray); a Ray run killed in stage one and resumed (in the mode it started in)
+    ends with the uninterrupted run's values."""
+    spec_file = write_spec(tmp_path, SHORT_DEMO)
+    assert main(["run", str(spec_file), "--local", "--results", str(tmp_path / "local")]) == 0
+    assert main(["run", str(spec_file), "--results", str(tmp_path / "ray")]) == 0
+    local = trial_numbers(tmp_path / "local" / "short-demo")
+    assert set(local) == {"localize/trials/t000", "localize/trials/t001", "semantic/trials/t000", "localize", "semantic"}
+    assert trial_numbers(tmp_path / "ray" / "short-demo") == local
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--results",
+                             str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_epoch = killed / "short-demo" / "localize" / "trials" / "t000" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not first_epoch.exists():
+        assert proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "short-demo" / "localize" / "done.json").exists()
+    assert main(["resume", str(killed / "short-demo")]) == 0  # on Ray, as it was started
+    assert trial_numbers(killed / "short-demo") == local

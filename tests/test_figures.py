@@ -1,4 +1,4 @@
-"""``results/<name>/report/`` of a real tiny run (the session's run of test_leaderboard.py, which
+"""``results/<name>/report/`` of a real tiny run (the session's ``tiny_run`` of conftest.py, which
 ``aavs run`` reported at the end of each stage), and ``aavs report`` on copies of it."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_leaderboard import copy_results, make_unfinished, read
 
 from aavs.datasets.avsbench import read_class_map, read_frames
 from aavs.datasets.layout import VideoRecord, class_names
 from aavs.datasets.masks import read_binary_masks
 from aavs.datasets.palette import encode_class_map, palette
-from aavs.orchestrator.views import figures
 from aavs.orchestrator.cli import main
-from test_leaderboard import copy_results, make_unfinished, read, tiny_results, tiny_run  # noqa: F401 - fixtures
+from aavs.orchestrator.views import figures
 
 CELL, HEADER = 224, 28
 

@@ -1,14 +1,12 @@
 """Leaderboard tables, ``aavs leaderboard --json`` and the live view, on the folder of a real tiny run.
 
 One ``aavs run --local`` (tiny preset, 2 videos per split; 3 stage-one trials, 2 stage-two trials,
-2 epochs each) makes the results folder once per session (``tiny_results``; test_figures.py uses it
-too); tests that need a failed or still-running trial edit a copy of it.
+2 epochs each) makes the results folder once per session (``tiny_run`` and ``tiny_results`` in
+conftest.py; test_figures.py uses them too); tests that need a failed or still-running trial edit a copy of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import io
 import json
 import re
@@ -17,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-import yaml
 from rich.console import Console
 
 from aavs.datasets.layout import class_names
@@ -26,44 +22,7 @@ from aavs.orchestrator.cli import main
 from aavs.orchestrator.views.leaderboard import BEST_STYLE, FILE, load_leaderboard, render_leaderboard, stage_table
 from aavs.orchestrator.views.live import LiveView, watch
 
-SPEC = {
-    "name": "tiny",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "gpus_per_worker": 0, "cpus_per_worker": 1, "strategy": "plain",
-                "mixed_precision": "no", "loader_workers": 0},
-    "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2, "max_videos": 2,
-         "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}, "weight_decay": 0.05},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1}},
-        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize", "epochs": 2,
-         "max_videos": 2, "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1}},
-    ],
-}
 ROW = re.compile(r"^\s*(\d+|-)\s+(t\d{3})\s+(done|running|failed|pending|stopped early)\s+(.*)$")
-
-
-@functools.lru_cache(maxsize=None)
-def _run_once(folder: Path) -> tuple[Path, str]:
-    folder.mkdir(parents=True)
-    spec_file = folder / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    out = io.StringIO()  # not a terminal: the live view writes plain lines
-    with contextlib.redirect_stdout(out):
-        assert main(["run", str(spec_file), "--local", "--results", str(folder / "results")]) == 0
-    return folder / "results" / "tiny", out.getvalue()
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(results folder, stdout of `aavs run`) of the one tiny run of this session."""
-    return _run_once(tmp_path_factory.getbasetemp() / "tiny-run")
-
-
-@pytest.fixture
-def tiny_results(tiny_run: tuple[Path, str]) -> Path:
-    return tiny_run[0]
 
 
 def read(path: Path) -> dict:
@@ -276,3 +235,23 @@ def test_watch_refreshes_in_place_reads_only_and_ends_with_the_run(tiny_results:
     assert "\x1b[2K\x1b[1A" in frames  # redrawn in place (cursor moved back up), not appended
     assert "semantic avss, done" in frames.rsplit("\x1b[1A", 1)[1]  # the last frame shows the end
     assert (copy / FILE).read_bytes() == before  # a watcher never writes into the folder
+
+
+def test_ablation_compares_stepping_stones_with_end_to_end():
+    from aavs.orchestrator.views.leaderboard import ablation, ablation_text
+
+    def stage(name, task, epochs, prior=None, init=None, test=None):
+        link = lambda s: {"stage": s} if s else None  # noqa: E731
+        return {"name": name, "task": task, "epochs": epochs, "prior_from": link(prior), "init_from": link(init),
+                "best": {"test": test} if test else None}
+
+    board = {"stages": [stage("localize", "avss-binary", 10),
+                        stage("semantic", "avss", 12, prior="localize", init="localize",
+                              test={"miou": 0.30, "fscore": 0.35}),
+                        stage("end-to-end", "avss", 12, test={"miou": 0.20, "fscore": 0.25})]}
+    arms = ablation(board)
+    assert [(a["arm"], a["stages"], a["epochs"], a["test_miou"]) for a in arms] == [
+        ("Stepping Stones", ["localize", "semantic"], 22, 0.30), ("end-to-end", ["end-to-end"], 12, 0.20)]
+    assert ablation_text(arms) == ("Stepping Stones (localize -> semantic, 22 epochs) test mIoU/F 30.00/35.00 | "
+                                   "end-to-end (end-to-end, 12 epochs) test mIoU/F 20.00/25.00")
+    assert ablation({"stages": board["stages"][:2]}) == []  # one arm only: nothing to compare

@@ -10,7 +10,6 @@ from rich.console import Console
 from aavs.models.info import model_info, render_model_info
 from aavs.orchestrator.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

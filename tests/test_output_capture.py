@@ -20,8 +20,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from aavs.orchestrator.recipe import output_capture
 from aavs.orchestrator.cli import _PlainHandler, main
+from aavs.orchestrator.recipe import output_capture
 from aavs.orchestrator.views.live import Event, LiveView, event_lines, plain_line
 
 ANSI = re.compile(r"\x1b\[")
@@ -154,6 +154,8 @@ def test_aavs_logs_lists_and_prints(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ the real thing
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.subprocess
 def test_shortened_demo_under_ray_is_quiet_on_a_pipe(tmp_path, capsys):
     spec_file = tmp_path / "quiet-demo.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC, sort_keys=False))

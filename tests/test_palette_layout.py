@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from aavs.datasets.errors import InputError
-from aavs.datasets.layout import (AVSBENCH_CLASSES, FRAMES_PER_SUBSET, MAX_CLASSES, VideoRecord, class_list_mismatch,
-                                  class_names, read_label2idx, read_metadata, select_videos)
+from aavs.datasets.layout import (
+    AVSBENCH_CLASSES,
+    FRAMES_PER_SUBSET,
+    MAX_CLASSES,
+    VideoRecord,
+    class_list_mismatch,
+    class_names,
+    read_label2idx,
+    read_metadata,
+    select_videos,
+)
 from aavs.datasets.palette import decode_colour_mask, encode_class_map, palette, unknown_colours
 from aavs.datasets.tasks import get_task
 

@@ -316,17 +316,9 @@ def test_predict_video_api_matches_the_files(work, stage_one_out):
 
 
 # ---------------------------------------------------------------------------------- slow tests
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, local_ray, tmp_path, capsys):
+@pytest.mark.ray
+def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, ray_cluster, tmp_path, capsys):
     out = tmp_path / "ray"
     code, stdout, _ = _run(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s2"]),
                             "--prior-checkpoint", str(work["s1"]), "--ray", "--json"], capsys)
@@ -348,6 +340,7 @@ sys.exit(code)
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_long_clip_memory_stays_flat(work, tmp_path):
     """Peak RSS (a fresh process each) of a 95-second clip stays within 200 MB of a 10-second one's,
     with frames large enough that holding the 95-second clip's decoded frames would take ~330 MB."""

@@ -20,13 +20,13 @@ from aavs.datasets.masks import read_colour, read_sounding
 from aavs.datasets.transforms import normalize_frames
 from aavs.models import build_model, phase_parameter_groups, set_phase
 from aavs.models.modeling_aavs import resize_labels
+from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
+from aavs.orchestrator.experiment.stages import trial_configs
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import ComputeConfig, TrainConfig
-from aavs.orchestrator.results import BestTrial
 from aavs.orchestrator.recipe.evaluation import training_frames
-from aavs.orchestrator.experiment.stages import trial_configs
-from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
 from aavs.orchestrator.recipe.train import _train_one_epoch, epoch_videos
+from aavs.orchestrator.results import BestTrial
 
 FIXTURE = Path(__file__).parent / "fixtures" / "opencv-mask"
 SIZE = 64

@@ -29,7 +29,8 @@ VENV_BIN = Path(sys.executable).parent
 # The demo made tiny: one trial per stage, one epoch, two videos per subset and split.
 SHORT = ["data.synthetic.videos_per_split=2", "stages.localize.epochs=1", "stages.localize.tune.num_samples=1",
          "stages.localize.max_videos=2", "stages.semantic.epochs=1", "stages.semantic.max_videos=2",
-         "stages.semantic.params.lr=1.0e-3"]
+         "stages.semantic.params.lr=1.0e-3", "stages.end-to-end.epochs=1", "stages.end-to-end.max_videos=2",
+         "stages.end-to-end.params.lr=1.0e-3"]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -150,6 +151,9 @@ def test_experiment_outside_the_working_dir_and_token_file_inside_it_are_refused
     assert "RAY_AUTH_TOKEN_PATH" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.subprocess
 def test_wrong_token_is_refused(ray_head, monkeypatch, capsys):
     address, _ = ray_head
     monkeypatch.chdir(REPO)
@@ -158,6 +162,9 @@ def test_wrong_token_is_refused(ray_head, monkeypatch, capsys):
     assert f"--address {address}: the cluster refused the token" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.subprocess
 def test_submit_follow_runs_the_demo_to_success(ray_head, tmp_path, monkeypatch, capsys):
     address, token = ray_head
     monkeypatch.chdir(REPO)
@@ -179,7 +186,7 @@ def test_submit_follow_runs_the_demo_to_success(ray_head, tmp_path, monkeypatch,
     assert info.status.value == "SUCCEEDED" and info.metadata["aavs_experiment"] == "demo"
     demo = results / "demo"
     board = json.loads((demo / "leaderboard.json").read_text())
-    assert [s["status"] for s in board["stages"]] == ["done", "done"]
+    assert [s["status"] for s in board["stages"]] == ["done", "done", "done"]
     one = json.loads((demo / "localize" / "best.json").read_text())
     two = json.loads((demo / "semantic" / "trials" / "t000" / "config.json").read_text())
     assert two["prior"] == one["masks"] and Path(one["masks"]).is_relative_to(demo)
@@ -187,6 +194,9 @@ def test_submit_follow_runs_the_demo_to_success(ray_head, tmp_path, monkeypatch,
     assert "stage semantic: best trial t000" in client.get_job_logs(job_id)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.subprocess
 def test_the_job_imports_the_aavs_code_that_submitted_it(ray_head, monkeypatch):
     """Not the cluster's installed aavs (here: the editable install in the repository), but the copy
     that travelled with the job, in the job's own runtime resources."""

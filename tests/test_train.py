@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.recipe.evaluation import export_masks
-from aavs.orchestrator.results import read_metrics
 from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
+from aavs.orchestrator.results import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,7 @@ def test_evaluate_reproduces_the_reported_val_metric_and_score_agrees(stage_one,
     assert scored["miou"] == pytest.approx(evaluated["miou"], abs=1e-6)
 
 
+@pytest.mark.slow  # a 71-class stage-two epoch: 9 s on 2 idle cores, 45 s on busy ones
 def test_stage_two_runs_with_stage_one_masks_as_prior(stage_one, synth_root, tmp_path):
     masks = tmp_path / "prior"
     export_masks(stage_one / "best", synth_root, masks)
@@ -125,6 +126,8 @@ def _checkpointed_epoch(trial_dir: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_exact_resume_after_sigkill(synth_root, tmp_path):
     """Killed mid-epoch inside phase B, and mid-epoch right after phase A ended (the restart must then
     enter phase B exactly as the uninterrupted run did): both end with the uninterrupted weights."""
@@ -156,6 +159,9 @@ def test_exact_resume_after_sigkill(synth_root, tmp_path):
             [r["val/miou"] for r in read_metrics(tmp_path / "straight")]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.deepspeed
 def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root, tmp_path):
     from aavs.models import load_model
 
@@ -177,10 +183,10 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
     assert evaluate_checkpoint(trial / "best", synth_root, split="val")["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_stage_one_learns_beyond_the_all_background_baseline(tmp_path_factory):
     """A short stage-one run on a slightly larger synthetic set beats predicting "silent" everywhere."""
     import numpy as np
-
     from PIL import Image
 
     from aavs.datasets.layout import select_videos

@@ -28,26 +28,40 @@ import json
 import math
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, Mapping, TypeVar, Union, get_args
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args
 
 import yaml
-from pydantic import (AfterValidator, BeforeValidator, Discriminator, Field, Tag, WrapValidator,
-                      model_validator)
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, WrapValidator, model_validator
 from pydantic.fields import FieldInfo
 from typing_extensions import NotRequired, TypedDict
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import TASKS
-from aavs.orchestrator.recipe.config import (STRICT, ComputeConfig, Expected, Hyperparameters, LocalPath, Metric,
-                                             ModelConfig, Strict, TaskName, task_defaults, validated)
+from aavs.orchestrator.recipe.config import (
+    STRICT,
+    ComputeConfig,
+    Expected,
+    Hyperparameters,
+    LocalPath,
+    Metric,
+    ModelConfig,
+    Strict,
+    TaskName,
+    task_defaults,
+    validated,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names become folder names under results/ (a stage's also with ".superseded-<hash>" appended), so
+# they are single path components of a length every filesystem takes: never "..", "a/b" or 300 chars.
+MAX_NAME = 100
 
 
 def _plain_name(name: str) -> str:
-    if not NAME.match(name):
-        raise Expected("a plain name (letters, digits, . _ -)")
+    if not NAME.match(name) or len(name) > MAX_NAME:
+        raise Expected(f"a plain name (letters, digits, . _ -; at most {MAX_NAME} characters)")
     return name
 
 
@@ -87,7 +101,8 @@ class Grid(TypedDict, Generic[T]):
 def _searchable(field: FieldInfo) -> Any:
     """A fixed value of the field's type, a choice or grid of such values, or (for a real number) a
     uniform or log-uniform distribution."""
-    value_type = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    annotated = (field.annotation, *field.metadata)
+    value_type: Any = Annotated[annotated] if field.metadata else field.annotation
     kinds: dict[str, Any] = {"value": value_type, "choice": Choice[value_type], "grid": Grid[value_type]}
     if float in (field.annotation, *get_args(field.annotation)):
         kinds.update(loguniform=LogUniform, uniform=Uniform)
@@ -97,7 +112,7 @@ def _searchable(field: FieldInfo) -> Any:
             return "value"
         return next(iter(value)) if len(value) == 1 and next(iter(value)) in kinds else None
 
-    return Annotated[Union[tuple(Annotated[t, Tag(k)] for k, t in kinds.items())], Discriminator(
+    return Annotated[Union[tuple(Annotated[t, Tag(k)] for k, t in kinds.items())], Discriminator(  # noqa: UP007 - a Union of run-time types
         kind, custom_error_type="search_space",
         custom_error_message=f"a value or one of {{{', '.join(k for k in kinds if k != 'value')}: ...}}")]
 
@@ -109,7 +124,7 @@ def _in_written_order(params: Any, handler: Any) -> Any:
 
 
 # A stage's ``params``: the fields of Hyperparameters, each a value or a distribution over its values.
-Params = TypedDict("Params", {name: NotRequired[_searchable(f)] for name, f in Hyperparameters.model_fields.items()})
+Params = TypedDict("Params", {name: NotRequired[_searchable(f)] for name, f in Hyperparameters.model_fields.items()})  # type: ignore[misc]
 Params.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
 
 
@@ -179,7 +194,7 @@ def _scheduler_kind(value: Any) -> str | None:
 
 
 Scheduler = Annotated[
-    Union[Annotated[Literal["fifo"], Tag("fifo")], Annotated[Asha, Tag("asha")]],
+    Annotated[Literal["fifo"], Tag("fifo")] | Annotated[Asha, Tag("asha")],
     Discriminator(_scheduler_kind, custom_error_type="scheduler",
                   custom_error_message="'fifo' or {asha: {grace_period: ..., reduction_factor: ...}}")]
 
@@ -223,7 +238,7 @@ class StageSpec(Strict):
     name: Name
     task: TaskName
     epochs: int = Field(60, ge=1)
-    params: Annotated[Params, WrapValidator(_in_written_order)] = {}  # type: ignore[assignment]
+    params: Annotated[Params, WrapValidator(_in_written_order)] = {}
     tune: TuneSpec = TuneSpec()
     prior: str | None = None  # an earlier stage: its best checkpoint's masks are this stage's prior
     init_from: str | None = None  # an earlier stage: its best checkpoint's weights start every trial
@@ -325,6 +340,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Exp
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     raw = apply_overrides(raw or {}, overrides or [], str(path))
     return parse_spec(raw, str(path)), raw
 

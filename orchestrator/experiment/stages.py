@@ -8,6 +8,7 @@ goes under ``results/<name>/``::
     format.json, provenance.json    the folder's format version; what wrote it (aavs.orchestrator.results)
     spec.yaml, spec.json            the resolved experiment and its hash
     run.json                        how it was started (--local or Ray); `aavs resume` continues so
+    lock.json                       while a run or resume is at work: who (aavs.orchestrator.experiment.lock)
     data/                           the synthetic data set (when the spec asks for one)
     cache/                          audio embeddings, computed once for all trials and nodes
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
@@ -39,8 +40,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -50,10 +52,12 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.datasets.files import file_sha256
 from aavs.orchestrator import results
+from aavs.orchestrator.experiment import lock
+from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
 from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.config import TrainConfig
-from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
 from aavs.orchestrator.recipe.output_capture import captured, mark_failed, task_log, trial_log
+from aavs.orchestrator.recipe.threads import cpu_threads
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,32 +72,36 @@ class StageFailed(RuntimeError):
 # ----------------------------------------------------------------------------------- entry points
 def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
                    results_root: str | Path = "results", local: bool = False,
-                   console: Console | None = None, verbose: bool = False) -> Path:
-    """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files."""
+                   console: Console | None = None, verbose: bool = False, force: bool = False) -> Path:
+    """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files;
+    ``force``: take over the results folder's lock from another host (aavs.orchestrator.experiment.lock)."""
     spec, _ = load_spec(spec_file, overrides)
     results_dir = results_path(results_root) / spec.name
-    results.open_results(results_dir, "run")
-    _save_spec(results_dir, spec)
-    results.write_run(results_dir, "local" if local else "ray")
-    run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
+    with lock.held(results_dir, force=force):
+        results.open_results(results_dir, "run")
+        _save_spec(results_dir, spec)
+        results.write_run(results_dir, "local" if local else "ray")
+        run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
 def resume_experiment(results_dir: str | Path, local: bool | None = None, console: Console | None = None,
-                      verbose: bool = False) -> Path:
+                      verbose: bool = False, force: bool = False) -> Path:
     """Continue an experiment; ``local`` None continues in the mode it was started in (``run.json``),
-    so that its remaining trials compute exactly what an uninterrupted run would."""
+    so that its remaining trials compute exactly what an uninterrupted run would. It takes the folder's
+    lock as ``aavs run`` does."""
     results_dir = results_path(results_dir)
     spec_file = results_dir / "spec.yaml"
     if not spec_file.is_file():
         raise InputError(f"{results_dir}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
-    results.open_results(results_dir, "resume")
-    raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
-    spec = parse_spec(raw, str(spec_file))
-    if local is None:
-        local = started_mode(results_dir) == "local"
-    log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
-    run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
+    with lock.held(results_dir, force=force):
+        results.open_results(results_dir, "resume")
+        raw = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+        spec = parse_spec(raw, str(spec_file))
+        if local is None:
+            local = started_mode(results_dir) == "local"
+        log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
+        run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
@@ -151,7 +159,7 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
-    runner = LocalRunner(quiet) if local else RayRunner(spec, results_dir, quiet)
+    runner = LocalRunner(quiet, spec.compute.cpus_per_worker) if local else RayRunner(spec, results_dir, quiet)
     bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
     for stage in spec.stages:
@@ -183,8 +191,9 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
         results.write_done(stage_dir, digest)
         bests[stage.name] = best
         write_leaderboard(results_dir)
-        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources,
-                                                                 log_file=task_log(stage_dir, "report")))
+        # The lambda runs inside _write_report, before the loop moves on (B023: it binds this stage).
+        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources,  # noqa: B023
+                                                                 log_file=task_log(stage_dir, "report")))  # noqa: B023
         log.info("stage %s: best trial %s, %s = %.4f", stage.name, best.trial_id, best.metric, best.value)
     return bests
 
@@ -203,6 +212,9 @@ def prepare_data(spec: ExperimentSpec, results_dir: Path) -> Path:
     if spec.data.root:
         if not (Path(spec.data.root) / "metadata.csv").is_file():
             raise InputError(f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root)")
+        from aavs.orchestrator.experiment.validate import require_clean_data
+
+        require_clean_data(spec)  # every file decoded once; then only when one changed (check_cache)
         return Path(spec.data.root)
     from aavs.datasets.synth import write_synthetic_avsbench
 
@@ -370,10 +382,11 @@ class LocalRunner:
 
     ``quiet``: a trial's or task's output goes to its log file only (see aavs.orchestrator.recipe.output_capture);
     otherwise also to this terminal. A trial that fails is reported by the live view (its status.json).
+    Tasks use ``cpus`` torch threads, as a Ray task given that many CPUs would (``cpu_threads``).
     """
 
-    def __init__(self, quiet: bool = True) -> None:
-        self.quiet = quiet
+    def __init__(self, quiet: bool = True, cpus: float = 1) -> None:
+        self.quiet, self.cpus = quiet, cpus
 
     def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
         from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
@@ -397,14 +410,12 @@ class LocalRunner:
     def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
              log_file: Path | None = None) -> Any:
         """``fn(*args)`` where this runner runs its tasks (here: in this process), output in ``log_file``."""
-        return _logged_call(str(log_file) if log_file else None, self.quiet, fn, *args)
+        return _logged_call(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args)
 
 
-def _logged_call(log_file: str | None, quiet: bool, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` with its output in ``log_file`` (None: where it goes anyway)."""
-    if log_file is None:
-        return fn(*args)
-    with captured(log_file, quiet):
+def _logged_call(log_file: str | None, quiet: bool, cpus: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on ``cpus`` torch threads, with its output in ``log_file`` (None: where it goes anyway)."""
+    with cpu_threads(cpus), (captured(log_file, quiet) if log_file else contextlib.nullcontext()):
         return fn(*args)
 
 
@@ -419,6 +430,16 @@ def _logged_trial(trial_dir: str, quiet: bool, fn: Callable[..., Any], *args: An
             raise
 
 
+def ray_init_kwargs(quiet: bool) -> dict[str, Any]:
+    """``ray.init``'s arguments for ``aavs run``: a Ray of its own on 127.0.0.1, or the cluster that
+    ``RAY_ADDRESS`` names (aavs.orchestrator.ray_local). Workers' output stays in their log files
+    (quiet); a Ray we join keeps its own setting, and the trials redirect their output themselves
+    (output_capture.captured)."""
+    from aavs.orchestrator.ray_local import local_ray_kwargs
+
+    return {"log_to_driver": not quiet, "configure_logging": False, **local_ray_kwargs()}
+
+
 class RayRunner(LocalRunner):
     """Each stage a Ray Tune ``Tuner``; a trial with several workers runs a Ray Train ``TorchTrainer``.
 
@@ -430,15 +451,13 @@ class RayRunner(LocalRunner):
     def __init__(self, spec: ExperimentSpec, results_dir: Path, quiet: bool = True):
         import ray
 
-        super().__init__(quiet)
+        super().__init__(quiet, spec.compute.cpus_per_worker)
         self.spec, self.results_dir = spec, results_dir
         # Tune's console output off (with verbose=0, its new engine still prints a header per
         # stage): the live view (aavs.orchestrator.views.live) shows the trials instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if not ray.is_initialized():
-            # Workers' output stays in their log files (quiet); a Ray we join keeps its own
-            # setting, and the trials redirect their output themselves (triallog.captured).
-            ray.init(log_to_driver=not quiet, configure_logging=False)
+            ray.init(**ray_init_kwargs(quiet))
 
     def _task_options(self, resources: dict[str, float] | None) -> dict[str, Any]:
         c = self.spec.compute
@@ -489,7 +508,7 @@ class RayRunner(LocalRunner):
         import ray
 
         task = ray.remote(_logged_call).options(**self._task_options(resources))
-        return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, fn, *args))
+        return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args))
 
 
 class _TrialTaskFailed(logging.Filter):

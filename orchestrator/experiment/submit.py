@@ -11,11 +11,16 @@ uploaded). Three things make the job behave like ``aavs run`` started here:
   a cluster they must name shared storage mounted at the same path on every node;
 - a token for Ray's token authentication comes from ``RAY_AUTH_TOKEN`` in the environment (never
   from a file in the uploaded folder), or from Ray's own lookup when ``RAY_AUTH_MODE=token``.
+
+A job API on another host is only used with a token (or ``--insecure``): a cluster that takes jobs
+without one runs the code of anyone who reaches its port. The token is sent in a header only; it is
+never logged, put into the job or written to the results folder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -23,16 +28,18 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.experiment.stages import results_path
 from aavs.orchestrator.experiment.spec import load_spec
+from aavs.orchestrator.experiment.stages import results_path
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +125,37 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def connect(address: str):
-    """A ``JobSubmissionClient`` for ``address``; an unreachable or refusing cluster is bad input."""
+def is_loopback(address: str) -> bool:
+    """Whether the URL's host is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``). Other
+    names are not resolved (what a name points to can change), so they count as other hosts."""
+    host = urlparse(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_authenticated(address: str, insecure: bool) -> None:
+    """Refuse a job API off this machine without a token, unless ``insecure`` says so on purpose."""
+    if is_loopback(address) or insecure or auth_headers() or os.environ.get("RAY_AUTH_MODE") == "token":
+        return
+    raise InputError(f"--address {address}: not this machine, and no token is set: a job API that takes jobs "
+                     "without a token runs anyone's code; set RAY_AUTH_TOKEN to the cluster's token (or "
+                     "RAY_AUTH_MODE=token with the token in ~/.ray/auth_token), or pass --insecure if that cluster "
+                     "is reachable only by you")
+
+
+def connect(address: str, insecure: bool = False):
+    """A ``JobSubmissionClient`` for ``address``; an unreachable or refusing cluster is bad input, and so
+    is a cluster on another host without a token (unless ``insecure``)."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     if not address.startswith(("http://", "https://")):
         raise InputError(f"--address {address}: expected the job API's URL, e.g. http://127.0.0.1:8265")
+    check_authenticated(address, insecure)
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except ConnectionError as err:

@@ -16,8 +16,8 @@ import socket
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
-from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.recipe.config import ComputeConfig

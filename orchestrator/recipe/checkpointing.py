@@ -54,15 +54,17 @@ def read_trainer_state(trial_dir: Path) -> TrainerState | None:
     return TrainerState(**json.loads(path.read_text())["state"])
 
 
-def save_last(trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module, state: TrainerState) -> None:
-    """Write ``checkpoints/last``; every rank calls it.
+def save_last(trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module, state: TrainerState,
+              rank: int) -> None:
+    """Write ``checkpoints/last``; every rank calls it, with its process-group ``rank`` (under Ray Train's
+    DeepSpeed workers accelerate's own ``is_main_process`` was True on rank 1 too).
 
     Each rank saves its RNG states (and under DeepSpeed its optimizer partition) into a staging folder
     that all ranks can name; rank 0 then adds the weights and ``trainer.json`` and renames the whole
     into place.
     """
     staging = trial_dir / "checkpoints" / f".state-epoch{state.epoch}"
-    if accelerator.is_main_process:
+    if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)  # what a run killed while saving left behind
     accelerator.wait_for_everyone()
     handle = accelerator.register_save_state_pre_hook(_drop_model_weights)
@@ -71,7 +73,7 @@ def save_last(trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module,
     finally:
         handle.remove()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if rank == 0:
         with atomic.atomic_dir(trial_dir / LAST) as tmp:
             os.replace(staging, tmp / STATE)
             accelerator.unwrap_model(model).save_pretrained(tmp / "model")

@@ -14,8 +14,9 @@ expected.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,7 +24,10 @@ from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import TASKS, get_task
 from aavs.models.registry import DEFAULT_TYPE, model_types
 
-TaskName = Literal[tuple(TASKS)]
+if TYPE_CHECKING:  # a Literal of the registered names, made at run time: a checker sees a str
+    TaskName = str
+else:
+    TaskName = Literal[tuple(TASKS)]
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -232,7 +236,14 @@ def _message(error: Any, schema: dict[str, Any], source: str) -> str:
     else:
         expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     tail = "" if got is ... else f", got {got!r}"
-    return f"{source}: {'.'.join(map(str, loc)) or '(top level)'}: expected {expected}{tail}"
+    return f"{source}: {'.'.join(map(_key_text, loc)) or '(top level)'}: expected {expected}{tail}"
+
+
+def _key_text(step: str | int) -> str:
+    """A key as written, or quoted when it holds a line break or another unprintable character (the
+    message stays one line a key)."""
+    text = str(step)
+    return text if text.isprintable() else repr(text)
 
 
 def _keys(schema: dict[str, Any], loc: list[str | int]) -> list[str]:

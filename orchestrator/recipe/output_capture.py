@@ -31,9 +31,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results

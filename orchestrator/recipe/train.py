@@ -23,8 +23,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import TrainConfig
 from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
 from aavs.orchestrator.recipe.reporter import make_reporter
+from aavs.orchestrator.recipe.threads import cpu_threads
 from aavs.orchestrator.results import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,11 @@ class TrainingDiverged(RuntimeError):
 def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
     """Train one stage of one trial; returns the best metrics (also in ``status.json``)."""
     cfg = TrainConfig.load(config)
+    with cpu_threads(cfg.compute.cpus_per_worker):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     trial_dir = Path(cfg.trial_dir)
     rank, world = _rank_and_world()
     reporter = make_reporter(trial_dir, is_main=rank == 0)
@@ -99,7 +106,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
             state.epoch = epoch
             row["best/" + cfg.metric] = state.best_value
             reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
-            checkpointing.save_last(trial_dir, accelerator, model, state)
+            checkpointing.save_last(trial_dir, accelerator, model, state, rank)
             reporter.status(TrialStatus.DONE if epoch == cfg.epochs - 1 else TrialStatus.RUNNING, epoch=epoch + 1,
                             epochs=cfg.epochs,
                             best=state.best_metrics)

@@ -31,10 +31,16 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from aavs.orchestrator.views.leaderboard import (build_leaderboard, pct, render_leaderboard, sources_digest, status_label,
-                                           write_leaderboard)
 from aavs.orchestrator.recipe.output_capture import tail
 from aavs.orchestrator.results import StageStatus, TrialStatus
+from aavs.orchestrator.views.leaderboard import (
+    build_leaderboard,
+    pct,
+    render_leaderboard,
+    sources_digest,
+    status_label,
+    write_leaderboard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ def plain_line(console: Console, text: str) -> None:
 class _ViewHandler(logging.Handler):
     """The driver's log records while the live display owns the terminal: each becomes an event."""
 
-    def __init__(self, view: "LiveView") -> None:
+    def __init__(self, view: LiveView) -> None:
         super().__init__()
         self.view = view
 
@@ -77,7 +83,7 @@ class _NonInteractiveProxy(FileProxy):
     decoding bar in a ``--local`` trial draws no second live display into ours."""
 
     @property
-    def rich_proxied_file(self) -> "_NonInteractiveProxy":
+    def rich_proxied_file(self) -> _NonInteractiveProxy:
         # rich consoles write around a FileProxy, to the file it wraps; these must go through it.
         return self
 
@@ -111,7 +117,7 @@ class LiveView:
         self._tasks = {name: self._progress.add_task(name, total=None) for name in ("trials", "epochs")}
 
     # ------------------------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:
         self.poll()  # synchronously: a bad folder or --stage is an error here, not in the thread
         if self.console is not None:
             render_leaderboard(self.board, self.stage, self.top)

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from aavs.datasets.synth import write_synthetic_avsbench
-from aavs.orchestrator.results import read_metrics
 from aavs.orchestrator.recipe.train import train_func
+from aavs.orchestrator.results import read_metrics
 
 
 def main() -> None:
