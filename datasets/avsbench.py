@@ -206,12 +206,13 @@ class AVSBenchDataset(Dataset):
         return (class_map != 0).long() if self.binary else class_map
 
 
-_FRAME_KEYS = ("pixel_values", "class_map", "labels", "annotated", "audio", "prior")
+FRAME_KEYS = (  # per-frame tensors of a batch: [N, ...], N the frames of all its videos
+    "pixel_values", "class_map", "labels", "annotated", "audio", "prior")
 
 
 def collate_videos(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Videos -> one batch of all their frames ``[N, ...]`` plus uids, subsets and frames per video."""
-    out: dict[str, Any] = {key: torch.cat([item[key] for item in batch]) for key in _FRAME_KEYS if key in batch[0]}
+    out: dict[str, Any] = {key: torch.cat([item[key] for item in batch]) for key in FRAME_KEYS if key in batch[0]}
     out["uids"] = [item["uid"] for item in batch]
     out["subsets"] = [item["subset"] for item in batch]
     out["frames_per_video"] = [int(item["annotated"].shape[0]) for item in batch]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
+from aavs.datasets.avsbench import FRAME_KEYS, AVSBenchDataset, collate_videos
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import SPLITS, VideoRecord, class_list_mismatch, class_names
 from aavs.datasets.masks import write_binary_masks, write_class_masks
@@ -53,8 +53,7 @@ def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], t
         loss_frames = torch.zeros(1, dtype=torch.bool)
     else:
         loss_frames = torch.ones(int(keep.sum()), dtype=torch.bool)
-    frame_keys = ("pixel_values", "class_map", "labels", "annotated", "audio", "prior")
-    out = {k: (v[keep] if k in frame_keys else v) for k, v in batch.items()}
+    out = {k: (v[keep] if k in FRAME_KEYS else v) for k, v in batch.items()}
     return out, loss_frames
 
 
