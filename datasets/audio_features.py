@@ -109,7 +109,10 @@ def waveform_to_examples(samples: np.ndarray | torch.Tensor, rate: int) -> torch
 def embed_examples(examples: torch.Tensor, model: torch.nn.Module) -> np.ndarray:
     """Examples ``[n, 1, 96, 64]`` -> embeddings float32 ``[n, 128]``."""
     device = next(model.parameters()).device
-    out = [model(examples[i:i + BATCH_EXAMPLES].to(device)).float().cpu() for i in range(0, len(examples), BATCH_EXAMPLES)]
+    out = [
+        model(examples[i : i + BATCH_EXAMPLES].to(device)).float().cpu()
+        for i in range(0, len(examples), BATCH_EXAMPLES)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, 128), dtype=np.float32)
 
 
@@ -180,9 +183,13 @@ class _LazyModel:
         return self._model
 
 
-def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: str | os.PathLike | None,
-               vggish_pca: str | os.PathLike | None,
-               cache_dir: str | os.PathLike | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _embed_all(
+    root: str | os.PathLike,
+    records: Sequence[VideoRecord],
+    vggish: str | os.PathLike | None,
+    vggish_pca: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from aavs.datasets.progress import track
     from aavs.models.vggish import RANDOM_INIT_IDENTITY, warn_random_init
 
@@ -207,26 +214,46 @@ def _embed_all(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: 
                 raise InputError(f"{path}: shorter than one VGGish example (0.96 s); no audio embedding")
             cache.put(sha, embedding)
             out[record.uid] = embedding
-    summary = {"videos": len(records), "computed": len(misses), "cached": len(records) - len(misses),
-               "weights": lazy.identity, "features": lazy.mode, "cache_dir": str(cache.folder)}
+    summary = {
+        "videos": len(records),
+        "computed": len(misses),
+        "cached": len(records) - len(misses),
+        "weights": lazy.identity,
+        "features": lazy.mode,
+        "cache_dir": str(cache.folder),
+    }
     return out, summary
 
 
-def embed_videos(root: str | os.PathLike, records: Sequence[VideoRecord], vggish: str | os.PathLike | None = None,
-                 vggish_pca: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def embed_videos(
+    root: str | os.PathLike,
+    records: Sequence[VideoRecord],
+    vggish: str | os.PathLike | None = None,
+    vggish_pca: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
     """uid -> float32 ``[n_seconds, 128]`` for ``records``, from the cache or computed once (and cached)."""
     return _embed_all(root, records, vggish, vggish_pca, cache_dir)[0]
 
 
-def compute_features(root: str | os.PathLike, vggish: str | os.PathLike | None = None,
-                     cache_dir: str | os.PathLike | None = None,
-                     vggish_pca: str | os.PathLike | None = None) -> dict[str, Any]:
+def compute_features(
+    root: str | os.PathLike,
+    vggish: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    vggish_pca: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Embed every video of a data root into the cache; a summary for ``aavs features``."""
     records = read_metadata(root)
     _, summary = _embed_all(root, records, vggish, vggish_pca, cache_dir)
-    log.info("%d videos: %d embedded, %d already cached (%s, %s) in %s", summary["videos"], summary["computed"],
-             summary["cached"], summary["weights"], summary["features"], summary["cache_dir"])
+    log.info(
+        "%d videos: %d embedded, %d already cached (%s, %s) in %s",
+        summary["videos"],
+        summary["computed"],
+        summary["cached"],
+        summary["weights"],
+        summary["features"],
+        summary["cache_dir"],
+    )
     return summary
 
 

@@ -58,6 +58,7 @@ def _read_each(frames: Sequence[int], read: Callable[[int], np.ndarray]) -> np.n
 
 def read_frames(root: Path, record: VideoRecord, size: int, frames: Sequence[int]) -> np.ndarray:
     """uint8 ``[len(frames), size, size, 3]``: the given frames, RGB, resized (PIL bilinear)."""
+
     def read(i: int) -> np.ndarray:
         path = record.frame_path(root, i)
         try:
@@ -73,6 +74,7 @@ def read_frames(root: Path, record: VideoRecord, size: int, frames: Sequence[int
 
 def read_class_map(root: Path, record: VideoRecord, frames: Sequence[int]) -> np.ndarray:
     """uint8 ``[len(frames), 224, 224]`` class indices (nearest resize), 0 on frames without a mask."""
+
     def read(i: int) -> np.ndarray:
         if i not in record.annotated_frames:
             return np.zeros((MASK_SIZE, MASK_SIZE), dtype=np.uint8)
@@ -84,6 +86,7 @@ def read_class_map(root: Path, record: VideoRecord, frames: Sequence[int]) -> np
 def read_sounding_maps(root: Path, record: VideoRecord, frames: Sequence[int]) -> np.ndarray:
     """bool ``[len(frames), 224, 224]``: the reference's binary training targets (S4, MS3, stage one),
     built by :func:`~aavs.datasets.masks.read_sounding` (bilinear, grey, > 0); False without a mask."""
+
     def read(i: int) -> np.ndarray:
         if i not in record.annotated_frames:
             return np.zeros((MASK_SIZE, MASK_SIZE), dtype=bool)
@@ -106,11 +109,20 @@ class AVSBenchDataset(Dataset):
     nearest-neighbour masks the AVSBench metrics are defined on.
     """
 
-    def __init__(self, root: str | os.PathLike, task: str, split: str, image_size: int = 384,
-                 prior: str | os.PathLike | None = None, vggish: str | os.PathLike | None = None,
-                 vggish_pca: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 embeddings: dict[str, np.ndarray] | None = None, cache_mb: float = DEFAULT_CACHE_MB,
-                 training: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        task: str,
+        split: str,
+        image_size: int = 384,
+        prior: str | os.PathLike | None = None,
+        vggish: str | os.PathLike | None = None,
+        vggish_pca: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        embeddings: dict[str, np.ndarray] | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        training: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.task, self.split, self.image_size, self.training = task, split, int(image_size), training
         self.records = select_videos(self.root, task, split)
@@ -120,7 +132,9 @@ class AVSBenchDataset(Dataset):
         self.reference_targets = self.binary and training
         self.prior = self._check_prior(prior)
         if embeddings is None:
-            embeddings = embed_videos(self.root, self.records, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
+            embeddings = embed_videos(
+                self.root, self.records, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir
+            )
         self.audio = self._align_audio(embeddings)
         self._cache: list[dict[str, np.ndarray]] | None = None
         if self._bytes_needed() <= cache_mb * 2**20:
@@ -139,8 +153,10 @@ class AVSBenchDataset(Dataset):
             raise InputError(f"{folder}: prior mask folder missing (expected <subset>/<uid>/<i>.png from stage one)")
         missing = first_missing(folder, self.records)
         if missing is not None:
-            raise InputError(f"{missing}: prior mask missing (the prior folder must hold every frame of every "
-                             f"{self.task}/{self.split} video)")
+            raise InputError(
+                f"{missing}: prior mask missing (the prior folder must hold every frame of every "
+                f"{self.task}/{self.split} video)"
+            )
         return folder
 
     def _align_audio(self, embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -153,8 +169,11 @@ class AVSBenchDataset(Dataset):
         return aligned
 
     def _bytes_needed(self) -> int:
-        per_frame = (self.image_size**2 * 3 + MASK_SIZE**2 * (2 if self.reference_targets else 1)
-                     + (MASK_SIZE**2 * 4 if isinstance(self.prior, Path) else 0))
+        per_frame = (
+            self.image_size**2 * 3
+            + MASK_SIZE**2 * (2 if self.reference_targets else 1)
+            + (MASK_SIZE**2 * 4 if isinstance(self.prior, Path) else 0)
+        )
         return per_frame * sum(r.num_frames for r in self.records)
 
     def _load_all(self) -> list[dict[str, np.ndarray]]:
@@ -168,8 +187,10 @@ class AVSBenchDataset(Dataset):
         """The decoded files of one video, per item: frames uint8, class map uint8, the reference's
         binary targets bool (binary training sets), prior float32 (from a folder)."""
         frames = source_frames(record, self.training)
-        arrays = {"frames": read_frames(self.root, record, self.image_size, frames),
-                  "class_map": read_class_map(self.root, record, frames)}
+        arrays = {
+            "frames": read_frames(self.root, record, self.image_size, frames),
+            "class_map": read_class_map(self.root, record, frames),
+        }
         if self.reference_targets:
             arrays["sounding"] = read_sounding_maps(self.root, record, frames)
         if isinstance(self.prior, Path):
@@ -207,7 +228,13 @@ class AVSBenchDataset(Dataset):
 
 
 FRAME_KEYS = (  # per-frame tensors of a batch: [N, ...], N the frames of all its videos
-    "pixel_values", "class_map", "labels", "annotated", "audio", "prior")
+    "pixel_values",
+    "class_map",
+    "labels",
+    "annotated",
+    "audio",
+    "prior",
+)
 
 
 def collate_videos(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,7 +32,11 @@ def check_data_root(root: str | os.PathLike) -> list[Problem]:
     """All problems of the data root (empty when it is clean); never modifies anything."""
     root = Path(root)
     if not root.is_dir():
-        return [Problem(str(root), "data root missing (expected a folder with metadata.csv, label2idx.json, v1s/, v1m/, v2/)")]
+        return [
+            Problem(
+                str(root), "data root missing (expected a folder with metadata.csv, label2idx.json, v1s/, v1m/, v2/)"
+            )
+        ]
     records, meta = parse_metadata(root)
     problems = [Problem(where, message) for where, message in meta]
     label_problems, num_classes = _check_label2idx(root / LABEL2IDX)
@@ -70,11 +74,14 @@ def check_video(root: Path, record: VideoRecord, num_classes: int) -> list[Probl
     classes only) and audio."""
     folder = record.video_dir(root)
     if not folder.is_dir():
-        return [Problem(str(folder), f"video folder missing (listed in metadata.csv as {record.subset}/{record.split})")]
+        return [
+            Problem(str(folder), f"video folder missing (listed in metadata.csv as {record.subset}/{record.split})")
+        ]
     expected = range(record.num_frames)
     problems = _check_indexed(folder / "frames", "jpg", required=expected, allowed=expected, record=record)
-    problems += _check_indexed(folder / "labels_rgb", "png", required=record.annotated_frames, allowed=expected,
-                               record=record)
+    problems += _check_indexed(
+        folder / "labels_rgb", "png", required=record.annotated_frames, allowed=expected, record=record
+    )
     for i in expected:
         if (path := record.frame_path(root, i)).is_file():
             problems += _check_frame(path)
@@ -84,19 +91,30 @@ def check_video(root: Path, record: VideoRecord, num_classes: int) -> list[Probl
     return problems + _check_audio(record.audio_path(root), record.num_frames)
 
 
-def _check_indexed(folder: Path, ext: str, required: Sequence[int], allowed: Sequence[int],
-                   record: VideoRecord) -> list[Problem]:
+def _check_indexed(
+    folder: Path, ext: str, required: Sequence[int], allowed: Sequence[int], record: VideoRecord
+) -> list[Problem]:
     """Missing required files and files beyond the subset's frames."""
     what = "frame" if ext == "jpg" else "mask"
     present = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-    problems = [Problem(str(folder / f"{i}.{ext}"), f"{what} missing ({record.subset} {record.split} needs "
-                                                   f"{what}s {', '.join(map(str, required))})")
-                for i in required if f"{i}.{ext}" not in present]
+    problems = [
+        Problem(
+            str(folder / f"{i}.{ext}"),
+            f"{what} missing ({record.subset} {record.split} needs {what}s {', '.join(map(str, required))})",
+        )
+        for i in required
+        if f"{i}.{ext}" not in present
+    ]
     allowed_names = {f"{i}.{ext}" for i in allowed}
     for name in sorted(present - allowed_names):
         if name.endswith(f".{ext}"):
-            problems.append(Problem(str(folder / name), f"unexpected {what}: a {record.subset} video has "
-                                                        f"{record.num_frames} frames (0..{record.num_frames - 1})"))
+            problems.append(
+                Problem(
+                    str(folder / name),
+                    f"unexpected {what}: a {record.subset} video has "
+                    f"{record.num_frames} frames (0..{record.num_frames - 1})",
+                )
+            )
     return problems
 
 

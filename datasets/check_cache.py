@@ -31,8 +31,10 @@ def cached_check_data_root(root: str | os.PathLike, cache_dir: str | os.PathLike
     if cached is not None:
         return cached
     problems = check_data_root(root)
-    atomic.write_json(entry, {"version": CACHE_VERSION, "root": str(root), "fingerprint": key,
-                              "problems": [p.as_dict() for p in problems]})
+    atomic.write_json(
+        entry,
+        {"version": CACHE_VERSION, "root": str(root), "fingerprint": key, "problems": [p.as_dict() for p in problems]},
+    )
     return problems
 
 

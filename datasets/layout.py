@@ -29,13 +29,77 @@ MAX_CLASSES = 256  # the PASCAL VOC colour map's length, which the palette (and 
 # (GeWu-Lab/Stepping-Stones, avss/.models/config.json id2label): the class list of the released
 # checkpoints. Our networks take theirs from the data root (docs/method.md §1).
 AVSBENCH_CLASSES = (
-    "background", "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
-    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck", "elephant",
-    "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar", "gun", "guzheng",
-    "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen", "horse", "keyboard", "leopard",
-    "lion", "man", "marimba", "missile-rocket", "motorcycle", "mower", "parrot", "piano", "pig", "pipa",
-    "saw", "saxophone", "sheep", "sitar", "sorna", "squirrel", "tabla", "tank", "tiger", "tractor", "train",
-    "trombone", "truck", "trumpet", "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
+    "background",
+    "accordion",
+    "airplane",
+    "axe",
+    "baby",
+    "bassoon",
+    "bell",
+    "bird",
+    "boat",
+    "boy",
+    "bus",
+    "car",
+    "cat",
+    "cello",
+    "clarinet",
+    "clipper",
+    "clock",
+    "dog",
+    "donkey",
+    "drum",
+    "duck",
+    "elephant",
+    "emergency-car",
+    "erhu",
+    "flute",
+    "frying-food",
+    "girl",
+    "goose",
+    "guitar",
+    "gun",
+    "guzheng",
+    "hair-dryer",
+    "handpan",
+    "harmonica",
+    "harp",
+    "helicopter",
+    "hen",
+    "horse",
+    "keyboard",
+    "leopard",
+    "lion",
+    "man",
+    "marimba",
+    "missile-rocket",
+    "motorcycle",
+    "mower",
+    "parrot",
+    "piano",
+    "pig",
+    "pipa",
+    "saw",
+    "saxophone",
+    "sheep",
+    "sitar",
+    "sorna",
+    "squirrel",
+    "tabla",
+    "tank",
+    "tiger",
+    "tractor",
+    "train",
+    "trombone",
+    "truck",
+    "trumpet",
+    "tuba",
+    "ukulele",
+    "utv",
+    "vacuum-cleaner",
+    "violin",
+    "wolf",
+    "woman",
 )
 REQUIRED_COLUMNS = ("uid", "split", "label")
 METADATA = "metadata.csv"
@@ -102,8 +166,13 @@ def parse_metadata(root: str | os.PathLike) -> tuple[list[VideoRecord], list[tup
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                return [], [(str(path), f"column(s) {', '.join(missing)} missing from the header "
-                                        f"(found {', '.join(reader.fieldnames or []) or 'nothing'})")]
+                return [], [
+                    (
+                        str(path),
+                        f"column(s) {', '.join(missing)} missing from the header "
+                        f"(found {', '.join(reader.fieldnames or []) or 'nothing'})",
+                    )
+                ]
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 record, row_problems = _parse_row(row, seen, reader.line_num)

@@ -117,8 +117,12 @@ def _frames(record: VideoRecord, frames: Sequence[int] | None) -> Sequence[int]:
     return range(record.num_frames) if frames is None else frames
 
 
-def read_binary_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None,
-                      resample: Literal["bilinear", "nearest"] = "bilinear") -> np.ndarray:
+def read_binary_masks(
+    root: str | os.PathLike,
+    record: VideoRecord,
+    frames: Sequence[int] | None = None,
+    resample: Literal["bilinear", "nearest"] = "bilinear",
+) -> np.ndarray:
     """float32 ``[T, 224, 224]`` in [0, 1] for ``frames`` (default all) of ``record``.
 
     A prior is a soft map, so the 0..255 image is resized bilinearly by default; scoring hard
@@ -127,8 +131,9 @@ def read_binary_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequ
     return np.stack([read_gray(mask_file(root, record, i), resample) for i in _frames(record, frames)])
 
 
-def read_class_masks(root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None,
-                     num_classes: int = MAX_CLASSES) -> np.ndarray:
+def read_class_masks(
+    root: str | os.PathLike, record: VideoRecord, frames: Sequence[int] | None = None, num_classes: int = MAX_CLASSES
+) -> np.ndarray:
     """int64 ``[T, 224, 224]`` class indices (< ``num_classes``) for ``frames`` (default all) of ``record``."""
     return np.stack([read_colour(mask_file(root, record, i), num_classes) for i in _frames(record, frames)])
 

@@ -157,10 +157,16 @@ class SemanticMetric:
 
     def per_class(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(IoU, F) per class ``[C]``; classes never seen score 0."""
-        return (torch.nan_to_num(self.iou_sum / self.count, nan=0.0),
-                torch.nan_to_num(self.fscore_sum / self.count, nan=0.0))
+        return (
+            torch.nan_to_num(self.iou_sum / self.count, nan=0.0),
+            torch.nan_to_num(self.fscore_sum / self.count, nan=0.0),
+        )
 
     def compute(self) -> dict[str, float]:
         iou, fscore = self.per_class()
-        return {"miou": iou.mean().item(), "fscore": fscore.mean().item(),
-                "miou_no_bg": iou[1:].mean().item(), "fscore_no_bg": fscore[1:].mean().item()}
+        return {
+            "miou": iou.mean().item(),
+            "fscore": fscore.mean().item(),
+            "miou_no_bg": iou[1:].mean().item(),
+            "fscore_no_bg": fscore[1:].mean().item(),
+        }

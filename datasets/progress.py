@@ -15,5 +15,6 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     """``items``, with a transient bar on stderr while they are consumed. Only on a terminal: on a pipe
     or in a log file a bar would only leave an empty line (stdout stays free for ``--json``)."""
     console = Console(stderr=True)
-    yield from rich.progress.track(items, description=description, total=total, console=console, transient=True,
-                                   disable=not console.is_terminal)
+    yield from rich.progress.track(
+        items, description=description, total=total, console=console, transient=True, disable=not console.is_terminal
+    )

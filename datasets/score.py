@@ -19,8 +19,9 @@ from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 from aavs.datasets.tasks import get_task
 
 
-def score_predictions(pred_root: str | os.PathLike, data_root: str | os.PathLike, task: str,
-                      split: str) -> dict[str, float]:
+def score_predictions(
+    pred_root: str | os.PathLike, data_root: str | os.PathLike, task: str, split: str
+) -> dict[str, float]:
     """``{"miou", "fscore"}`` as fractions (avss adds ``miou_no_bg``, ``fscore_no_bg``, over the data root's
     label2idx.json classes)."""
     pred_root, data_root = Path(pred_root), Path(data_root)

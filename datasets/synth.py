@@ -51,17 +51,20 @@ class SynthClass:
 
 # Pitches a fifth apart (ratio 1.5) from 220 Hz; with the octave the highest partial is ~5 kHz.
 SYNTH_CLASSES = tuple(
-    SynthClass(name, colour, shape, 220.0 * 1.5 ** k)
-    for k, (name, colour, shape) in enumerate((
-        ("violin", (220, 40, 40), "disc"),
-        ("dog", (40, 180, 60), "square"),
-        ("piano", (50, 70, 225), "triangle"),
-        ("car", (235, 210, 40), "diamond"),
-        ("bird", (205, 50, 205), "ring"),
-        ("drum", (40, 205, 215), "plus"),
-        ("trumpet", (245, 140, 30), "bar"),
-        ("man", (245, 245, 245), "hourglass"),
-    )))
+    SynthClass(name, colour, shape, 220.0 * 1.5**k)
+    for k, (name, colour, shape) in enumerate(
+        (
+            ("violin", (220, 40, 40), "disc"),
+            ("dog", (40, 180, 60), "square"),
+            ("piano", (50, 70, 225), "triangle"),
+            ("car", (235, 210, 40), "diamond"),
+            ("bird", (205, 50, 205), "ring"),
+            ("drum", (40, 205, 215), "plus"),
+            ("trumpet", (245, 140, 30), "bar"),
+            ("man", (245, 245, 245), "hourglass"),
+        )
+    )
+)
 # The data set's own classes (its label2idx.json): background, then the sound sources.
 CLASS_NAMES = ("background", *(c.name for c in SYNTH_CLASSES))
 
@@ -136,8 +139,9 @@ def _place_objects(rng: np.random.Generator, classes: list[SynthClass]) -> list[
     return placed
 
 
-def _render_frame(rng: np.random.Generator, background: np.ndarray, objects: list[_Placed],
-                  audible: set[str]) -> tuple[bytes, np.ndarray]:
+def _render_frame(
+    rng: np.random.Generator, background: np.ndarray, objects: list[_Placed], audible: set[str]
+) -> tuple[bytes, np.ndarray]:
     """(JPEG bytes, class map ``[S, S]``) of one frame; objects jitter a few pixels per frame."""
     pixels = background + rng.normal(0.0, 6.0, size=background.shape)
     class_map = np.zeros((SIZE, SIZE), dtype=np.int64)
@@ -149,7 +153,8 @@ def _render_frame(rng: np.random.Generator, background: np.ndarray, objects: lis
             class_map[mask] = class_index(obj.cls.name)
     buf = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB").save(
-        buf, format="JPEG", quality=JPEG_QUALITY)
+        buf, format="JPEG", quality=JPEG_QUALITY
+    )
     return buf.getvalue(), class_map
 
 
@@ -184,7 +189,9 @@ def _render_audio(rng: np.random.Generator, sources: list[list[SynthClass]], dur
 
 
 # ------------------------------------------------------------------------------------------ videos
-def _schedule_v1s(rng: np.random.Generator, visible: list[SynthClass], frames: int, split: str) -> list[list[SynthClass]]:
+def _schedule_v1s(
+    rng: np.random.Generator, visible: list[SynthClass], frames: int, split: str
+) -> list[list[SynthClass]]:
     source = visible[0]
     on = rng.random(frames) >= 0.2
     if split == "train":
@@ -248,14 +255,27 @@ def write_synthetic_avsbench(out: str | os.PathLike, videos_per_split: int = 8, 
                     record = VideoRecord(uid=f"syn-{subset}-{split}-{k:04d}", subset=subset, split=split)
                     rng = np.random.default_rng([seed, s, p, k])
                     audible = _write_video(record.video_dir(tmp), record, rng)
-                    rows.append({"vid": record.uid, "uid": record.uid, "s_min": 0, "s_sec": 0,
-                                 "a_obj": ",".join(audible), "split": split, "label": subset})
+                    rows.append(
+                        {
+                            "vid": record.uid,
+                            "uid": record.uid,
+                            "s_min": 0,
+                            "s_sec": 0,
+                            "a_obj": ",".join(audible),
+                            "split": split,
+                            "label": subset,
+                        }
+                    )
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         (tmp / METADATA).write_text(buf.getvalue(), encoding="utf-8")
         (tmp / LABEL2IDX).write_text(json.dumps(label2idx(), indent=2) + "\n", encoding="utf-8")
-    log.info("synthetic AVSBench: %d videos (%s) in %s", len(rows), ", ".join(
-        f"{s}: {FRAMES_PER_SUBSET[s]} frames" for s in SUBSETS), out)
+    log.info(
+        "synthetic AVSBench: %d videos (%s) in %s",
+        len(rows),
+        ", ".join(f"{s}: {FRAMES_PER_SUBSET[s]} frames" for s in SUBSETS),
+        out,
+    )
     return out

@@ -58,17 +58,39 @@ class Task:
         return not self.semantic
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("s4", ("v1s",), semantic=False, takes_prior=False, description="single sound source, binary"),
-    Task("ms3", ("v1m",), semantic=False, takes_prior=False, description="multiple sound sources, binary",
-         skip_empty_subsets=("v1m",)),
-    Task("avss-binary", ("v1s", "v1m", "v2"), semantic=False, takes_prior=False,
-         description="Stepping Stones stage one: where the sound is, binary", standalone=False,
-         skip_empty_subsets=("v1m",)),
-    Task("avss", ("v1s", "v1m", "v2"), semantic=True, takes_prior=True,
-         description="Stepping Stones stage two: what sounds, the data's classes, with stage one's masks",
-         shuffle=False, adapter_warmup=1 / 3, grad_clip=None),
-)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("s4", ("v1s",), semantic=False, takes_prior=False, description="single sound source, binary"),
+        Task(
+            "ms3",
+            ("v1m",),
+            semantic=False,
+            takes_prior=False,
+            description="multiple sound sources, binary",
+            skip_empty_subsets=("v1m",),
+        ),
+        Task(
+            "avss-binary",
+            ("v1s", "v1m", "v2"),
+            semantic=False,
+            takes_prior=False,
+            description="Stepping Stones stage one: where the sound is, binary",
+            standalone=False,
+            skip_empty_subsets=("v1m",),
+        ),
+        Task(
+            "avss",
+            ("v1s", "v1m", "v2"),
+            semantic=True,
+            takes_prior=True,
+            description="Stepping Stones stage two: what sounds, the data's classes, with stage one's masks",
+            shuffle=False,
+            adapter_warmup=1 / 3,
+            grad_clip=None,
+        ),
+    )
+}
 
 # The binary task over every subset: stage one's masks, stage two's prior, are predicted as this task.
 MASK_EXPORT_TASK = "avss-binary"

@@ -86,7 +86,9 @@ def open_video(path: str | os.PathLike) -> Iterator[av.container.InputContainer]
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable video (empty, truncated or not a media file: {err.strerror or err})") from None
+        raise InputError(
+            f"{path}: not a readable video (empty, truncated or not a media file: {err.strerror or err})"
+        ) from None
     try:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
@@ -124,9 +126,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     with open_video(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(Path(path), float(rate) if rate else None, stream.codec_context.width,
-                         stream.codec_context.height, _declared_seconds(container, stream),
-                         bool(container.streams.audio))
+        return VideoInfo(
+            Path(path),
+            float(rate) if rate else None,
+            stream.codec_context.width,
+            stream.codec_context.height,
+            _declared_seconds(container, stream),
+            bool(container.streams.audio),
+        )
 
 
 # -------------------------------------------------------------------------------------- frames
@@ -157,8 +164,10 @@ def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fract
             yield previous[0], end, previous[1]
         declared = _declared_seconds(container, stream)
         if declared is not None and end < declared - TRUNCATION_SLACK_S:
-            raise InputError(f"{path}: truncated video (its frames end at {float(end):.2f} s of the "
-                             f"{declared:.2f} s its header declares)")
+            raise InputError(
+                f"{path}: truncated video (its frames end at {float(end):.2f} s of the "
+                f"{declared:.2f} s its header declares)"
+            )
 
 
 def _frame_duration(frame: av.VideoFrame, stream) -> Fraction:
@@ -224,8 +233,8 @@ def iter_audio_windows(path: str | os.PathLike, seconds: int = WINDOW_SECONDS) -
             held += pending[-1].size
             while held >= seconds * rate:
                 joined = np.concatenate(pending)
-                yield joined[:seconds * rate], rate
-                pending, held = [joined[seconds * rate:]], joined.size - seconds * rate
+                yield joined[: seconds * rate], rate
+                pending, held = [joined[seconds * rate :]], joined.size - seconds * rate
         if held and rate is not None:
             yield np.concatenate(pending), rate
 
@@ -245,8 +254,12 @@ class WindowEmbedder:
     window's later seconds then repeat.
     """
 
-    def __init__(self, vggish: str | os.PathLike | None = None, vggish_pca: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        vggish: str | os.PathLike | None = None,
+        vggish_pca: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
         from aavs.models.vggish import feature_mode, weights_identity
 
         self._files = (vggish, vggish_pca)
@@ -276,7 +289,7 @@ def _examples(samples: np.ndarray, rate: int):
     examples = waveform_to_examples(samples, rate)
     if len(examples) == 0:
         padded = np.zeros(math.ceil(EXAMPLE_SAMPLES * rate / SAMPLE_RATE) + 1)
-        padded[:samples.size] = samples
+        padded[: samples.size] = samples
         examples = waveform_to_examples(padded, rate)
     return examples
 
@@ -317,9 +330,16 @@ def _window(index: int, start: int, frames: list[np.ndarray], audio: tuple[np.nd
 
 
 # ------------------------------------------------------------------------------------- writing
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], rate: int | Fraction, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
-                audio: tuple[np.ndarray, int] | None = None, audio_codec: str = "pcm_s16le") -> None:
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    rate: int | Fraction,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    options: dict[str, str] | None = None,
+    audio: tuple[np.ndarray, int] | None = None,
+    audio_codec: str = "pcm_s16le",
+) -> None:
     """Encode RGB uint8 frames ``[H, W, 3]`` (all one size) at a constant ``rate``, with optional int16
     mono audio ``(samples, sample rate)``; the container follows the file's suffix."""
     av = _av()

@@ -92,10 +92,14 @@ _SWIN_BLOCK_RENAMES = (
 )
 _DERIVED = "attention.self.relative_position_index"
 _DECODER_ADAPTERS = (
-    (re.compile(r"^(model\.model\.pixel_level_module\.decoder\.encoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
-     r"\1output_proj.adapter.\2"),
-    (re.compile(r"^(model\.model\.transformer_module\.decoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
-     r"\1out_proj.adapter.\2"),
+    (
+        re.compile(r"^(model\.model\.pixel_level_module\.decoder\.encoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
+        r"\1output_proj.adapter.\2",
+    ),
+    (
+        re.compile(r"^(model\.model\.transformer_module\.decoder\.layers\.\d+\.self_attn\.)avs_adapt\.(.*)$"),
+        r"\1out_proj.adapter.\2",
+    ),
 )
 _PRIOR_ROWS = {"silence_embed": SILENT, "uncertain_embed": UNCERTAIN, "audio_embed": SOUNDING}
 _PRIOR_OLD = re.compile(r"^model\.model\.transformer_module\.(silence_embed|uncertain_embed|audio_embed)(\.weight)?$")
@@ -108,9 +112,16 @@ _CLASS_WEIGHT = "model.class_predictor.weight"
 def _write(model: AAVS, folder: str | Path, weights: str) -> Path:
     tensors = model.state_dict() if weights == "all" else model.trainable_state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "version": VERSION, "task": model.config.task, "base": model.config.base,
-            "weights": weights, "phase": model.phase, "classes": list(model.config.class_names),
-            "config": model.config.to_dict()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": model.config.task,
+        "base": model.config.base,
+        "weights": weights,
+        "phase": model.phase,
+        "classes": list(model.config.class_names),
+        "config": model.config.to_dict(),
+    }
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -165,8 +176,10 @@ def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
         config.base = base if base in PRESETS else str(check_base_dir(base))
     full = meta["weights"] == "all"
     if not full and config.base not in PRESETS and not Path(config.base).is_dir():
-        raise InputError(f"{folder} stores only the trainable weights; its base Mask2Former folder {config.base} "
-                         "is missing: pass base= (--base) with that folder")
+        raise InputError(
+            f"{folder} stores only the trainable weights; its base Mask2Former folder {config.base} "
+            "is missing: pass base= (--base) with that folder"
+        )
     weights_file = folder / WEIGHTS_FILE
     state = read_weights(folder)
     model = build_from_config(config, load_base=not full)
@@ -188,8 +201,9 @@ def load_model(path: str | Path, base: str | None = None, task: str | None = Non
         if base is None or task is None:
             raise InputError(f"{path}: a released .pth checkpoint needs base= (its Mask2Former folder) and task=")
         return import_released(path, base, task)[0]
-    raise InputError(f"{path}: no such checkpoint (expected a folder with {META_FILE} + {WEIGHTS_FILE}, "
-                     "or a released .pth file)")
+    raise InputError(
+        f"{path}: no such checkpoint (expected a folder with {META_FILE} + {WEIGHTS_FILE}, or a released .pth file)"
+    )
 
 
 # ---------------------------------------------------------------------------- released .pth
@@ -205,7 +219,7 @@ def reference_key(key: str) -> str | None:
                 return None
             for old, new in _SWIN_BLOCK_RENAMES:
                 if tail.startswith(old):
-                    tail = new + tail[len(old):]
+                    tail = new + tail[len(old) :]
                     break
             rest = prefix + tail
         return f"{_SWIN}swin.{part}.{rest}"
@@ -225,7 +239,7 @@ def _read_released(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InputError(f"{path}: expected a state dict (names -> tensors) of the reference AAVS module")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     for key in (_QUERY_FEATURES, _CLASS_WEIGHT):
         if key not in state:
             raise InputError(f"{path}: key {key} is missing: not a Stepping Stones AAVS checkpoint")
@@ -257,8 +271,9 @@ def map_released(state: dict[str, Tensor], hidden_dim: int) -> tuple[dict[str, T
     return mapped, origin
 
 
-def import_released(released: str | Path, base: str, task: str,
-                    classes: Sequence[str] | None = None) -> tuple[AAVS, str]:
+def import_released(
+    released: str | Path, base: str, task: str, classes: Sequence[str] | None = None
+) -> tuple[AAVS, str]:
     """The AAVS network of a released ``.pth`` on ``base`` (a Mask2Former folder or a preset), in phase
     B, and which weights a checkpoint of it must store ("trainable", or "all" when the release's frozen
     weights differ from the base's). ``classes`` name a semantic release's classes (the data's
@@ -271,14 +286,17 @@ def import_released(released: str | Path, base: str, task: str,
     has_prior = any(_PRIOR_OLD.match(k) for k in state)
     if has_prior != takes_prior:
         kind = "has the stage-two prior embeddings" if has_prior else "has no prior embeddings"
-        raise InputError(f"{path} {kind}, which does not fit task {task} (a {task} network "
-                         f"{'takes' if takes_prior else 'takes no'} prior)")
+        raise InputError(
+            f"{path} {kind}, which does not fit task {task} (a {task} network "
+            f"{'takes' if takes_prior else 'takes no'} prior)"
+        )
     labels = task_labels(task, classes)
     released_classes = state[_CLASS_WEIGHT].shape[0] - 1  # the last row is Mask2Former's no-object class
     if released_classes != len(labels):
         which = "the class list given" if classes is not None else f"the {task} task's built-in class list"
-        raise InputError(f"{path} predicts {released_classes} classes but {which} has "
-                         f"{describe_classes(list(labels.values()))}")
+        raise InputError(
+            f"{path} predicts {released_classes} classes but {which} has {describe_classes(list(labels.values()))}"
+        )
     sizes = {"num_queries": state[_QUERY_FEATURES].shape[0]}
     if base in PRESETS:
         model = build_model(task, preset=base, classes=classes, **sizes)
@@ -289,27 +307,37 @@ def import_released(released: str | Path, base: str, task: str,
     own = model.state_dict(keep_vars=True)
     left_over = sorted(origin[k] for k in mapped if k not in own)
     if left_over:
-        raise InputError(f"{path}: released keys with no place in the AAVS network: {', '.join(left_over[:8])}"
-                         + (f" ... ({len(left_over) - 8} more)" if len(left_over) > 8 else ""))
+        raise InputError(
+            f"{path}: released keys with no place in the AAVS network: {', '.join(left_over[:8])}"
+            + (f" ... ({len(left_over) - 8} more)" if len(left_over) > 8 else "")
+        )
     lacking = sorted(k for k in own if k not in mapped and not UNUSED_SWIN_NORM.search(k))
     if lacking:
-        raise InputError(f"{path} lacks weights the AAVS network needs: {', '.join(lacking[:8])}"
-                         + (f" ... ({len(lacking) - 8} more)" if len(lacking) > 8 else ""))
+        raise InputError(
+            f"{path} lacks weights the AAVS network needs: {', '.join(lacking[:8])}"
+            + (f" ... ({len(lacking) - 8} more)" if len(lacking) > 8 else "")
+        )
     trainable = set(model.trainable_state_dict())
     weights = "all"
     if base not in PRESETS:
         differ = [origin[k] for k, v in mapped.items() if k not in trainable and not torch.equal(v, own[k].detach())]
         if differ:
-            log.warning("%s: %d frozen weights differ from the base %s (e.g. %s); the checkpoint stores all weights",
-                        path, len(differ), base, differ[0])
+            log.warning(
+                "%s: %d frozen weights differ from the base %s (e.g. %s); the checkpoint stores all weights",
+                path,
+                len(differ),
+                base,
+                differ[0],
+            )
         else:
             weights = "trainable"
     copy_state({k: own[k] for k in mapped}, mapped, True, f"the weights of {path}")
     return model, weights
 
 
-def import_released_checkpoint(released: str | Path, base: str, task: str, out: str | Path,
-                               classes: Sequence[str] | None = None) -> Path:
+def import_released_checkpoint(
+    released: str | Path, base: str, task: str, out: str | Path, classes: Sequence[str] | None = None
+) -> Path:
     """``aavs import-checkpoint``: convert a released Stepping Stones ``.pth`` into our folder format
     (``classes``: see :func:`import_released`)."""
     model, weights = import_released(released, base, task, classes)

@@ -34,8 +34,10 @@ def task_labels(task: str, classes: Sequence[str] | None = None) -> dict[int, st
         return dict(enumerate(BINARY_CLASSES))
     names = AVSBENCH_CLASSES if classes is None else tuple(classes)
     if len(names) < 2 or names[0] != "background" or len(set(names)) != len(names):
-        raise InputError(f"the semantic network's classes must be distinct names, 'background' first and at "
-                         f"least one more: got {list(names)}")
+        raise InputError(
+            f"the semantic network's classes must be distinct names, 'background' first and at "
+            f"least one more: got {list(names)}"
+        )
     return dict(enumerate(names))
 
 

@@ -12,8 +12,9 @@ from aavs.models.adapters import AdaptedLinear
 from aavs.models.modeling_aavs import PARTS, build_model, phase_parts
 
 
-def model_info(preset: str | None = None, pretrained: str | None = None, task: str = "s4",
-               classes: Sequence[str] | None = None) -> dict[str, Any]:
+def model_info(
+    preset: str | None = None, pretrained: str | None = None, task: str = "s4", classes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Architecture summary and parameter counts of the ``task`` network on a preset or a local folder
     (``classes``: the semantic network's, AVSBench's 71 by default).
 
@@ -32,8 +33,12 @@ def model_info(preset: str | None = None, pretrained: str | None = None, task: s
         "image_size": config.image_size,
         "num_labels": config.num_labels,
         "num_queries": config.num_queries,
-        "backbone": {"embed_dim": swin.embed_dim, "depths": list(swin.depths), "num_heads": list(swin.num_heads),
-                     "window_size": swin.window_size},
+        "backbone": {
+            "embed_dim": swin.embed_dim,
+            "depths": list(swin.depths),
+            "num_heads": list(swin.num_heads),
+            "window_size": swin.window_size,
+        },
         "hidden_dim": m2f.hidden_dim,
         "pixel_decoder_layers": m2f.encoder_layers,
         "masked_attention_layers": m2f.decoder_layers - 1,
@@ -61,12 +66,21 @@ def render_model_info(console: Console, info: dict[str, Any]) -> None:
         ("classes + no-object", f"{info['num_labels']} + 1"),
         ("queries", str(info["num_queries"])),
         ("input", f"{info['image_size']} x {info['image_size']}"),
-        ("Swin", f"embed {swin['embed_dim']}, depths {swin['depths']}, heads {swin['num_heads']}, "
-                 f"window {swin['window_size']}"),
-        ("decoder", f"hidden {info['hidden_dim']}, {info['pixel_decoder_layers']} pixel-decoder layers, "
-                    f"{info['masked_attention_layers']} masked-attention layers"),
-        ("adapters", f"{info['num_swin_adapters']} Swin (residual), {info['num_decoder_adapters']} decoder-side "
-                     f"({info['decoder_adapter_mode']} the projection)"),
+        (
+            "Swin",
+            f"embed {swin['embed_dim']}, depths {swin['depths']}, heads {swin['num_heads']}, "
+            f"window {swin['window_size']}",
+        ),
+        (
+            "decoder",
+            f"hidden {info['hidden_dim']}, {info['pixel_decoder_layers']} pixel-decoder layers, "
+            f"{info['masked_attention_layers']} masked-attention layers",
+        ),
+        (
+            "adapters",
+            f"{info['num_swin_adapters']} Swin (residual), {info['num_decoder_adapters']} decoder-side "
+            f"({info['decoder_adapter_mode']} the projection)",
+        ),
         ("loss points", str(info["train_num_points"])),
     ]
     for row in rows:

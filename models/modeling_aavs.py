@@ -78,8 +78,16 @@ QUERY_FEATURES = "model.model.transformer_module.queries_features."
 PRIOR_EMBEDDINGS = "model.model.transformer_module.decoder.prior_embeddings."
 CLASS_PREDICTOR = "model.class_predictor."
 AUDIO_PROJECTION = "audio_proj."
-PARTS = ("audio_projection", "query_embeddings", "query_features", "decoder_adapters", "class_predictor",
-         "prior_embeddings", "swin_adapters", "base")  # base: the rest, trainable only with config.train_base
+PARTS = (
+    "audio_projection",
+    "query_embeddings",
+    "query_features",
+    "decoder_adapters",
+    "class_predictor",
+    "prior_embeddings",
+    "swin_adapters",
+    "base",
+)  # base: the rest, trainable only with config.train_base
 # Semantic network -> parts trained in phase A; phase B adds the Swin adapters. The stage-two network has
 # no query_features part: the reference keeps them at their pre-trained ADE20k values in both phases, so
 # they belong to the (frozen) base; see AAVS.parameter_parts.
@@ -89,7 +97,12 @@ _PHASE_A = {
 }
 # transformers 5's SwinModel final norm: the Swin backbone never applies it and 4.x checkpoints lack it.
 UNUSED_SWIN_NORM = re.compile(r"pixel_level_module\.encoder\.swin\.layernorm\.")
-_M2F_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_M2F_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # The settings a Mask2Former config takes (its dataclass fields; class-level constants such as
 # model_type are not among them).
 _MASK2FORMER_FIELDS = frozenset(f.name for f in dataclasses.fields(Mask2FormerConfig))
@@ -402,7 +415,9 @@ class AAVS(nn.Module):
         else:
             targets = labels[index.to(labels.device)]
             scale = 1.0
-        mask_labels, class_labels = frame_targets(resize_labels(targets, self.config.image_size), self.config.num_labels)
+        mask_labels, class_labels = frame_targets(
+            resize_labels(targets, self.config.image_size), self.config.num_labels
+        )
         index = index.to(output.masks_queries_logits.device)
         # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
         # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them.
@@ -411,7 +426,9 @@ class AAVS(nn.Module):
             class_queries_logits=output.class_queries_logits[index].float(),
             mask_labels=[m.float() for m in mask_labels],
             class_labels=class_labels,
-            auxiliary_predictions=[{k: v[index].float() for k, v in aux.items()} for aux in output.auxiliary_logits or []],
+            auxiliary_predictions=[
+                {k: v[index].float() for k, v in aux.items()} for aux in output.auxiliary_logits or []
+            ],
         )
         return self.model.get_loss(loss_dict) * scale
 
@@ -428,8 +445,9 @@ class AAVS(nn.Module):
             masks = F.interpolate(masks.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]  # [Q, S, S]
             probs = classes.softmax(-1)[:, :-1]  # [Q, C]
             frame = torch.einsum("qc,qhw->chw", probs, masks.sigmoid())  # [C, S, S]
-            scores.append(F.interpolate(frame.unsqueeze(0), size=(MASK_SIZE, MASK_SIZE), mode="bilinear",
-                                        align_corners=False))
+            scores.append(
+                F.interpolate(frame.unsqueeze(0), size=(MASK_SIZE, MASK_SIZE), mode="bilinear", align_corners=False)
+            )
         return torch.cat(scores)  # [N, C, 224, 224]
 
     @torch.no_grad()
@@ -447,8 +465,9 @@ class AAVS(nn.Module):
             return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
         audio_t = torch.as_tensor(_as_array(audio), dtype=torch.float32)
         if tuple(audio_t.shape) != (t, self.config.audio_dim):
-            raise InputError(f"audio: expected [{t}, {self.config.audio_dim}] (one embedding per frame), "
-                             f"got {list(audio_t.shape)}")
+            raise InputError(
+                f"audio: expected [{t}, {self.config.audio_dim}] (one embedding per frame), got {list(audio_t.shape)}"
+            )
         prior_t = None
         if prior is not None:
             if not self.config.takes_prior:
@@ -467,8 +486,11 @@ class AAVS(nn.Module):
             scores = []
             for start in range(0, t, step):
                 chunk = slice(start, start + step)
-                output = self(pixel_values[chunk].to(device), audio_t[chunk].to(device),
-                              None if prior_t is None else prior_t[chunk].to(device))
+                output = self(
+                    pixel_values[chunk].to(device),
+                    audio_t[chunk].to(device),
+                    None if prior_t is None else prior_t[chunk].to(device),
+                )
                 scores.append(self.class_scores(output).float().cpu())
         finally:
             self.train(was_training)
@@ -499,8 +521,10 @@ def frame_targets(labels: Tensor, num_labels: int) -> tuple[list[Tensor], list[T
     """Label maps ``[N, H, W]`` -> per frame one binary mask ``[K, H, W]`` per class present (background
     included) and their classes ``[K]``, the targets of Mask2Former's loss."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
-        raise InputError(f"labels hold values in [{int(labels.min())}, {int(labels.max())}]; "
-                         f"this network has {num_labels} classes 0..{num_labels - 1}")
+        raise InputError(
+            f"labels hold values in [{int(labels.min())}, {int(labels.max())}]; "
+            f"this network has {num_labels} classes 0..{num_labels - 1}"
+        )
     mask_labels, class_labels = [], []
     for frame in labels:
         classes = torch.unique(frame)  # [K], sorted
@@ -565,7 +589,8 @@ def phase_parameter_groups(model: AAVS, phase: str, lr: float, weight_decay: flo
     parts = model.parameter_parts()
     return [
         {"name": part, "params": [p for _, p in parts[part]], "lr": lr, "weight_decay": weight_decay}
-        for part in phase_parts(model, phase) if parts[part]
+        for part in phase_parts(model, phase)
+        if parts[part]
     ]
 
 
@@ -573,8 +598,10 @@ def phase_parameter_groups(model: AAVS, phase: str, lr: float, weight_decay: flo
 def check_base_dir(path: str | Path) -> Path:
     """A local Hugging Face Mask2Former folder, resolved; InputError naming the missing file otherwise."""
     folder = Path(path).expanduser()
-    hint = ("expected a local Hugging Face Mask2Former checkpoint folder (config.json + model.safetensors or "
-            "pytorch_model.bin), e.g. facebook/mask2former-swin-base-ade-semantic downloaded beforehand")
+    hint = (
+        "expected a local Hugging Face Mask2Former checkpoint folder (config.json + model.safetensors or "
+        "pytorch_model.bin), e.g. facebook/mask2former-swin-base-ade-semantic downloaded beforehand"
+    )
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder; {hint}")
     if not (folder / "config.json").is_file():
@@ -613,9 +640,11 @@ def _apply_overrides(config: Mask2FormerConfig, fields: dict[str, Any], override
             except (StrictDataclassError, ValueError, TypeError) as err:
                 raise InputError(f"model setting {key}={value!r}: {err}") from err
         else:
-            raise InputError(f"unknown model setting {key!r}: expected one of {', '.join(aavs_fields)} or a "
-                             "Mask2Former config field (e.g. num_queries, train_num_points); the classes come "
-                             "from the data's label2idx.json")
+            raise InputError(
+                f"unknown model setting {key!r}: expected one of {', '.join(aavs_fields)} or a "
+                "Mask2Former config field (e.g. num_queries, train_num_points); the classes come "
+                "from the data's label2idx.json"
+            )
 
 
 def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversalSegmentation:
@@ -634,8 +663,12 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
     try:
         with _quiet_transformers():  # its load report and progress bar; we log what matters below
             mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
-                str(folder), config=config.mask2former, local_files_only=True, ignore_mismatched_sizes=True,
-                output_loading_info=True, dtype=torch.float32,  # fp32 master weights whatever the file's dtype
+                str(folder),
+                config=config.mask2former,
+                local_files_only=True,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                dtype=torch.float32,  # fp32 master weights whatever the file's dtype
             )
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         raise InputError(f"{folder}: could not load the Mask2Former weights ({type(err).__name__}: {err})") from err
@@ -646,7 +679,9 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
         mask2former.class_predictor.reset_parameters()
     missing = sorted(key for key in info.get("missing_keys", ()) if not UNUSED_SWIN_NORM.search(key))
     if missing:
-        log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(_few(missing)))
+        log.warning(
+            "%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(_few(missing))
+        )
     return mask2former
 
 
@@ -670,8 +705,13 @@ def build_from_config(config: AAVSConfig, load_base: bool = True) -> AAVS:
     return AAVS(config, _instantiate(config, load_base))
 
 
-def build_model(task: str, preset: str | None = None, pretrained: str | None = None,
-                classes: Sequence[str] | None = None, **overrides: Any) -> AAVS:
+def build_model(
+    task: str,
+    preset: str | None = None,
+    pretrained: str | None = None,
+    classes: Sequence[str] | None = None,
+    **overrides: Any,
+) -> AAVS:
     """An AAVS network for ``task`` (s4, ms3, avss-binary: stage one; avss: stage two) on a preset
     architecture (random weights) or a local pre-trained Mask2Former folder, in phase A.
 
@@ -704,10 +744,16 @@ def copy_state(own: dict[str, Tensor], given: dict[str, Tensor], strict: bool, w
     unknown keys, wrong shapes and (``strict``) missing keys are one InputError naming them."""
     unexpected = sorted(set(given) - set(own))
     missing = sorted(set(own) - set(given)) if strict else []
-    wrong = [f"{k} {list(v.shape)} (expected {list(own[k].shape)})"
-             for k, v in given.items() if k in own and v.shape != own[k].shape]
-    problems = [f"{label}: {', '.join(_few(keys))}" for label, keys in
-                (("unexpected keys", unexpected), ("missing keys", missing), ("wrong shapes", wrong)) if keys]
+    wrong = [
+        f"{k} {list(v.shape)} (expected {list(own[k].shape)})"
+        for k, v in given.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems = [
+        f"{label}: {', '.join(_few(keys))}"
+        for label, keys in (("unexpected keys", unexpected), ("missing keys", missing), ("wrong shapes", wrong))
+        if keys
+    ]
     if problems:
         raise InputError(f"{what} do not fit this AAVS network: " + "; ".join(problems))
     for key, value in given.items():

@@ -33,7 +33,10 @@ DEFAULT_IMAGE_SIZE = 384  # docs/method.md §1: frames go into the network at 38
 
 # Loss weights and points of the ADE20k checkpoint, which the reference keeps (docs/method.md §3).
 LOSS_SETTINGS: dict[str, Any] = {
-    "class_weight": 2.0, "mask_weight": 5.0, "dice_weight": 5.0, "no_object_weight": 0.1,
+    "class_weight": 2.0,
+    "mask_weight": 5.0,
+    "dice_weight": 5.0,
+    "no_object_weight": 0.1,
     "train_num_points": 12544,
 }
 
@@ -52,26 +55,54 @@ def task_sizes(task: str, preset: str | None = None, classes: Sequence[str] | No
 
 def _swin_base() -> tuple[Mask2FormerConfig, int]:
     backbone = SwinConfig(
-        image_size=384, patch_size=4, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
-        window_size=12, mlp_ratio=4.0, drop_path_rate=0.3, out_features=SWIN_STAGES,
+        image_size=384,
+        patch_size=4,
+        embed_dim=128,
+        depths=[2, 2, 18, 2],
+        num_heads=[4, 8, 16, 32],
+        window_size=12,
+        mlp_ratio=4.0,
+        drop_path_rate=0.3,
+        out_features=SWIN_STAGES,
     )
     config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=256, mask_feature_size=256, hidden_dim=256,
-        encoder_feedforward_dim=1024, encoder_layers=6, decoder_layers=10, num_attention_heads=8,
-        dim_feedforward=2048, **LOSS_SETTINGS,
+        backbone_config=backbone,
+        feature_size=256,
+        mask_feature_size=256,
+        hidden_dim=256,
+        encoder_feedforward_dim=1024,
+        encoder_layers=6,
+        decoder_layers=10,
+        num_attention_heads=8,
+        dim_feedforward=2048,
+        **LOSS_SETTINGS,
     )
     return config, DEFAULT_IMAGE_SIZE
 
 
 def _tiny() -> tuple[Mask2FormerConfig, int]:
     backbone = SwinConfig(
-        image_size=128, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
-        window_size=4, mlp_ratio=2.0, drop_path_rate=0.0, out_features=SWIN_STAGES,
+        image_size=128,
+        patch_size=4,
+        embed_dim=32,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8],
+        window_size=4,
+        mlp_ratio=2.0,
+        drop_path_rate=0.0,
+        out_features=SWIN_STAGES,
     )
     config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=64, mask_feature_size=64, hidden_dim=64,
-        encoder_feedforward_dim=128, encoder_layers=2, decoder_layers=4, num_attention_heads=4,
-        dim_feedforward=128, **{**LOSS_SETTINGS, "train_num_points": 1024},
+        backbone_config=backbone,
+        feature_size=64,
+        mask_feature_size=64,
+        hidden_dim=64,
+        encoder_feedforward_dim=128,
+        encoder_layers=2,
+        decoder_layers=4,
+        num_attention_heads=4,
+        dim_feedforward=128,
+        **{**LOSS_SETTINGS, "train_num_points": 1024},
     )
     return config, 128
 

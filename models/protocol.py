@@ -51,8 +51,14 @@ class SegmentationModel(Protocol):
     config: ModelConfig
     phase: str | None  # the training phase set last (see the module docstring)
 
-    def __call__(self, pixel_values: Tensor, audio: Tensor, prior: Tensor | None = None,
-                 labels: Tensor | None = None, loss_frames: Tensor | None = None) -> ModelOutput:
+    def __call__(
+        self,
+        pixel_values: Tensor,
+        audio: Tensor,
+        prior: Tensor | None = None,
+        labels: Tensor | None = None,
+        loss_frames: Tensor | None = None,
+    ) -> ModelOutput:
         """Frames ``[N, 3, S, S]`` normalised, audio ``[N, 128]`` (one embedding per frame), prior
         ``[N, h, w]`` in [0, 1] for a task that takes one, labels ``[N, H, W]`` class per pixel,
         ``loss_frames`` ``[N]`` bool (frames counting in the loss; default all)."""

@@ -71,15 +71,24 @@ def get_model_type(name: str) -> ModelType:
     return entry
 
 
-def build(model_type: str, task: str, *, preset: str | None = None, pretrained: str | None = None,
-          classes: Sequence[str] | None = None, **overrides: Any) -> SegmentationModel:
+def build(
+    model_type: str,
+    task: str,
+    *,
+    preset: str | None = None,
+    pretrained: str | None = None,
+    classes: Sequence[str] | None = None,
+    **overrides: Any,
+) -> SegmentationModel:
     """A fresh ``model_type`` network for ``task`` on a preset or a local pre-trained folder."""
-    return get_model_type(model_type).function("build")(task, preset=preset, pretrained=pretrained,
-                                                        classes=classes, **overrides)
+    return get_model_type(model_type).function("build")(
+        task, preset=preset, pretrained=pretrained, classes=classes, **overrides
+    )
 
 
-def load(path: str | Path, model_type: str = DEFAULT_TYPE, base: str | None = None,
-         task: str | None = None) -> SegmentationModel:
+def load(
+    path: str | Path, model_type: str = DEFAULT_TYPE, base: str | None = None, task: str | None = None
+) -> SegmentationModel:
     """A ``model_type`` network from a checkpoint (``base`` overrides the stored base folder)."""
     return get_model_type(model_type).function("load")(path, base=base, task=task)
 
@@ -89,10 +98,12 @@ def read_weights(folder: str | Path, model_type: str = DEFAULT_TYPE) -> dict[str
     return get_model_type(model_type).function("read_weights")(folder)
 
 
-register(ModelType(
-    name="aavs",
-    description="AAVS: Mask2Former with adaptive audio queries and bottleneck adapters (Ma et al., ECCV 2024)",
-    build="aavs.models.modeling_aavs:build_model",
-    load="aavs.models.checkpoint:load_model",
-    read_weights="aavs.models.checkpoint:read_weights",
-))
+register(
+    ModelType(
+        name="aavs",
+        description="AAVS: Mask2Former with adaptive audio queries and bottleneck adapters (Ma et al., ECCV 2024)",
+        build="aavs.models.modeling_aavs:build_model",
+        load="aavs.models.checkpoint:load_model",
+        read_weights="aavs.models.checkpoint:read_weights",
+    )
+)

@@ -59,9 +59,12 @@ class VGGish(nn.Module):
         # Same indices (0, 2, 4) as the release's Sequential, so its parameter names load unchanged;
         # the release's port has a ReLU after index 4, which the reference's extractor does not apply.
         self.embeddings = nn.Sequential(
-            nn.Linear(512 * 4 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, EMBEDDING_SIZE))
+            nn.Linear(512 * 4 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, EMBEDDING_SIZE),
+        )
         # PCA post-processing; buffers so that they follow .to(device) but stay out of the state dict
         # of the release's weights file.
         self.register_buffer("pca_eigen_vectors", None, persistent=False)
@@ -125,8 +128,10 @@ def _load_weights(model: VGGish, path: Path) -> None:
     missing = [k for k in expected_keys if k not in state]
     unexpected = [k for k in state if k not in model.state_dict()]
     if missing or unexpected:
-        raise InputError(f"{path}: not a VGGish state dict: missing keys {missing or 'none'}, "
-                         f"unexpected keys {unexpected[:8] or 'none'} (expected {', '.join(expected_keys)})")
+        raise InputError(
+            f"{path}: not a VGGish state dict: missing keys {missing or 'none'}, "
+            f"unexpected keys {unexpected[:8] or 'none'} (expected {', '.join(expected_keys)})"
+        )
     for key, value in model.state_dict().items():
         if state[key].shape != value.shape:
             raise InputError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}")
@@ -187,13 +192,14 @@ def feature_mode(pca: str | os.PathLike | None) -> str:
 def warn_random_init() -> None:
     """Says where real weights are given, in the words of both places (``aavs run`` says it once, at
     the start, when it embeds the data's audio; trials and tasks say it in their log files)."""
-    log.warning("no VGGish weights given (model.vggish in the experiment file, --vggish on the command line): "
-                "audio embeddings come from a randomly initialised VGGish, only meaningful for tests and "
-                "synthetic data")
+    log.warning(
+        "no VGGish weights given (model.vggish in the experiment file, --vggish on the command line): "
+        "audio embeddings come from a randomly initialised VGGish, only meaningful for tests and "
+        "synthetic data"
+    )
 
 
-def load_vggish(weights: str | os.PathLike | None = None,
-                pca: str | os.PathLike | None = None) -> tuple[VGGish, str]:
+def load_vggish(weights: str | os.PathLike | None = None, pca: str | os.PathLike | None = None) -> tuple[VGGish, str]:
     """(model in eval mode, :func:`weights_identity`). Without weights: the seeded random network."""
     if weights is None:
         weights_identity(None, pca)  # refuses PCA without weights

@@ -31,10 +31,14 @@ log = logging.getLogger("aavs")
 DEFAULT_JOB_API = "http://127.0.0.1:8265"  # the dashboard's job API on a head started as cluster/README.md says
 # The embeddings default to VGGish's raw last-fc output, as the reference feeds them (docs/method.md
 # §2); the AudioSet post-processing is a different feature space, only on request.
-VGGISH_PCA_HELP = ("opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
-                   "(.pth or .npz; needs --vggish) instead of the raw last-fc output")
-FORCE_HELP = ("take over the results folder's lock left by a run on another host (that run must be gone; "
-              "a stale lock of this host is taken over without it)")
+VGGISH_PCA_HELP = (
+    "opt-in: AudioSet post-processing (PCA, clip, 8-bit quantise) with these PCA parameters "
+    "(.pth or .npz; needs --vggish) instead of the raw last-fc output"
+)
+FORCE_HELP = (
+    "take over the results folder's lock left by a run on another host (that run must be gone; "
+    "a stale lock of this host is taken over without it)"
+)
 DATA_CLASSES_HELP = "a data root whose label2idx.json names the avss classes (default: AVSBench's 71)"
 
 
@@ -111,8 +115,9 @@ def _data_classes(data: str | None) -> tuple[str, ...] | None:
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from aavs.models.checkpoint import import_released_checkpoint
 
-    out = import_released_checkpoint(args.released, base=args.base, task=args.task, out=args.out,
-                                     classes=_data_classes(args.data))
+    out = import_released_checkpoint(
+        args.released, base=args.base, task=args.task, out=args.out, classes=_data_classes(args.data)
+    )
     log.info("wrote %s", out)
     return 0
 
@@ -121,9 +126,17 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
 
-    scores = evaluate_checkpoint(args.checkpoint, args.data, task=args.task, split=args.split,
-                                 prior=args.prior, save_masks=args.save_masks, base=args.base,
-                                 vggish=args.vggish, vggish_pca=args.vggish_pca)
+    scores = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        task=args.task,
+        split=args.split,
+        prior=args.prior,
+        save_masks=args.save_masks,
+        base=args.base,
+        vggish=args.vggish,
+        vggish_pca=args.vggish_pca,
+    )
     if args.json:
         _print_json(scores)
     else:
@@ -137,15 +150,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 2 when any video failed (each is named on stderr); the others are still written."""
     from aavs.orchestrator.predict import model_source, predict_videos
 
-    source = model_source(args.checkpoint, args.prior_checkpoint, args.experiment, args.stage, args.base,
-                          args.vggish, args.vggish_pca, args.cache)
-    summary = predict_videos(args.inputs, args.out, source, overwrite=args.overwrite, use_ray=args.ray,
-                             actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+    source = model_source(
+        args.checkpoint,
+        args.prior_checkpoint,
+        args.experiment,
+        args.stage,
+        args.base,
+        args.vggish,
+        args.vggish_pca,
+        args.cache,
+    )
+    summary = predict_videos(
+        args.inputs,
+        args.out,
+        source,
+        overwrite=args.overwrite,
+        use_ray=args.ray,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+    )
     if args.json:
         _print_json(summary)
     else:
-        log.info("%d videos predicted, %d skipped, %d failed (%d s of video in %.1f s) -> %s", summary["done"],
-                 summary["skipped"], summary["failed"], summary["seconds"], summary["wall_s"], args.out)
+        log.info(
+            "%d videos predicted, %d skipped, %d failed (%d s of video in %.1f s) -> %s",
+            summary["done"],
+            summary["skipped"],
+            summary["failed"],
+            summary["seconds"],
+            summary["wall_s"],
+            args.out,
+        )
     for video in summary["videos"]:
         if video["status"] == "failed":
             sys.stderr.write(f"aavs: failed: {video['error']}\n")
@@ -165,12 +200,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         from aavs.orchestrator.experiment.stages import effective_config
 
         spec, _ = load_spec(args.experiment, args.set)
-        sys.stdout.write(yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True,
-                                        width=1000))
+        sys.stdout.write(
+            yaml.safe_dump(effective_config(spec, args.results), sort_keys=False, allow_unicode=True, width=1000)
+        )
         return 0
     with _run_console() as console:
-        results = run_experiment(args.experiment, overrides=args.set, results_root=args.results, local=args.local,
-                                 console=console, verbose=args.verbose, force=args.force)
+        results = run_experiment(
+            args.experiment,
+            overrides=args.set,
+            results_root=args.results,
+            local=args.local,
+            console=console,
+            verbose=args.verbose,
+            force=args.force,
+        )
         console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
         _logs_hint(console, results)
     return 0
@@ -202,8 +245,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard
 
     with _run_console() as console:
-        results = resume_experiment(args.results_dir, local=args.local, console=console, verbose=args.verbose,
-                                    force=args.force)
+        results = resume_experiment(
+            args.results_dir, local=args.local, console=console, verbose=args.verbose, force=args.force
+        )
         console.print(render_leaderboard(load_leaderboard(results)), soft_wrap=True)
         _logs_hint(console, results)
     return 0
@@ -242,7 +286,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         target = output_capture.resolve(results, args.target)
         files, done, prefix = (lambda: [target]), (lambda: not args.follow or output_capture.trial_done(target)), False
     elif args.follow:
-        files, done, prefix = (lambda: output_capture.log_files(results)), (lambda: output_capture.experiment_done(results)), True
+        files, done, prefix = (
+            (lambda: output_capture.log_files(results)),
+            (lambda: output_capture.experiment_done(results)),
+            True,
+        )
     else:
         rows = output_capture.log_files(results)
         width = max((len(f.label) for f in rows), default=0)
@@ -264,8 +312,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Exit status 0 once submitted (with --follow: when the job SUCCEEDED), 1 when it did not succeed."""
     from aavs.orchestrator.experiment import submit
 
-    job = submit.prepare_submission(args.experiment, args.set, results=args.results,
-                                    working_dir=args.working_dir, runtime_env_file=args.runtime_env)
+    job = submit.prepare_submission(
+        args.experiment, args.set, results=args.results, working_dir=args.working_dir, runtime_env_file=args.runtime_env
+    )
     client = submit.connect(args.address, insecure=args.insecure)
     job_id = submit.submit(client, job)
     sys.stdout.write(job_id + "\n")
@@ -281,8 +330,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         _console().print(render_leaderboard(load_leaderboard(job.results_dir)))
     else:
-        log.warning("%s is not visible from this machine: run `aavs leaderboard` where the cluster's "
-                    "storage is mounted", job.results_dir)
+        log.warning(
+            "%s is not visible from this machine: run `aavs leaderboard` where the cluster's storage is mounted",
+            job.results_dir,
+        )
     return 0 if status.value == "SUCCEEDED" else 1
 
 
@@ -309,8 +360,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- parsing
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aavs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging; `run`/`resume`: the trials' output also on this terminal")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging; `run`/`resume`: the trials' output also on this terminal",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="AVSBench data sets").add_subparsers(dest="data_command", required=True)
@@ -359,8 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on one split (and its masks)")
     p.add_argument("checkpoint", help="our checkpoint folder, or a released .pth with --base and --task")
     p.add_argument("--data", required=True)
-    p.add_argument("--task", choices=task_names(), default=None,
-                   help="default: the checkpoint's own task")
+    p.add_argument("--task", choices=task_names(), default=None, help="default: the checkpoint's own task")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--prior", default=None, help="stage one's masks folder (AVSS)")
     p.add_argument("--save-masks", default=None, help="write the predicted masks here")
@@ -381,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, help="Mask2Former folder, when the checkpoint's base has moved")
     p.add_argument("--vggish", default=None, help="converted VGGish weights (default: the experiment's; random init)")
     p.add_argument("--vggish-pca", default=None, help=VGGISH_PCA_HELP)
-    p.add_argument("--cache", default=None, help="embedding cache folder (default: the experiment's, or $AAVS_CACHE_DIR)")
+    p.add_argument(
+        "--cache", default=None, help="embedding cache folder (default: the experiment's, or $AAVS_CACHE_DIR)"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo videos whose output folder exists")
     p.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (decode, embed, predict, write)")
     p.add_argument("--actors", type=int, default=1, help="--ray: prediction actors (default 1)")
@@ -394,11 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="no Ray: trials one after another in this process")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key of the file")
     p.add_argument("--results", default="results", help="results root (default: ./results)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print every stage's training config with the method's defaults, and run nothing")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the file and check its data root, run nothing (exit status 2 on any problem); "
-                        "writes only the data check's cache ($AAVS_CACHE_DIR/data-check)")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every stage's training config with the method's defaults, and run nothing",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the file and check its data root, run nothing (exit status 2 on any problem); "
+        "writes only the data check's cache ($AAVS_CACHE_DIR/data-check)",
+    )
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_run)
 
@@ -408,8 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted experiment (in the mode it was started in)")
     p.add_argument("results_dir")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--local", dest="local", action="store_true", default=None,
-                      help="continue in this process, whatever the run was started with")
+    mode.add_argument(
+        "--local",
+        dest="local",
+        action="store_true",
+        default=None,
+        help="continue in this process, whatever the run was started with",
+    )
     mode.add_argument("--ray", dest="local", action="store_false", help="continue on Ray")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_resume)
@@ -419,12 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=DEFAULT_JOB_API, help=f"the cluster's job API (default: {DEFAULT_JOB_API})")
     p.add_argument("--follow", action="store_true", help="stream the job's logs, then show the leaderboard")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a key of the file")
-    p.add_argument("--results", default="results",
-                   help="results root, a path every node sees (made absolute here; default: ./results)")
+    p.add_argument(
+        "--results",
+        default="results",
+        help="results root, a path every node sees (made absolute here; default: ./results)",
+    )
     p.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
     p.add_argument("--runtime-env", default=None, help="a Ray runtime_env YAML to start from (pip, env_vars ...)")
-    p.add_argument("--insecure", action="store_true",
-                   help="submit to a job API on another host without a token (RAY_AUTH_TOKEN)")
+    p.add_argument(
+        "--insecure", action="store_true", help="submit to a job API on another host without a token (RAY_AUTH_TOKEN)"
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("leaderboard", help="rich table of trials and stages")
@@ -441,10 +512,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="the trials' and tasks' output (without TARGET: the list of log files)")
     p.add_argument("results_dir")
-    p.add_argument("target", nargs="?", default=None, metavar="STAGE/TRIAL",
-                   help="a trial (localize/t000) or a stage's task (localize/masks, localize/test, localize/report)")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing new lines until the trial ends (without TARGET: every log, until the run ends)")
+    p.add_argument(
+        "target",
+        nargs="?",
+        default=None,
+        metavar="STAGE/TRIAL",
+        help="a trial (localize/t000) or a stage's task (localize/masks, localize/test, localize/report)",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines until the trial ends (without TARGET: every log, until the run ends)",
+    )
     p.set_defaults(func=cmd_logs)
     return parser
 

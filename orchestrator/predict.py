@@ -104,7 +104,9 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
         raise InputError(f"--stage {stage}: {results_dir} has the stages {', '.join(stages)}")
     prior = stages[stage].get("prior")
     if prior and stages[prior].get("prior"):
-        raise InputError(f"{spec_file}: stage {prior} (the prior of {stage}) takes a prior itself; only two stages chain")
+        raise InputError(
+            f"{spec_file}: stage {prior} (the prior of {stage}) takes a prior itself; only two stages chain"
+        )
     model = spec.get("model", {})
     return ModelSource(
         checkpoint=_best_checkpoint(results_dir, stage),
@@ -119,8 +121,10 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
 def _best_checkpoint(results_dir: Path, stage: str) -> str:
     best = results.read_best(results_dir / stage)  # a file that is not a best.json: InputError naming it
     if best is None:
-        raise InputError(f"{results_dir / stage / results.BEST_FILE}: missing (stage {stage} has not finished: "
-                         f"`aavs resume {results_dir}`)")
+        raise InputError(
+            f"{results_dir / stage / results.BEST_FILE}: missing (stage {stage} has not finished: "
+            f"`aavs resume {results_dir}`)"
+        )
     return best.checkpoint
 
 
@@ -149,14 +153,20 @@ class Models:
         src = self.source
         if self.prior is not None:
             if get_task(self.prior.config.task).semantic:
-                raise InputError(f"{src.prior_checkpoint}: a prior comes from a binary (stage-one) network, "
-                                 f"this one is {self.prior.config.task}")
+                raise InputError(
+                    f"{src.prior_checkpoint}: a prior comes from a binary (stage-one) network, "
+                    f"this one is {self.prior.config.task}"
+                )
             if not get_task(self.main.config.task).takes_prior:
-                raise InputError(f"{src.checkpoint}: a {self.main.config.task} network takes no prior "
-                                 "(only the semantic avss network does)")
+                raise InputError(
+                    f"{src.checkpoint}: a {self.main.config.task} network takes no prior "
+                    "(only the semantic avss network does)"
+                )
             if self.prior.config.image_size != self.main.config.image_size:
-                raise InputError(f"{src.prior_checkpoint}: input size {self.prior.config.image_size}, but "
-                                 f"{src.checkpoint} takes {self.main.config.image_size}; both must match")
+                raise InputError(
+                    f"{src.prior_checkpoint}: input size {self.prior.config.image_size}, but "
+                    f"{src.checkpoint} takes {self.main.config.image_size}; both must match"
+                )
         elif get_task(self.main.config.task).takes_prior:
             log.warning("%s: a stage-two network without a prior checkpoint runs as the stage-one AAVS", src.checkpoint)
 
@@ -165,8 +175,11 @@ class Models:
         return self.main.config.image_size
 
     def describe(self) -> dict[str, Any]:
-        return {"checkpoint": self.source.checkpoint, "task": self.main.config.task,
-                "prior_checkpoint": self.source.prior_checkpoint}
+        return {
+            "checkpoint": self.source.checkpoint,
+            "task": self.main.config.task,
+            "prior_checkpoint": self.source.prior_checkpoint,
+        }
 
     def embedder(self) -> WindowEmbedder:
         return WindowEmbedder(self.source.vggish, self.source.vggish_pca, self.source.cache_dir)
@@ -194,25 +207,46 @@ class Models:
 
     def _sounding(self, mask: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         classes, counts = np.unique(mask, return_counts=True)
-        found = [{"index": int(c), "name": self.class_names[c], "share": round(float(n) / mask.size, 6),
-                  "score": round(float(scores[c][mask == c].mean()), 6)}
-                 for c, n in zip(classes, counts) if c != 0]
+        found = [
+            {
+                "index": int(c),
+                "name": self.class_names[c],
+                "share": round(float(n) / mask.size, 6),
+                "score": round(float(scores[c][mask == c].mean()), 6),
+            }
+            for c, n in zip(classes, counts)
+            if c != 0
+        ]
         return sorted(found, key=lambda item: (-item["share"], item["index"]))
 
 
-def load_models(checkpoint: str | Path | None = None, prior_checkpoint: str | Path | None = None,
-                experiment: str | Path | None = None, stage: str | None = None, base: str | None = None,
-                vggish: str | None = None, vggish_pca: str | None = None, cache_dir: str | Path | None = None,
-                device: torch.device | str | None = None) -> Models:
+def load_models(
+    checkpoint: str | Path | None = None,
+    prior_checkpoint: str | Path | None = None,
+    experiment: str | Path | None = None,
+    stage: str | None = None,
+    base: str | None = None,
+    vggish: str | None = None,
+    vggish_pca: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> Models:
     """Networks for :func:`predict_video`: ``experiment`` (a results folder) or ``checkpoint`` [+ ``prior_checkpoint``]."""
-    return Models(model_source(checkpoint, prior_checkpoint, experiment, stage, base, vggish, vggish_pca, cache_dir),
-                  device)
+    return Models(
+        model_source(checkpoint, prior_checkpoint, experiment, stage, base, vggish, vggish_pca, cache_dir), device
+    )
 
 
-def model_source(checkpoint: str | Path | None = None, prior_checkpoint: str | Path | None = None,
-                 experiment: str | Path | None = None, stage: str | None = None, base: str | None = None,
-                 vggish: str | None = None, vggish_pca: str | None = None,
-                 cache_dir: str | Path | None = None) -> ModelSource:
+def model_source(
+    checkpoint: str | Path | None = None,
+    prior_checkpoint: str | Path | None = None,
+    experiment: str | Path | None = None,
+    stage: str | None = None,
+    base: str | None = None,
+    vggish: str | None = None,
+    vggish_pca: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> ModelSource:
     cache = str(cache_dir) if cache_dir is not None else None
     if (experiment is None) == (checkpoint is None):
         raise InputError("give either an experiment results folder (--experiment) or a checkpoint (--checkpoint)")
@@ -222,8 +256,14 @@ def model_source(checkpoint: str | Path | None = None, prior_checkpoint: str | P
         return experiment_source(experiment, stage, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
     if stage is not None:
         raise InputError("--stage picks a stage of an --experiment")
-    return ModelSource(str(checkpoint), str(prior_checkpoint) if prior_checkpoint else None, base=base,
-                       vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
+    return ModelSource(
+        str(checkpoint),
+        str(prior_checkpoint) if prior_checkpoint else None,
+        base=base,
+        vggish=vggish,
+        vggish_pca=vggish_pca,
+        cache_dir=cache,
+    )
 
 
 # ----------------------------------------------------------------------------- per-window steps
@@ -237,12 +277,28 @@ def decode_rows(video: dict[str, Any], image_size: int) -> Iterator[dict[str, An
     try:
         for window in iter_windows(video["path"], image_size):
             samples = np.zeros(0) if window.samples is None else window.samples
-            yield {**video, "window": window.index, "start": window.start, "frames": window.frames,
-                   "samples": samples, "rate": window.rate, "error": "", "t_decode": time.perf_counter() - clock}
+            yield {
+                **video,
+                "window": window.index,
+                "start": window.start,
+                "frames": window.frames,
+                "samples": samples,
+                "rate": window.rate,
+                "error": "",
+                "t_decode": time.perf_counter() - clock,
+            }
             clock = time.perf_counter()
     except InputError as err:
-        yield {**video, "window": -1, "start": 0, "frames": np.zeros((0, image_size, image_size, 3), np.uint8),
-               "samples": np.zeros(0), "rate": 0, "error": str(err), "t_decode": 0.0}
+        yield {
+            **video,
+            "window": -1,
+            "start": 0,
+            "frames": np.zeros((0, image_size, image_size, 3), np.uint8),
+            "samples": np.zeros(0),
+            "rate": 0,
+            "error": str(err),
+            "t_decode": 0.0,
+        }
 
 
 def _step(row: dict[str, Any], drop: tuple[str, ...], add: dict[str, Any]) -> dict[str, Any]:
@@ -260,10 +316,21 @@ def embed_row(row: dict[str, Any], embedder: WindowEmbedder) -> dict[str, Any]:
 def predict_row(row: dict[str, Any], models: Models) -> dict[str, Any]:
     """Replaces frames and audio by the window's ``masks`` and per-second ``sounding`` classes (JSON)."""
     clock = time.perf_counter()
-    masks, sounding = (np.zeros((0, MASK_SIZE, MASK_SIZE), np.uint8), []) if row["error"] else \
-        models.predict(row["frames"], row["audio"])
-    return _step(row, ("frames", "audio"), {"masks": masks, "sounding": json.dumps(sounding),
-                                            "binary": models.binary, "t_model": time.perf_counter() - clock})
+    masks, sounding = (
+        (np.zeros((0, MASK_SIZE, MASK_SIZE), np.uint8), [])
+        if row["error"]
+        else models.predict(row["frames"], row["audio"])
+    )
+    return _step(
+        row,
+        ("frames", "audio"),
+        {
+            "masks": masks,
+            "sounding": json.dumps(sounding),
+            "binary": models.binary,
+            "t_model": time.perf_counter() - clock,
+        },
+    )
 
 
 def write_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -302,15 +369,22 @@ class VideoJob:
 def timeline_document(job: VideoJob, models: dict[str, Any]) -> dict[str, Any]:
     info = job.info
     return {
-        "video": str(job.path), "seconds": len(job.timeline()), "fps": info.fps, "width": info.width,
-        "height": info.height, "audio": "present" if info.has_audio else "no audio track: predicted as silence",
-        "frame_of_second_t": FRAME_INSTANT, "window_seconds": WINDOW_SECONDS, "models": models,
+        "video": str(job.path),
+        "seconds": len(job.timeline()),
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+        "audio": "present" if info.has_audio else "no audio track: predicted as silence",
+        "frame_of_second_t": FRAME_INSTANT,
+        "window_seconds": WINDOW_SECONDS,
+        "models": models,
         "timeline": job.timeline(),
     }
 
 
-def finish_video(job: VideoJob, folder: Path, class_names: tuple[str, ...], binary: bool,
-                 models: dict[str, Any]) -> dict[str, float]:
+def finish_video(
+    job: VideoJob, folder: Path, class_names: tuple[str, ...], binary: bool, models: dict[str, Any]
+) -> dict[str, float]:
     """overlay.mp4 and timeline.json of a video whose masks are written; returns the overlay's time."""
     clock = time.perf_counter()
     timeline = job.timeline()
@@ -361,8 +435,9 @@ class _Blend:
     """One second's overlay as integer alpha blending: ``out = (frame * (256 - a) + term) >> 8``, with
     the mask's colours at OVERLAY_ALPHA and the legend on top, computed once per second."""
 
-    def __init__(self, mask_path: Path, binary: bool, size: tuple[int, int], classes: list[dict[str, Any]],
-                 colours: np.ndarray) -> None:
+    def __init__(
+        self, mask_path: Path, binary: bool, size: tuple[int, int], classes: list[dict[str, Any]], colours: np.ndarray
+    ) -> None:
         mask_rgb, sounding = _mask_layer(mask_path, binary, size)
         alpha = np.where(sounding, round(255 * OVERLAY_ALPHA), 0).astype(np.uint8)
         layer = Image.fromarray(np.dstack([mask_rgb, alpha]), mode="RGBA")
@@ -376,8 +451,9 @@ class _Blend:
         return ((rgb * self.keep + self.term) >> 8).astype(np.uint8)
 
 
-def overlay_frames(video: Path, masks: Path, timeline: list[dict[str, Any]], class_names: tuple[str, ...],
-                   binary: bool) -> Iterator[np.ndarray]:
+def overlay_frames(
+    video: Path, masks: Path, timeline: list[dict[str, Any]], class_names: tuple[str, ...], binary: bool
+) -> Iterator[np.ndarray]:
     """Every frame of the video (even width and height, as H.264 needs) with its second's mask blended
     in and a legend; frames after the last predicted second keep that second's mask."""
     colours = palette(max(len(class_names), 2))
@@ -387,17 +463,18 @@ def overlay_frames(video: Path, masks: Path, timeline: list[dict[str, Any]], cla
         rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
         second = min(max(int(start), 0), len(timeline) - 1)
         if current[0] != second:
-            blend = _Blend(masks / f"{second}.png", binary, (rgb.shape[1], rgb.shape[0]),
-                           timeline[second]["sounding"], colours)
+            blend = _Blend(
+                masks / f"{second}.png", binary, (rgb.shape[1], rgb.shape[0]), timeline[second]["sounding"], colours
+            )
             current = (second, blend)
         yield current[1](rgb)
 
 
-def write_overlay(video: Path, masks: Path, out: Path, timeline: list[dict[str, Any]],
-                  class_names: tuple[str, ...], binary: bool) -> None:
+def write_overlay(
+    video: Path, masks: Path, out: Path, timeline: list[dict[str, Any]], class_names: tuple[str, ...], binary: bool
+) -> None:
     fps = probe(video).fps or 1
-    write_video(out, overlay_frames(video, masks, timeline, class_names, binary), rate=_rate(fps),
-                options=OVERLAY_X264)
+    write_video(out, overlay_frames(video, masks, timeline, class_names, binary), rate=_rate(fps), options=OVERLAY_X264)
 
 
 def _rate(fps: float) -> Fraction:
@@ -434,8 +511,14 @@ def predict_video(path: str | Path, models: Models) -> VideoPrediction:
         row = predict_row(embed_row(row, embedder), models)
         masks.append(row["masks"])
         sounding += json.loads(row["sounding"])
-    return VideoPrediction(path, np.concatenate(masks), [{"second": t, "sounding": s} for t, s in enumerate(sounding)],
-                           models.class_names, models.binary, info.has_audio)
+    return VideoPrediction(
+        path,
+        np.concatenate(masks),
+        [{"second": t, "sounding": s} for t, s in enumerate(sounding)],
+        models.class_names,
+        models.binary,
+        info.has_audio,
+    )
 
 
 # ------------------------------------------------------------------------------------ many videos
@@ -462,11 +545,18 @@ class Outcome:
     seconds: int = 0
 
     def as_dict(self, out: Path) -> dict[str, Any]:
-        item = {"video": str(self.job.path), "name": self.job.name, "status": self.status,
-                "folder": str(out / self.job.name)}
+        item = {
+            "video": str(self.job.path),
+            "name": self.job.name,
+            "status": self.status,
+            "folder": str(out / self.job.name),
+        }
         if self.status == "done":
-            item.update(seconds=self.seconds, timings={k: round(v, 3) for k, v in self.job.timings.items()},
-                        sounding_classes=sorted({c["name"] for s in self.job.timeline() for c in s["sounding"]}))
+            item.update(
+                seconds=self.seconds,
+                timings={k: round(v, 3) for k, v in self.job.timings.items()},
+                sounding_classes=sorted({c["name"] for s in self.job.timeline() for c in s["sounding"]}),
+            )
         if self.error:
             item["error"] = self.error
         return item
@@ -498,8 +588,15 @@ class ProgressView:
         self.progress.advance(self.videos)
 
 
-def predict_videos(inputs: Iterable[str | Path], out: str | Path, source: ModelSource, overwrite: bool = False,
-                   use_ray: bool = False, actors: int = 1, gpus_per_actor: float = 0) -> dict[str, Any]:
+def predict_videos(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    source: ModelSource,
+    overwrite: bool = False,
+    use_ray: bool = False,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+) -> dict[str, Any]:
     """``aavs predict``: every video of ``inputs`` into ``out/<name>/``; a summary (failures included)."""
     out = Path(out)
     started = time.perf_counter()
@@ -534,12 +631,17 @@ def _summary(outcomes: list[Outcome], out: Path, wall: float) -> dict[str, Any]:
     videos = [order[name].as_dict(out) for name in sorted(order)]
     counts = {status: sum(v["status"] == status for v in videos) for status in ("done", "skipped", "failed")}
     seconds = sum(v.get("seconds", 0) for v in videos)
-    return {"out": str(out), "videos": videos, **counts, "seconds": seconds, "wall_s": round(wall, 3),
-            "video_seconds_per_second": round(seconds / wall, 3) if wall > 0 else None}
+    return {
+        "out": str(out),
+        "videos": videos,
+        **counts,
+        "seconds": seconds,
+        "wall_s": round(wall, 3),
+        "video_seconds_per_second": round(seconds / wall, 3) if wall > 0 else None,
+    }
 
 
-def _run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView,
-               **_: Any) -> list[Outcome]:
+def _run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView, **_: Any) -> list[Outcome]:
     """One process: each video's windows through the steps, one after the other."""
     models = Models(source)
     embedder = models.embedder()
@@ -548,8 +650,9 @@ def _run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progr
         try:
             with atomic_dir(out / job.name) as folder:
                 seconds = 0
-                for row in decode_rows({"path": str(job.path), "name": job.name, "folder": str(folder)},
-                                       models.image_size):
+                for row in decode_rows(
+                    {"path": str(job.path), "name": job.name, "folder": str(folder)}, models.image_size
+                ):
                     if row["error"]:
                         raise InputError(row["error"])
                     n = job.add(write_row(predict_row(embed_row(row, embedder), models)))
@@ -580,8 +683,9 @@ class _PredictStep:
         return predict_row(row, self.models)
 
 
-def _finish_remote(job: VideoJob, folder: str, class_names: tuple[str, ...], binary: bool,
-                   models: dict[str, Any]) -> dict[str, float] | str:
+def _finish_remote(
+    job: VideoJob, folder: str, class_names: tuple[str, ...], binary: bool, models: dict[str, Any]
+) -> dict[str, float] | str:
     """Ray task: a video's overlay and timeline; an error message instead of raising (bad input)."""
     try:
         return finish_video(job, Path(folder), class_names, binary, models)
@@ -589,8 +693,9 @@ def _finish_remote(job: VideoJob, folder: str, class_names: tuple[str, ...], bin
         return str(err)
 
 
-def _run_ray(jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView, actors: int = 1,
-             gpus_per_actor: float = 0) -> list[Outcome]:
+def _run_ray(
+    jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView, actors: int = 1, gpus_per_actor: float = 0
+) -> list[Outcome]:
     """The same steps as a Ray Data pipeline: decode and embedding as CPU tasks, prediction in an actor
     pool, mask writing as CPU tasks as windows come; per video, the overlay as a task once its last
     window is written. Folders of failed videos are dropped after the pipeline has drained."""
@@ -608,11 +713,13 @@ def _run_ray(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progres
         by_name = {job.name: job for job in jobs}
         items = [{"path": str(j.path), "name": j.name, "folder": str(folders[j.name][1])} for j in jobs]
         size = probe_models.image_size
-        ds = (ray.data.from_items(items, override_num_blocks=len(items))
-              .flat_map(lambda video: decode_rows(video, size))
-              .map(lambda row: embed_row(row, _worker_embedder(source)))
-              .map(_PredictStep, fn_constructor_kwargs={"source": source}, concurrency=actors, num_gpus=gpus_per_actor)
-              .map(write_row))
+        ds = (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            .flat_map(lambda video: decode_rows(video, size))
+            .map(lambda row: embed_row(row, _worker_embedder(source)))
+            .map(_PredictStep, fn_constructor_kwargs={"source": source}, concurrency=actors, num_gpus=gpus_per_actor)
+            .map(write_row)
+        )
         errors: dict[str, str] = {}
         seconds: dict[str, int] = dict.fromkeys(by_name, 0)
         for row in ds.iter_rows():
@@ -623,9 +730,13 @@ def _run_ray(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progres
             n = by_name[name].add(row)
             seconds[name] += n
             view.second(n)
-        pending = {name: finish.remote(job, str(folders[name][1]), probe_models.class_names, probe_models.binary,
-                                       probe_models.describe())
-                   for name, job in by_name.items() if name not in errors}
+        pending = {
+            name: finish.remote(
+                job, str(folders[name][1]), probe_models.class_names, probe_models.binary, probe_models.describe()
+            )
+            for name, job in by_name.items()
+            if name not in errors
+        }
         outcomes = []
         for name, job in by_name.items():
             result = ray.get(pending[name]) if name in pending else errors[name]

@@ -30,6 +30,8 @@ def local_ray_kwargs() -> dict[str, Any]:
     if os.environ.get("RAY_ADDRESS"):
         return {}
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        log.warning("RAY_AUTH_MODE=disabled: the Ray that aavs starts takes work from anyone who reaches "
-                    "its ports (Ray's gRPC servers listen on all interfaces)")
+        log.warning(
+            "RAY_AUTH_MODE=disabled: the Ray that aavs starts takes work from anyone who reaches "
+            "its ports (Ray's gRPC servers listen on all interfaces)"
+        )
     return {"address": "local", "_node_ip_address": LOOPBACK, "dashboard_host": LOOPBACK}

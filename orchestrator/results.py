@@ -89,6 +89,7 @@ PROVENANCE_PACKAGES = ("torch", "transformers", "ray", "accelerate", "deepspeed"
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # pragma: no cover - Python 3.10
+
     class StrEnum(str, enum.Enum):
         """``enum.StrEnum`` before 3.11: members are their values, also in f-strings."""
 
@@ -177,8 +178,10 @@ def _read(path: Path, record: type[R]) -> R | None:
     try:
         return record.model_validate(data)
     except ValidationError as err:
-        raise InputError(f"{path}: not a {record.__name__} record ({err.error_count()} problem(s): "
-                         f"{err.errors()[0]['loc']} {err.errors()[0]['msg']})") from None
+        raise InputError(
+            f"{path}: not a {record.__name__} record ({err.error_count()} problem(s): "
+            f"{err.errors()[0]['loc']} {err.errors()[0]['msg']})"
+        ) from None
 
 
 def _write(path: Path, record: Record) -> None:
@@ -202,8 +205,10 @@ def check_format(results_dir: str | os.PathLike) -> int:
     """The folder's format version, if this aavs reads it; an InputError naming both versions if not."""
     found = folder_version(results_dir)
     if found > FORMAT_VERSION:
-        raise InputError(f"{results_dir}: results format version {found} is newer than this aavs "
-                         f"({aavs_version()}) reads (format version {FORMAT_VERSION}); upgrade aavs to read it")
+        raise InputError(
+            f"{results_dir}: results format version {found} is newer than this aavs "
+            f"({aavs_version()}) reads (format version {FORMAT_VERSION}); upgrade aavs to read it"
+        )
     return found
 
 
@@ -244,8 +249,9 @@ def _git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True)
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
@@ -258,8 +264,13 @@ def _accelerators() -> list[str]:
     if torch is not None and torch.cuda.is_initialized():
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=30, check=True)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
@@ -267,11 +278,17 @@ def _accelerators() -> list[str]:
 
 def provenance(command: Literal["run", "resume"]) -> Provenance:
     """This process's provenance (imports none of the packages it names)."""
-    return Provenance(command=command, time=time.time(), format_version=FORMAT_VERSION,
-                      aavs_version=aavs_version(), git_commit=_git_commit(), python=platform.python_version(),
-                      hostname=socket.gethostname(),
-                      packages={name: _package_version(name) for name in PROVENANCE_PACKAGES},
-                      accelerators=_accelerators())
+    return Provenance(
+        command=command,
+        time=time.time(),
+        format_version=FORMAT_VERSION,
+        aavs_version=aavs_version(),
+        git_commit=_git_commit(),
+        python=platform.python_version(),
+        hostname=socket.gethostname(),
+        packages={name: _package_version(name) for name in PROVENANCE_PACKAGES},
+        accelerators=_accelerators(),
+    )
 
 
 def read_provenance(results_dir: str | os.PathLike) -> ProvenanceLog:
@@ -549,8 +566,9 @@ def write_metrics(trial_dir: str | os.PathLike, rows: Iterable[MetricsRow]) -> N
 def keep_metrics_through(trial_dir: str | os.PathLike, last_epoch: int) -> None:
     """Drop report lines of epochs after ``last_epoch`` (an epoch reported, then killed before its
     checkpoint, is redone and reported again)."""
-    write_metrics(trial_dir, [r for r in read_metrics(trial_dir) if (r.epoch if r.epoch is not None else -1)
-                              <= last_epoch])
+    write_metrics(
+        trial_dir, [r for r in read_metrics(trial_dir) if (r.epoch if r.epoch is not None else -1) <= last_epoch]
+    )
 
 
 def clear_metrics(trial_dir: str | os.PathLike) -> None:

@@ -62,8 +62,14 @@ def ray_cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield
     ray.shutdown()
 
@@ -73,15 +79,33 @@ TINY_SPEC = {
     "name": "tiny",
     "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
     "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "gpus_per_worker": 0, "cpus_per_worker": 1, "strategy": "plain",
-                "mixed_precision": "no", "loader_workers": 0},
+    "compute": {
+        "workers_per_trial": 1,
+        "gpus_per_worker": 0,
+        "cpus_per_worker": 1,
+        "strategy": "plain",
+        "mixed_precision": "no",
+        "loader_workers": 0,
+    },
     "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2, "max_videos": 2,
-         "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}, "weight_decay": 0.05},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1}},
-        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize", "epochs": 2,
-         "max_videos": 2, "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1}},
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "max_videos": 2,
+            "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}, "weight_decay": 0.05},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1},
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "prior": "localize",
+            "init_from": "localize",
+            "epochs": 2,
+            "max_videos": 2,
+            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1},
+        },
     ],
 }
 

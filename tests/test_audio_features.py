@@ -29,7 +29,7 @@ def _reference_mel_matrix():
     for b in range(1, 257):  # bin 0 (DC) stays zero
         m = _hz_to_mel(8000.0 * b / 256)
         for i in range(64):
-            lower, centre, upper = edges[i:i + 3]
+            lower, centre, upper = edges[i : i + 3]
             if lower < m <= centre:
                 weights[b, i] = (m - lower) / (centre - lower)
             elif centre < m < upper:
@@ -40,7 +40,7 @@ def _reference_mel_matrix():
 def _reference_examples(x):
     window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / 400) for n in range(400)])
     frames = 1 + (len(x) - 400) // 160
-    spectrum = np.stack([np.abs(np.fft.rfft(x[i * 160:i * 160 + 400] * window, 512)) for i in range(frames)])
+    spectrum = np.stack([np.abs(np.fft.rfft(x[i * 160 : i * 160 + 400] * window, 512)) for i in range(frames)])
     log_mel = np.log(spectrum @ _reference_mel_matrix() + 0.01)
     n = frames // 96
     return log_mel[: n * 96].reshape(n, 1, 96, 64)
@@ -89,8 +89,12 @@ def test_read_audio_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ VGGish
-EXPECTED_KEYS = sorted(f"{m}.{i}.{p}" for m, idx in (("features", (0, 3, 6, 8, 11, 13)), ("embeddings", (0, 2, 4)))
-                       for i in idx for p in ("weight", "bias"))
+EXPECTED_KEYS = sorted(
+    f"{m}.{i}.{p}"
+    for m, idx in (("features", (0, 3, 6, 8, 11, 13)), ("embeddings", (0, 2, 4)))
+    for i in idx
+    for p in ("weight", "bias")
+)
 
 
 def test_vggish_parameter_names_shapes_and_nhwc_flatten():
@@ -98,7 +102,10 @@ def test_vggish_parameter_names_shapes_and_nhwc_flatten():
     state = model.state_dict()
     assert sorted(state) == EXPECTED_KEYS
     assert state["features.0.weight"].shape == (64, 1, 3, 3) and state["features.13.weight"].shape == (512, 512, 3, 3)
-    assert state["embeddings.0.weight"].shape == (4096, 512 * 4 * 6) and state["embeddings.4.weight"].shape == (128, 4096)
+    assert state["embeddings.0.weight"].shape == (4096, 512 * 4 * 6) and state["embeddings.4.weight"].shape == (
+        128,
+        4096,
+    )
     x = torch.randn(2, 1, 96, 64)
     seen = {}
 
@@ -196,7 +203,9 @@ def test_load_errors_name_file_and_keys(tmp_path, weights_file):
         load_vggish(tmp_path / "junk.pth")
     weights = weights_file[0]
     torch.save({"pca_means": torch.zeros(128)}, tmp_path / "p.pth")
-    with pytest.raises(InputError, match=r"p\.pth: VGGish PCA file has keys \['pca_means'\], expected keys pca_eigen_vectors"):
+    with pytest.raises(
+        InputError, match=r"p\.pth: VGGish PCA file has keys \['pca_means'\], expected keys pca_eigen_vectors"
+    ):
         load_vggish(weights, tmp_path / "p.pth")
     with pytest.raises(InputError, match="without VGGish weights"):
         load_vggish(None, tmp_path / "p.pth")
@@ -238,8 +247,13 @@ def test_embed_videos_caches_and_invalidates(tmp_path, monkeypatch, weights_file
 def _pca_file(folder):
     rng = np.random.default_rng(1)
     path = folder / "pca.pth"
-    torch.save({"pca_eigen_vectors": torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32)),
-                "pca_means": torch.from_numpy(rng.normal(size=(128, 1)).astype(np.float32))}, path)
+    torch.save(
+        {
+            "pca_eigen_vectors": torch.from_numpy(rng.normal(size=(128, 128)).astype(np.float32)),
+            "pca_means": torch.from_numpy(rng.normal(size=(128, 1)).astype(np.float32)),
+        },
+        path,
+    )
     return path
 
 
@@ -255,7 +269,8 @@ def test_raw_and_pca_embeddings_have_separate_cache_entries(tmp_path, weights_fi
     assert post.min() >= 0 and post.max() <= 255 and np.array_equal(post, np.round(post))
     np.testing.assert_array_equal(af.embed_videos(tmp_path, records, vggish=weights, cache_dir=cache)["a"], raw)
     np.testing.assert_array_equal(
-        af.embed_videos(tmp_path, records, vggish=weights, vggish_pca=pca, cache_dir=cache)["a"], post)
+        af.embed_videos(tmp_path, records, vggish=weights, vggish_pca=pca, cache_dir=cache)["a"], post
+    )
 
 
 def test_entry_under_the_old_key_format_is_not_reused(tmp_path, monkeypatch):

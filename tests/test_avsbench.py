@@ -73,8 +73,13 @@ def test_collate_concatenates_frames(avss_train):
     batch = collate_videos(items)
     n = sum(r.num_frames for r in avss_train.records)
     assert batch["pixel_values"].shape == (n, 3, SIZE, SIZE)
-    for key, shape in (("class_map", (n, 224, 224)), ("labels", (n, 224, 224)), ("prior", (n, 224, 224)),
-                       ("annotated", (n,)), ("audio", (n, 128))):
+    for key, shape in (
+        ("class_map", (n, 224, 224)),
+        ("labels", (n, 224, 224)),
+        ("prior", (n, 224, 224)),
+        ("annotated", (n,)),
+        ("audio", (n, 128)),
+    ):
         assert batch[key].shape == shape, key
     assert batch["frames_per_video"] == [r.num_frames for r in avss_train.records]
     assert batch["uids"] == [r.uid for r in avss_train.records]
@@ -83,11 +88,13 @@ def test_collate_concatenates_frames(avss_train):
 
 
 def test_dataloader_workers_and_uncached_reads_agree(synth_root, avss_train):
-    uncached = pickle.loads(pickle.dumps(
-        AVSBenchDataset(synth_root, "avss", "train", image_size=SIZE, prior="ground-truth", cache_mb=0)))
+    uncached = pickle.loads(
+        pickle.dumps(AVSBenchDataset(synth_root, "avss", "train", image_size=SIZE, prior="ground-truth", cache_mb=0))
+    )
     assert not uncached.in_memory and avss_train.in_memory
     loader = lambda data, workers: torch.utils.data.DataLoader(  # noqa: E731
-        data, batch_size=2, num_workers=workers, collate_fn=collate_videos)
+        data, batch_size=2, num_workers=workers, collate_fn=collate_videos
+    )
     for a, b in zip(loader(avss_train, 0), loader(uncached, 2)):
         assert a["uids"] == b["uids"]
         for key in ("pixel_values", "class_map", "labels", "annotated", "audio", "prior"):
@@ -130,7 +137,9 @@ def test_bad_mask_colour_is_an_input_error(synth_copy):
     rgb = np.asarray(Image.open(path).convert("RGB")).copy()
     rgb[0, 0] = (255, 255, 255)
     Image.fromarray(rgb).save(path)
-    with pytest.raises(InputError, match=r"2\.png: colour \(255, 255, 255\) \(1 pixels\) is not in the AVSBench palette"):
+    with pytest.raises(
+        InputError, match=r"2\.png: colour \(255, 255, 255\) \(1 pixels\) is not in the AVSBench palette"
+    ):
         AVSBenchDataset(synth_copy, "s4", "test", image_size=SIZE)
 
 

@@ -27,8 +27,13 @@ from aavs.datasets import check_cache
 from aavs.orchestrator.cli import main
 
 # Derandomized: the same examples on every run, so that a failure in CI is one a person can rerun.
-SETTINGS = settings(max_examples=50, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 DATA_SETTINGS = settings(SETTINGS, max_examples=25)
 
 VALID: dict[str, Any] = {
@@ -37,24 +42,41 @@ VALID: dict[str, Any] = {
     "model": {"preset": "tiny"},
     "compute": {"workers_per_trial": 1, "gpus_per_worker": 0, "cpus_per_worker": 1},
     "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2,
-         "params": {"lr": {"loguniform": [5.0e-4, 2.0e-3]}, "weight_decay": 0.05, "batch_size": {"choice": [1, 2]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 2, "scheduler": {"asha": {"grace_period": 1}}}},
-        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize", "epochs": 2,
-         "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}}},
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "params": {"lr": {"loguniform": [5.0e-4, 2.0e-3]}, "weight_decay": 0.05, "batch_size": {"choice": [1, 2]}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 2, "scheduler": {"asha": {"grace_period": 1}}},
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "prior": "localize",
+            "init_from": "localize",
+            "epochs": 2,
+            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
+        },
     ],
 }
 
-NAMES = st.sampled_from(["../x", "a/b", "/abs", "..", ".", "", "x" * 300, "ñame", "名前", "a\\b", "a\0b", "-x",
-                         "CON", "a b", "ok-name"])
+NAMES = st.sampled_from(
+    ["../x", "a/b", "/abs", "..", ".", "", "x" * 300, "ñame", "名前", "a\\b", "a\0b", "-x", "CON", "a b", "ok-name"]
+)
 SCALARS = st.one_of(
-    st.none(), st.booleans(), NAMES, st.text(max_size=12),
-    st.integers(min_value=-(10**30), max_value=10**30), st.sampled_from([0, -1, 2**63, -(2**63)]),
+    st.none(),
+    st.booleans(),
+    NAMES,
+    st.text(max_size=12),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.sampled_from([0, -1, 2**63, -(2**63)]),
     st.floats(allow_nan=True, allow_infinity=True),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=6)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def _paths(node: Any, prefix: tuple = ()) -> Iterator[tuple]:
@@ -248,8 +270,9 @@ def test_mutated_data_roots(data_experiment: tuple[Path, Path], mutation: tuple,
         path = _mutate(root, mutation, index)
         code, _, err = _dry_run(experiment)
         _assert_clean_outcome(experiment, code, err)
-        if mutation[0] in ("truncate", "delete", "orphan row") and not (mutation[0] == "truncate" and
-                                                                        mutation[1] == ".wav"):
+        if mutation[0] in ("truncate", "delete", "orphan row") and not (
+            mutation[0] == "truncate" and mutation[1] == ".wav"
+        ):
             assert code == 2, (mutation, err)  # (a cut wav may still be long enough)
         if code == 2 and mutation[0] != "orphan row":
             assert str(path) in err or str(path.parent) in err, (mutation, path, err)
@@ -282,8 +305,9 @@ def test_missing_data_root_is_one_clear_line(workdir: Path) -> None:
     assert code == 2 and f"{workdir / 'nowhere'}: data root missing" in err
 
 
-def test_data_check_is_cached_by_sizes_and_mtimes(data_experiment: tuple[Path, Path], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_check_is_cached_by_sizes_and_mtimes(
+    data_experiment: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, _ = data_experiment
     calls: list[Path] = []
     real = check_cache.check_data_root

@@ -39,14 +39,20 @@ def test_missing_root_and_top_level_files(tmp_path, synth_copy):
     assert all("missing" in p.message for p in problems)
 
 
-@pytest.mark.parametrize("row, message", [
-    ("x1,x1,0,0,,dev,v1s", "column split: unknown split 'dev'"),
-    ("x2,x2,0,0,,test,v9", "column label: unknown label 'v9'"),
-    ("syn-v1s-test-0000,syn-v1s-test-0000,0,0,,test,v1s", "column uid: duplicate uid 'syn-v1s-test-0000' (first on line"),
-    ("x3,..,0,0,,test,v1s", "column uid: '..' is not a plain folder name"),
-    ("x4,a/b,0,0,,test,v1s", "column uid: 'a/b' is not a plain folder name"),
-    ("x5,/etc,0,0,,test,v1s", "column uid: '/etc' is not a plain folder name"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("x1,x1,0,0,,dev,v1s", "column split: unknown split 'dev'"),
+        ("x2,x2,0,0,,test,v9", "column label: unknown label 'v9'"),
+        (
+            "syn-v1s-test-0000,syn-v1s-test-0000,0,0,,test,v1s",
+            "column uid: duplicate uid 'syn-v1s-test-0000' (first on line",
+        ),
+        ("x3,..,0,0,,test,v1s", "column uid: '..' is not a plain folder name"),
+        ("x4,a/b,0,0,,test,v1s", "column uid: 'a/b' is not a plain folder name"),
+        ("x5,/etc,0,0,,test,v1s", "column uid: '/etc' is not a plain folder name"),
+    ],
+)
 def test_bad_metadata_rows(synth_copy, row, message):
     _append_row(synth_copy, row)
     problems = check_data_root(synth_copy)
@@ -83,8 +89,10 @@ def test_mask_colour_of_a_class_the_data_lacks(synth_copy):
     Image.fromarray(rgb).save(path)
     (problem,) = check_data_root(synth_copy)
     assert problem.path == str(path)
-    assert problem.message == ("not an AVSBench palette colour of the 9 classes of label2idx.json: "
-                               f"colour {tuple(int(v) for v in palette()[9])} in 20 pixels")
+    assert problem.message == (
+        "not an AVSBench palette colour of the 9 classes of label2idx.json: "
+        f"colour {tuple(int(v) for v in palette()[9])} in 20 pixels"
+    )
     (synth_copy / "label2idx.json").write_text(json.dumps({"background": 0, **{f"c{i}": i for i in range(1, 10)}}))
     assert check_data_root(synth_copy) == []  # a tenth class makes it valid
 
@@ -121,7 +129,9 @@ def test_mask_colour_not_in_palette(synth_copy):
     Image.fromarray(rgb).save(path)
     (problem,) = check_data_root(synth_copy)
     assert problem.path == str(path)
-    assert "colour (255, 255, 255) in 200 pixels" in problem.message and "colour (1, 2, 3) in 7 pixels" in problem.message
+    assert (
+        "colour (255, 255, 255) in 200 pixels" in problem.message and "colour (1, 2, 3) in 7 pixels" in problem.message
+    )
 
 
 def test_frame_and_mask_counts(synth_copy):
@@ -150,8 +160,9 @@ def test_bad_audio(synth_copy):
 
 
 def _digest(root):
-    return hashlib.sha256(b"".join(p.as_posix().encode() + p.read_bytes()
-                                   for p in sorted(root.rglob("*")) if p.is_file())).hexdigest()
+    return hashlib.sha256(
+        b"".join(p.as_posix().encode() + p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+    ).hexdigest()
 
 
 def test_every_problem_is_reported_and_nothing_is_modified(synth_copy, capsys, monkeypatch):

@@ -30,8 +30,10 @@ def _two_stage_spec(one: dict, two: dict) -> dict:
         "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
         "model": {"preset": "tiny"},
         "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
-        "stages": [{"name": "localize", "task": "avss-binary", "resources": one, **stage},
-                   {"name": "semantic", "task": "avss", "prior": "localize", "resources": two, **stage}],
+        "stages": [
+            {"name": "localize", "task": "avss-binary", "resources": one, **stage},
+            {"name": "semantic", "task": "avss", "prior": "localize", "resources": two, **stage},
+        ],
     }
 
 
@@ -55,14 +57,21 @@ def two_nodes():
             address_file.write_text(before)
 
     temp_dir = tempfile.mkdtemp(prefix="aavs-cl-", dir="/tmp")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"node_a": 1}, "temp_dir": temp_dir, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"node_a": 1}, "temp_dir": temp_dir, "include_dashboard": False},
+    )
     try:
         restore_address_file()
         cluster.add_node(num_cpus=1, resources={"node_b": 1}, temp_dir=temp_dir)
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        nodes = {name: n["NodeID"] for n in ray.nodes() if n["Alive"] for name in ("node_a", "node_b")
-                 if name in n["Resources"]}
+        nodes = {
+            name: n["NodeID"]
+            for n in ray.nodes()
+            if n["Alive"]
+            for name in ("node_a", "node_b")
+            if name in n["Resources"]
+        }
         assert set(nodes) == {"node_a", "node_b"} and nodes["node_a"] != nodes["node_b"]
         yield nodes
     finally:
@@ -102,14 +111,17 @@ def test_stage_two_on_another_node_reads_stage_one_masks_from_shared_storage(two
     assert "stage semantic: unchanged since it completed; skipping" in caplog.text
 
 
-@pytest.mark.parametrize("resources, message", [
-    ({"node_a": 0}, "stages.0.resources.node_a: expected a number > 0, got 0"),
-    ({"node_a": -1}, "stages.0.resources.node_a: expected a number > 0, got -1"),
-    ({"node_a": "x"}, "stages.0.resources.node_a: expected a number, got 'x'"),
-    ({"node_a": True}, "stages.0.resources.node_a: expected a number, got True"),
-    ({"GPU": 1}, "stages.0.resources.GPU: expected a custom resource name (CPUs and GPUs are set under compute)"),
-    (["node_a"], "stages.0.resources: expected a mapping of custom Ray resource names to amounts"),
-])
+@pytest.mark.parametrize(
+    "resources, message",
+    [
+        ({"node_a": 0}, "stages.0.resources.node_a: expected a number > 0, got 0"),
+        ({"node_a": -1}, "stages.0.resources.node_a: expected a number > 0, got -1"),
+        ({"node_a": "x"}, "stages.0.resources.node_a: expected a number, got 'x'"),
+        ({"node_a": True}, "stages.0.resources.node_a: expected a number, got True"),
+        ({"GPU": 1}, "stages.0.resources.GPU: expected a custom resource name (CPUs and GPUs are set under compute)"),
+        (["node_a"], "stages.0.resources: expected a mapping of custom Ray resource names to amounts"),
+    ],
+)
 def test_stage_resources_are_validated(resources, message):
     with pytest.raises(InputError) as err:
         parse_spec(_two_stage_spec(resources, {}), "exp.yaml")

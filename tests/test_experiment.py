@@ -30,13 +30,30 @@ SPEC = {
     "model": {"preset": "tiny"},
     "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
     "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2, "max_videos": 3,
-         "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2,
-                  "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}}}},
-        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize", "epochs": 2,
-         "max_videos": 3, "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2}},
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "max_videos": 3,
+            "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}},
+            "tune": {
+                "metric": "val/miou",
+                "mode": "max",
+                "num_samples": 1,
+                "max_concurrent": 2,
+                "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
+            },
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "prior": "localize",
+            "init_from": "localize",
+            "epochs": 2,
+            "max_videos": 3,
+            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2},
+        },
     ],
 }
 
@@ -135,16 +152,36 @@ def test_second_run_skips_unchanged_stages(ray_run: Path, caplog):
 
 
 def test_local_mode_produces_the_same_layout(ray_run: Path, tmp_path):
-    spec = {**SPEC, "stages": [dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}),
-                               dict(SPEC["stages"][1], params={"lr": 1.0e-3})]}
+    spec = {
+        **SPEC,
+        "stages": [
+            dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}),
+            dict(SPEC["stages"][1], params={"lr": 1.0e-3}),
+        ],
+    }
     assert main(["run", str(write_spec(tmp_path, spec)), "--local", "--results", str(tmp_path / "results")]) == 0
     local = tmp_path / "results" / "two-stage"
 
     def layout(root: Path) -> set[str]:
-        keep = {"spec.yaml", "spec.json", "leaderboard.json", "best.json", "done.json", "inputs.json",
-                "metrics.jsonl", "status.json", "params.json", "config.json", "_SUCCESS.json", "model.safetensors"}
-        return {str(p.relative_to(root)).replace("t001", "t000").replace("t002", "t000")
-                for p in root.rglob("*") if p.name in keep and "superseded" not in str(p) and "/ray/" not in str(p)}
+        keep = {
+            "spec.yaml",
+            "spec.json",
+            "leaderboard.json",
+            "best.json",
+            "done.json",
+            "inputs.json",
+            "metrics.jsonl",
+            "status.json",
+            "params.json",
+            "config.json",
+            "_SUCCESS.json",
+            "model.safetensors",
+        }
+        return {
+            str(p.relative_to(root)).replace("t001", "t000").replace("t002", "t000")
+            for p in root.rglob("*")
+            if p.name in keep and "superseded" not in str(p) and "/ray/" not in str(p)
+        }
 
     assert layout(local) == layout(ray_run)
     board = json.loads((local / "leaderboard.json").read_text())
@@ -153,13 +190,23 @@ def test_local_mode_produces_the_same_layout(ray_run: Path, tmp_path):
 
 @pytest.mark.subprocess
 def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
-    spec_file = write_spec(tmp_path, {**SPEC, "stages": [dict(SPEC["stages"][0], params={"lr": 1.0e-3}),
-                                                          dict(SPEC["stages"][1], epochs=4, max_videos=6,
-                                                               params={"lr": 1.0e-3})]})
+    spec_file = write_spec(
+        tmp_path,
+        {
+            **SPEC,
+            "stages": [
+                dict(SPEC["stages"][0], params={"lr": 1.0e-3}),
+                dict(SPEC["stages"][1], epochs=4, max_videos=6, params={"lr": 1.0e-3}),
+            ],
+        },
+    )
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--local",
-                             "--results", str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--local", "--results", str(results)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     trial = results / "two-stage" / "semantic" / "trials" / "t000"
     deadline = time.time() + 600
     while time.time() < deadline and not (trial / "metrics.jsonl").exists():
@@ -172,8 +219,9 @@ def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
 
     assert json.loads((results / "two-stage" / "run.json").read_text()) == {"mode": "local"}
     assert main(["resume", str(results / "two-stage"), "--ray"]) == 0  # on Ray, this time, by request
-    assert {p: p.stat().st_mtime_ns for p in (results / "two-stage" / "localize").rglob("*")
-            if p.is_file()} == stage_one
+    assert {
+        p: p.stat().st_mtime_ns for p in (results / "two-stage" / "localize").rglob("*") if p.is_file()
+    } == stage_one
     rows = [json.loads(r) for r in (trial / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert json.loads((results / "two-stage" / "semantic" / "best.json").read_text())["trial_id"] == "t000"
@@ -182,10 +230,18 @@ def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("deepspeed", marks=pytest.mark.deepspeed)])
 def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
-    spec = {**SPEC, "name": f"two-workers-{strategy}",
-            "compute": {"workers_per_trial": 2, "cpus_per_worker": 1, "loader_workers": 0, "strategy": strategy,
-                        "deepspeed": {"zero_stage": 2}},
-            "stages": [dict(SPEC["stages"][0], params={"lr": 1.0e-3})]}
+    spec = {
+        **SPEC,
+        "name": f"two-workers-{strategy}",
+        "compute": {
+            "workers_per_trial": 2,
+            "cpus_per_worker": 1,
+            "loader_workers": 0,
+            "strategy": strategy,
+            "deepspeed": {"zero_stage": 2},
+        },
+        "stages": [dict(SPEC["stages"][0], params={"lr": 1.0e-3})],
+    }
     assert main(["run", str(write_spec(tmp_path, spec)), "--results", str(tmp_path / "results")]) == 0
     trial = tmp_path / "results" / spec["name"] / "localize" / "trials" / "t000"
     rows = [json.loads(r) for r in (trial / "metrics.jsonl").read_text().splitlines()]
@@ -199,9 +255,14 @@ def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
 
 
 # A shortened demo: two stage-one trials, one stage-two trial, FIFO, so that --local and Ray run the same trials.
-SHORT_DEMO = {**SPEC, "name": "short-demo",
-              "stages": [dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}),
-                         dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1})]}
+SHORT_DEMO = {
+    **SPEC,
+    "name": "short-demo",
+    "stages": [
+        dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}),
+        dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1}),
+    ],
+}
 
 
 def trial_numbers(results: Path) -> dict[str, list[float]]:
@@ -226,12 +287,22 @@ def test_local_and_ray_give_the_same_numbers_and_a_resumed_run_ends_the_same(ray
     assert main(["run", str(spec_file), "--local", "--results", str(tmp_path / "local")]) == 0
     assert main(["run", str(spec_file), "--results", str(tmp_path / "ray")]) == 0
     local = trial_numbers(tmp_path / "local" / "short-demo")
-    assert set(local) == {"localize/trials/t000", "localize/trials/t001", "semantic/trials/t000", "localize", "semantic"}
+    assert set(local) == {
+        "localize/trials/t000",
+        "localize/trials/t001",
+        "semantic/trials/t000",
+        "localize",
+        "semantic",
+    }
     assert trial_numbers(tmp_path / "ray" / "short-demo") == local
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--results",
-                             str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--results", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     first_epoch = killed / "short-demo" / "localize" / "trials" / "t000" / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and not first_epoch.exists():

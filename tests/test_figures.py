@@ -30,13 +30,18 @@ def picture(path: Path) -> np.ndarray:
 
 def cell(grid: np.ndarray, row: int, column: int) -> np.ndarray:
     top = HEADER + row * CELL
-    return grid[top: top + CELL, column * CELL: (column + 1) * CELL]
+    return grid[top : top + CELL, column * CELL : (column + 1) * CELL]
 
 
 def test_pictures_exist_open_and_have_the_expected_size(tiny_results: Path):
-    expected = {"localize": {"curves.png": (800, 450), "samples.png": (3 * CELL, 4 * CELL + HEADER)},
-                "semantic": {"curves.png": (800, 450), "per_class.png": (1000, 450),
-                             "samples.png": (4 * CELL, 4 * CELL + HEADER)}}  # + stage one's prior column
+    expected = {
+        "localize": {"curves.png": (800, 450), "samples.png": (3 * CELL, 4 * CELL + HEADER)},
+        "semantic": {
+            "curves.png": (800, 450),
+            "per_class.png": (1000, 450),
+            "samples.png": (4 * CELL, 4 * CELL + HEADER),
+        },
+    }  # + stage one's prior column
     for stage, files in expected.items():
         folder = tiny_results / "report" / stage
         assert sorted(p.name for p in folder.glob("*.png")) == sorted(files)
@@ -114,7 +119,9 @@ def test_aavs_report_computes_predictions_once_per_checkpoint(tiny_results: Path
 def test_report_of_a_run_with_failed_and_running_trials(tiny_results: Path, tmp_path: Path, monkeypatch):
     copy = make_unfinished(tiny_results, tmp_path)
     shutil.rmtree(copy / "report" / "semantic")
-    monkeypatch.setattr(figures, "stage_predictions", lambda *args: pytest.fail("no new best checkpoint to predict with"))
+    monkeypatch.setattr(
+        figures, "stage_predictions", lambda *args: pytest.fail("no new best checkpoint to predict with")
+    )
     assert main(["report", str(copy)]) == 0
     assert sorted(p.name for p in (copy / "report" / "semantic").iterdir()) == ["curves.png"]  # no best yet
     with Image.open(copy / "report" / "semantic" / "curves.png") as image:
@@ -125,8 +132,12 @@ def test_report_of_a_run_with_failed_and_running_trials(tiny_results: Path, tmp_
 
 def test_per_class_chart_names_and_colours_the_data_classes():
     classes = ["background", "violin", "dog", "piano"]
-    per_class = {"classes": classes, "iou": [0.9, 0.2, 0.0, 0.6], "fscore": [0.9, 0.3, 0.0, 0.7],
-                 "present": [True, True, False, True]}
+    per_class = {
+        "classes": classes,
+        "iou": [0.9, 0.2, 0.0, 0.6],
+        "fscore": [0.9, 0.3, 0.0, 0.7],
+        "present": [True, True, False, True],
+    }
     (ax,) = figures.per_class_figure(per_class, "semantic t000").axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["background", "piano", "violin"]  # best first
     bars = [tuple(round(255 * v) for v in bar.get_facecolor()[:3]) for bar in ax.patches]

@@ -57,7 +57,9 @@ def best_values(results: Path, stage: str) -> dict[str, float]:
 
 
 def copy_results(results: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(results, tmp_path / "tiny", ignore=shutil.ignore_patterns("checkpoints", "data", "cache")))
+    return Path(
+        shutil.copytree(results, tmp_path / "tiny", ignore=shutil.ignore_patterns("checkpoints", "data", "cache"))
+    )
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -66,8 +68,10 @@ def test_rows_are_ranked_by_the_metric_and_the_best_is_highlighted(tiny_results:
     text, styled = render(board)
     assert max(len(line) for line in text.splitlines()) <= 80
     # Each stage names the classes its best checkpoint predicts: the synthetic data's for stage two.
-    assert [s["best"]["classes"] for s in board["stages"]] == [["background", "sounding"],
-                                                               list(class_names(tiny_results / "data"))]
+    assert [s["best"]["classes"] for s in board["stages"]] == [
+        ["background", "sounding"],
+        list(class_names(tiny_results / "data")),
+    ]
     assert "localize avss-binary, done, by val/miou (max) over 2 classes" in text
     assert "semantic avss, done, by val/miou (max) over 9 classes" in text
     for stage in ("localize", "semantic"):
@@ -85,7 +89,7 @@ def test_rows_are_ranked_by_the_metric_and_the_best_is_highlighted(tiny_results:
         assert [r.style for r in table.rows] == [BEST_STYLE] + [None] * (len(expected) - 1)
         styled_rows = [line for line in styled.splitlines() if ROW.match(re.sub(r"\x1b\[[0-9;]*m", "", line))]
         best_line = next(line for line in styled_rows if f"{100 * best['value']:.2f}" in line)
-        assert best['trial_id'] in best_line and "\x1b[1;32m" in best_line  # bold green in the rendered output
+        assert best["trial_id"] in best_line and "\x1b[1;32m" in best_line  # bold green in the rendered output
         assert sum("\x1b[1;32m" in line for line in styled_rows) == 2  # one highlighted row per stage
         test = best["test"]
         assert rows[0][-1 if stage == "localize" else -2] == f"{100 * test['miou']:.2f}/{100 * test['fscore']:.2f}"
@@ -115,7 +119,9 @@ def test_json_output_is_the_table_data_and_leaderboard_json(tiny_results: Path, 
     text, _ = render(board)
     for stage in board["stages"]:
         rows = table_rows(text, stage["name"])
-        assert [(r[0], r[1], r[2]) for r in rows] == [(str(t["rank"]), t["trial_id"], t["status"]) for t in stage["trials"]]
+        assert [(r[0], r[1], r[2]) for r in rows] == [
+            (str(t["rank"]), t["trial_id"], t["status"]) for t in stage["trials"]
+        ]
         for row, trial in zip(rows, stage["trials"]):
             assert row[3] == f"{trial['params']['lr']:.3g}"
             assert row[4] == f"{trial['epochs_done']}/{trial['epochs']}"
@@ -123,7 +129,9 @@ def test_json_output_is_the_table_data_and_leaderboard_json(tiny_results: Path, 
     assert main(["leaderboard", str(tiny_results), "--json", "--stage", "semantic", "--top", "1"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in one["stages"]] == ["semantic"]
-    assert [t["trial_id"] for t in one["stages"][0]["trials"]] == [read(tiny_results / "semantic" / "best.json")["trial_id"]]
+    assert [t["trial_id"] for t in one["stages"][0]["trials"]] == [
+        read(tiny_results / "semantic" / "best.json")["trial_id"]
+    ]
     text, _ = render(board, stage="localize", top=1)
     assert len(table_rows(text, "localize")) == 1 and "2 more trial(s) not shown" in text and "\nsemantic " not in text
     assert main(["leaderboard", str(tiny_results), "--stage", "nope"]) == 2
@@ -150,7 +158,9 @@ def make_unfinished(results: Path, tmp_path: Path) -> Path:
     copy = copy_results(results, tmp_path)
     one = sorted((copy / "localize" / "trials").iterdir())
     failed = one[1]
-    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "loss is not finite at epoch 1 step 0"}))
+    (failed / "status.json").write_text(
+        json.dumps({"status": "failed", "error": "loss is not finite at epoch 1 step 0"})
+    )
     stopped = one[2]
     (stopped / "status.json").write_text(json.dumps({"status": "stopped"}))
     running = copy / "semantic" / "trials" / "t000"
@@ -242,16 +252,29 @@ def test_ablation_compares_stepping_stones_with_end_to_end():
 
     def stage(name, task, epochs, prior=None, init=None, test=None):
         link = lambda s: {"stage": s} if s else None  # noqa: E731
-        return {"name": name, "task": task, "epochs": epochs, "prior_from": link(prior), "init_from": link(init),
-                "best": {"test": test} if test else None}
+        return {
+            "name": name,
+            "task": task,
+            "epochs": epochs,
+            "prior_from": link(prior),
+            "init_from": link(init),
+            "best": {"test": test} if test else None,
+        }
 
-    board = {"stages": [stage("localize", "avss-binary", 10),
-                        stage("semantic", "avss", 12, prior="localize", init="localize",
-                              test={"miou": 0.30, "fscore": 0.35}),
-                        stage("end-to-end", "avss", 12, test={"miou": 0.20, "fscore": 0.25})]}
+    board = {
+        "stages": [
+            stage("localize", "avss-binary", 10),
+            stage("semantic", "avss", 12, prior="localize", init="localize", test={"miou": 0.30, "fscore": 0.35}),
+            stage("end-to-end", "avss", 12, test={"miou": 0.20, "fscore": 0.25}),
+        ]
+    }
     arms = ablation(board)
     assert [(a["arm"], a["stages"], a["epochs"], a["test_miou"]) for a in arms] == [
-        ("Stepping Stones", ["localize", "semantic"], 22, 0.30), ("end-to-end", ["end-to-end"], 12, 0.20)]
-    assert ablation_text(arms) == ("Stepping Stones (localize -> semantic, 22 epochs) test mIoU/F 30.00/35.00 | "
-                                   "end-to-end (end-to-end, 12 epochs) test mIoU/F 20.00/25.00")
+        ("Stepping Stones", ["localize", "semantic"], 22, 0.30),
+        ("end-to-end", ["end-to-end"], 12, 0.20),
+    ]
+    assert ablation_text(arms) == (
+        "Stepping Stones (localize -> semantic, 22 epochs) test mIoU/F 30.00/35.00 | "
+        "end-to-end (end-to-end, 12 epochs) test mIoU/F 20.00/25.00"
+    )
     assert ablation({"stages": board["stages"][:2]}) == []  # one arm only: nothing to compare

@@ -44,8 +44,9 @@ def holder(tmp_path: Path):
 
 def _write_lock(folder: Path, host: str, pid: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / lock.LOCK_FILE).write_text(json.dumps({"host": host, "pid": pid, "started": "2026-01-01T00:00:00Z",
-                                                     "command": "aavs run elsewhere.yaml"}))
+    (folder / lock.LOCK_FILE).write_text(
+        json.dumps({"host": host, "pid": pid, "started": "2026-01-01T00:00:00Z", "command": "aavs run elsewhere.yaml"})
+    )
 
 
 def _dead_pid() -> int:
@@ -126,10 +127,14 @@ def test_release_leaves_a_lock_taken_over_by_another(tmp_path: Path) -> None:
 def test_many_contenders_one_winner(tmp_path: Path) -> None:
     """Racing processes on a stale lock: exactly one holds the folder at a time."""
     _write_lock(tmp_path, socket.gethostname(), _dead_pid())
-    script = ("import sys\nfrom aavs.orchestrator.experiment.lock import acquire\nfrom aavs.datasets.errors "
-              "import InputError\ntry:\n    acquire(sys.argv[1]); print('won')\nexcept InputError:\n    print('lost')")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    script = (
+        "import sys\nfrom aavs.orchestrator.experiment.lock import acquire\nfrom aavs.datasets.errors "
+        "import InputError\ntry:\n    acquire(sys.argv[1]); print('won')\nexcept InputError:\n    print('lost')"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
     # A winner that has exited is dead, so a later contender may take over from it: at least one wins,
     # and the lock names one of the winners.

@@ -65,8 +65,12 @@ def _slow_semantic(videos, num_classes):
                 f_sum[c] += 0.0 if math.isnan(f) else f
     iou = [s / n if n else 0.0 for s, n in zip(iou_sum, count)]
     fsc = [s / n if n else 0.0 for s, n in zip(f_sum, count)]
-    return {"miou": sum(iou) / num_classes, "fscore": sum(fsc) / num_classes,
-            "miou_no_bg": sum(iou[1:]) / (num_classes - 1), "fscore_no_bg": sum(fsc[1:]) / (num_classes - 1)}
+    return {
+        "miou": sum(iou) / num_classes,
+        "fscore": sum(fsc) / num_classes,
+        "miou_no_bg": sum(iou[1:]) / (num_classes - 1),
+        "fscore_no_bg": sum(fsc[1:]) / (num_classes - 1),
+    }
 
 
 # ------------------------------------------------------------------------------------------ binary

@@ -41,7 +41,7 @@ def labels_for(n: int, num_labels: int, seed: int = 2) -> torch.Tensor:
     labels = torch.zeros(n, 224, 224, dtype=torch.long)
     for i in range(n):  # a square of one class per frame on background
         c = int(torch.randint(1, num_labels, (1,), generator=g))
-        labels[i, 40 + 10 * i:140, 60:160] = c
+        labels[i, 40 + 10 * i : 140, 60:160] = c
     return labels
 
 
@@ -167,8 +167,13 @@ def test_stage_one_adapter_replaces_the_projection_stage_two_follows_it(task, us
 # ----------------------------------------------------------------------------------- phases
 def expected_trainable(name: str, semantic: bool, phase: str) -> bool:
     swin_adapter = name.startswith("model.model.pixel_level_module.encoder.") and ".adapter." in name
-    parts = [name.startswith("audio_proj."), "queries_embedder" in name, name.startswith("model.class_predictor."),
-             ".adapter." in name and not swin_adapter, "prior_embeddings" in name]
+    parts = [
+        name.startswith("audio_proj."),
+        "queries_embedder" in name,
+        name.startswith("model.class_predictor."),
+        ".adapter." in name and not swin_adapter,
+        "prior_embeddings" in name,
+    ]
     if not semantic:  # stage two keeps its pre-trained query features in both phases
         parts.append("queries_features" in name)
     if phase == "B":
@@ -205,8 +210,13 @@ def test_phase_b_reinitialises_swin_adapters_once_and_groups_follow_the_phase():
     with pytest.raises(ValueError, match="call set_phase"):
         phase_parameter_groups(model, "B", 1e-4, 0.05)
     groups = phase_parameter_groups(model, "A", 1e-3, 0.05)
-    assert [g["name"] for g in groups] == ["audio_projection", "query_embeddings", "decoder_adapters",
-                                           "class_predictor", "prior_embeddings"]
+    assert [g["name"] for g in groups] == [
+        "audio_projection",
+        "query_embeddings",
+        "decoder_adapters",
+        "class_predictor",
+        "prior_embeddings",
+    ]
     assert all(g["lr"] == 1e-3 and g["weight_decay"] == 0.05 for g in groups)
     set_phase(model, "B")
     fresh = adapter[0].weight.detach().clone()
@@ -214,8 +224,14 @@ def test_phase_b_reinitialises_swin_adapters_once_and_groups_follow_the_phase():
     set_phase(model, "B")  # already in B: kept
     assert torch.equal(adapter[0].weight, fresh)
     groups = phase_parameter_groups(model, "B", 1e-4, 0.05)
-    assert {g["name"] for g in groups} == {"audio_projection", "query_embeddings", "decoder_adapters",
-                                           "class_predictor", "prior_embeddings", "swin_adapters"}
+    assert {g["name"] for g in groups} == {
+        "audio_projection",
+        "query_embeddings",
+        "decoder_adapters",
+        "class_predictor",
+        "prior_embeddings",
+        "swin_adapters",
+    }
     in_groups = sum(p.numel() for g in groups for p in g["params"])
     assert in_groups == sum(p.numel() for p in model.parameters() if p.requires_grad)
     set_phase(model, "A")
@@ -232,7 +248,9 @@ def test_tiny_preset_trains_its_random_base_in_both_phases():
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         assert adapters_only <= trainable
         # Phase A still holds the Swin adapters at zero; everything else learns.
-        assert frozen == ({n for n, _ in model.named_parameters() if ".adapter." in n and "swin" in n} if phase == "A" else set())
+        assert frozen == (
+            {n for n, _ in model.named_parameters() if ".adapter." in n and "swin" in n} if phase == "A" else set()
+        )
         assert set(model.trainable_state_dict()) == {n for n, _ in model.named_parameters()}
 
 

@@ -205,8 +205,14 @@ TO_REFERENCE = [
     (r"\.encoder\.swin\.(embeddings|encoder)\.", r".encoder.\1."),
     (r"\.attention\.o_proj\.adapter\.", ".attention.output.swin_adapt_1."),
     (r"\.mlp\.fc2\.adapter\.", ".output.swin_adapt_3."),
-    (r"\.attention\.([qkv])_proj\.", lambda m: ".attention.self." + {"q": "query", "k": "key", "v": "value"}[m[1]] + "."),
-    (r"\.attention\.relative_position_bias\.relative_position_bias_table$", ".attention.self.relative_position_bias_table"),
+    (
+        r"\.attention\.([qkv])_proj\.",
+        lambda m: ".attention.self." + {"q": "query", "k": "key", "v": "value"}[m[1]] + ".",
+    ),
+    (
+        r"\.attention\.relative_position_bias\.relative_position_bias_table$",
+        ".attention.self.relative_position_bias_table",
+    ),
     (r"\.attention\.o_proj\.", ".attention.output.dense."),
     (r"\.mlp\.fc1\.", ".intermediate.dense."),
     (r"\.mlp\.fc2\.", ".output.dense."),
@@ -221,7 +227,7 @@ def reference_state_dict(model) -> dict[str, torch.Tensor]:
             continue
         if key.endswith("prior_embeddings.weight"):
             for row, name in enumerate(["silence_embed", "uncertain_embed", "audio_embed"]):
-                state[f"model.model.transformer_module.{name}.weight"] = value[row:row + 1].clone()
+                state[f"model.model.transformer_module.{name}.weight"] = value[row : row + 1].clone()
             continue
         for pattern, replacement in TO_REFERENCE:
             key = re.sub(pattern, replacement, key)
@@ -241,7 +247,10 @@ def test_import_released_reference_layout_reproduces_outputs(task, tmp_path):
     expected = outputs(model, pixels, audio, prior)
     released = tmp_path / "released.pth"
     state = reference_state_dict(model)
-    assert "model.model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.output.swin_adapt_1.0.weight" in state
+    assert (
+        "model.model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.output.swin_adapt_1.0.weight"
+        in state
+    )
     assert "model.model.pixel_level_module.encoder.encoder.layers.2.blocks.1.attention.self.query.weight" in state
     assert "model.model.transformer_module.decoder.layers.0.self_attn.avs_adapt.2.bias" in state
     torch.save(state, released)
@@ -260,8 +269,9 @@ def test_import_on_a_pretrained_base_stores_only_trainable_parts(base_dir, tmp_p
     expected = outputs(model, pixels, audio, None)
     released = tmp_path / "released.pth"
     torch.save({"state_dict": reference_state_dict(model)}, released)
-    code = main(["import-checkpoint", str(released), "--base", str(base_dir), "--task", "s4",
-                 "--out", str(tmp_path / "ckpt")])
+    code = main(
+        ["import-checkpoint", str(released), "--base", str(base_dir), "--task", "s4", "--out", str(tmp_path / "ckpt")]
+    )
     assert code == 0
     assert json.loads((tmp_path / "ckpt" / "aavs.json").read_text())["weights"] == "trainable"
     imported = load_model(tmp_path / "ckpt")
@@ -273,8 +283,11 @@ def test_import_names_what_does_not_fit(tmp_path, capsys):
     state = reference_state_dict(model)
     extra = dict(state, **{"model.model.transformer_module.decoder.layers.0.self_attn.lora.weight": torch.zeros(1)})
     torch.save(extra, tmp_path / "extra.pth")
-    with pytest.raises(InputError, match=r"no place in the AAVS network: model\.model\.transformer_module\.decoder"
-                                         r"\.layers\.0\.self_attn\.lora\.weight"):
+    with pytest.raises(
+        InputError,
+        match=r"no place in the AAVS network: model\.model\.transformer_module\.decoder"
+        r"\.layers\.0\.self_attn\.lora\.weight",
+    ):
         load_model(tmp_path / "extra.pth", base="tiny", task="s4")
     lacking = {k: v for k, v in state.items() if "swin_adapt_3" not in k}
     torch.save(lacking, tmp_path / "lacking.pth")
@@ -284,8 +297,18 @@ def test_import_names_what_does_not_fit(tmp_path, capsys):
     with pytest.raises(InputError, match="has no prior embeddings, which does not fit task avss"):
         load_model(tmp_path / "s4.pth", base="tiny", task="avss")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    code = main(["import-checkpoint", str(tmp_path / "junk.pth"), "--base", "tiny", "--task", "s4",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "import-checkpoint",
+            str(tmp_path / "junk.pth"),
+            "--base",
+            "tiny",
+            "--task",
+            "s4",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and "junk.pth: not a loadable PyTorch state dict" in capsys.readouterr().err
 
 
@@ -301,12 +324,29 @@ def test_checkpoint_and_import_keep_the_data_classes(synth_root, tmp_path, capsy
     released = tmp_path / "released.pth"
     torch.save(reference_state_dict(model), released)
     out = tmp_path / "imported"
-    assert main(["import-checkpoint", str(released), "--base", "tiny", "--task", "avss", "--out", str(out),
-                 "--data", str(synth_root)]) == 0
+    assert (
+        main(
+            [
+                "import-checkpoint",
+                str(released),
+                "--base",
+                "tiny",
+                "--task",
+                "avss",
+                "--out",
+                str(out),
+                "--data",
+                str(synth_root),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "aavs.json").read_text())["classes"] == list(classes)
     assert main(["import-checkpoint", str(released), "--base", "tiny", "--task", "avss", "--out", str(out)]) == 2
-    assert ("released.pth predicts 9 classes but the avss task's built-in class list has 71 classes [background, "
-            "accordion, airplane") in capsys.readouterr().err
+    assert (
+        "released.pth predicts 9 classes but the avss task's built-in class list has 71 classes [background, "
+        "accordion, airplane"
+    ) in capsys.readouterr().err
 
 
 def test_evaluating_on_data_with_other_classes_names_both_lists(synth_root, tmp_path, capsys):
@@ -315,8 +355,10 @@ def test_evaluating_on_data_with_other_classes_names_both_lists(synth_root, tmp_
     code = main(["evaluate", str(folder), "--data", str(synth_root), "--split", "val"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert (f"checkpoint {folder} has 71 classes [background, accordion, airplane, axe, baby, bassoon, bell, bird, "
-            f"... (63 more)] but data {synth_root}'s label2idx.json has 9 classes [background, violin, dog, piano, "
-            "car, bird, drum, trumpet, ... (1 more)] (class 1 is 'accordion' in one, 'violin' in the other)") in err
+    assert (
+        f"checkpoint {folder} has 71 classes [background, accordion, airplane, axe, baby, bassoon, bell, bird, "
+        f"... (63 more)] but data {synth_root}'s label2idx.json has 9 classes [background, violin, dog, piano, "
+        "car, bird, drum, trumpet, ... (1 more)] (class 1 is 'accordion' in one, 'violin' in the other)"
+    ) in err
     binary = save_checkpoint(build_model("s4", preset="tiny"), tmp_path / "binary")  # background / sounding: any data
     check_classes(load_model(binary), binary, synth_root)

@@ -33,8 +33,12 @@ def test_swin_base_adapter_count_matches_the_architecture():
     assert info["trainable_params"] == swin + decoder + audio + queries + head
     assert info["trainable_params_phase_a"] == decoder + audio + queries + head
     assert (info["num_labels"], info["num_queries"], info["image_size"]) == (2, 30, 384)
-    assert info["backbone"] == {"embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32],
-                                "window_size": 12}
+    assert info["backbone"] == {
+        "embed_dim": 128,
+        "depths": [2, 2, 18, 2],
+        "num_heads": [4, 8, 16, 32],
+        "window_size": 12,
+    }
     assert info["total_params"] > 100_000_000
 
 

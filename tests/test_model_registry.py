@@ -33,14 +33,19 @@ def test_unknown_type_in_the_experiment_file_and_the_trial_config():
     from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
     from aavs.orchestrator.recipe.config import TrainConfig
 
-    raw = {"name": "x", "data": {"synthetic": {"videos_per_split": 2}}, "model": {"preset": "tiny"},
-           "stages": [{"name": "one", "task": "s4"}]}
+    raw = {
+        "name": "x",
+        "data": {"synthetic": {"videos_per_split": 2}},
+        "model": {"preset": "tiny"},
+        "stages": [{"name": "one", "task": "s4"}],
+    }
     assert parse_spec(raw, "x.yaml").model.type == "aavs"
     with pytest.raises(InputError, match=r"^x\.yaml: model\.type: expected one of \['aavs'\].*got 'avsegformer'"):
         parse_spec(apply_overrides(raw, ["model.type=avsegformer"], "x.yaml"), "x.yaml")
     with pytest.raises(InputError, match=r"model\.type: expected one of \['aavs'\].*got 'avsegformer'"):
-        TrainConfig.load({"task": "s4", "data_root": "d", "trial_dir": "t",
-                               "model": {"type": "avsegformer", "preset": "tiny"}})
+        TrainConfig.load(
+            {"task": "s4", "data_root": "d", "trial_dir": "t", "model": {"type": "avsegformer", "preset": "tiny"}}
+        )
 
 
 def test_a_built_network_implements_the_protocol(tiny):
@@ -62,14 +67,19 @@ def test_save_pretrained_then_registry_load_and_read_weights(tiny, tmp_path):
         assert torch.equal(weights[name], value), name
     frames, audio = torch.zeros(1, 3, 128, 128), torch.zeros(1, 128)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.class_scores(loaded.eval()(frames, audio)),
-                                   tiny.eval().class_scores(tiny(frames, audio)))
+        torch.testing.assert_close(
+            loaded.class_scores(loaded.eval()(frames, audio)), tiny.eval().class_scores(tiny(frames, audio))
+        )
 
 
 def test_a_second_type_is_one_registration(monkeypatch):
-    copy = registry.ModelType(name="aavs-copy", description="the same network under a second name",
-                              build="aavs.models.modeling_aavs:build_model", load="aavs.models.checkpoint:load_model",
-                              read_weights="aavs.models.checkpoint:read_weights")
+    copy = registry.ModelType(
+        name="aavs-copy",
+        description="the same network under a second name",
+        build="aavs.models.modeling_aavs:build_model",
+        load="aavs.models.checkpoint:load_model",
+        read_weights="aavs.models.checkpoint:read_weights",
+    )
     monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
     registry.register(copy)
     assert registry.model_types() == ("aavs", "aavs-copy")

@@ -31,12 +31,24 @@ SPEC = {
     "model": {"preset": "tiny"},
     "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
     "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2, "max_videos": 3,
-         "params": {"lr": {"grid": [3.0e-4, 1.0e-3]}},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2}},
-        {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize", "epochs": 1,
-         "max_videos": 3, "params": {"lr": 1.0e-3},
-         "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2}},
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "max_videos": 3,
+            "params": {"lr": {"grid": [3.0e-4, 1.0e-3]}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2},
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "prior": "localize",
+            "init_from": "localize",
+            "epochs": 1,
+            "max_videos": 3,
+            "params": {"lr": 1.0e-3},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2},
+        },
     ],
 }
 
@@ -93,9 +105,18 @@ def _board(trials: list[dict]) -> dict:
 
 
 def _trial(status: str, epochs: list[int], **extra) -> dict:
-    return {"trial_id": "t000", "status": status, "epochs": 2, "epochs_done": len(epochs), "best": 0.5, "rank": 1,
-            "error": None, "log": None, "history": {"epoch": epochs, "val/miou": [0.5] * len(epochs),
-                                                     "val/fscore": [0.25] * len(epochs)}, **extra}
+    return {
+        "trial_id": "t000",
+        "status": status,
+        "epochs": 2,
+        "epochs_done": len(epochs),
+        "best": 0.5,
+        "rank": 1,
+        "error": None,
+        "log": None,
+        "history": {"epoch": epochs, "val/miou": [0.5] * len(epochs), "val/fscore": [0.25] * len(epochs)},
+        **extra,
+    }
 
 
 def test_plain_lines_have_no_colour_and_never_wrap(tmp_path):
@@ -160,15 +181,19 @@ def test_shortened_demo_under_ray_is_quiet_on_a_pipe(tmp_path, capsys):
     spec_file = tmp_path / "quiet-demo.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-    proc = subprocess.run([sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file),
-                           "--results", str(tmp_path / "results")], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--results", str(tmp_path / "results")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        timeout=900,
+    )
     output = proc.stdout.decode()
     assert proc.returncode == 0, output[-4000:]
     lines = output.splitlines()
     assert not [line for line in lines if "pid=" in line or line.startswith("(")], output
     assert not ANSI.search(output)
-    events = lines[:lines.index("experiment quiet-demo (done)")]  # then the final leaderboard's tables
+    events = lines[: lines.index("experiment quiet-demo (done)")]  # then the final leaderboard's tables
     assert "" not in events, output
     assert "[repeated" not in output and "Setting accelerator" not in output
     warnings = Counter(line.split(" WARNING ", 1)[1] for line in lines if " WARNING " in line)

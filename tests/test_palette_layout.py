@@ -107,14 +107,20 @@ def _write_csv(root: Path, text: str) -> None:
     (root / "metadata.csv").write_text(text)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("uid,split,label\na,train,v1s\nb,dev,v1s\n", r"metadata.csv:3: column split: unknown split 'dev'"),
-    ("uid,split,label\na,train,v3\n", r"metadata.csv:2: column label: unknown label 'v3'"),
-    ("uid,split,label\na,train,v1s\na,test,v1m\n", r"metadata.csv:3: column uid: duplicate uid 'a' \(first on line 2\)"),
-    ("uid,split,label\n../x,train,v1s\n", r"metadata.csv:2: column uid: '../x' is not a plain folder name"),
-    ("uid,split,label\n/abs,train,v1s\n", r"metadata.csv:2: column uid: '/abs' is not a plain folder name"),
-    ("uid,split\na,train\n", r"metadata.csv: column\(s\) label missing from the header"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("uid,split,label\na,train,v1s\nb,dev,v1s\n", r"metadata.csv:3: column split: unknown split 'dev'"),
+        ("uid,split,label\na,train,v3\n", r"metadata.csv:2: column label: unknown label 'v3'"),
+        (
+            "uid,split,label\na,train,v1s\na,test,v1m\n",
+            r"metadata.csv:3: column uid: duplicate uid 'a' \(first on line 2\)",
+        ),
+        ("uid,split,label\n../x,train,v1s\n", r"metadata.csv:2: column uid: '../x' is not a plain folder name"),
+        ("uid,split,label\n/abs,train,v1s\n", r"metadata.csv:2: column uid: '/abs' is not a plain folder name"),
+        ("uid,split\na,train\n", r"metadata.csv: column\(s\) label missing from the header"),
+    ],
+)
 def test_read_metadata_names_row_and_column(tmp_path, text, match):
     _write_csv(tmp_path, text)
     with pytest.raises(InputError, match=match):
@@ -156,6 +162,8 @@ def test_avsbench_class_list_and_mismatch_message():
     assert AVSBENCH_CLASSES[:3] == ("background", "accordion", "airplane") and AVSBENCH_CLASSES[-1] == "woman"
     assert class_list_mismatch("a", AVSBENCH_CLASSES, "b", list(AVSBENCH_CLASSES)) is None
     message = class_list_mismatch("checkpoint X", ("background", "dog"), "data D", AVSBENCH_CLASSES)
-    assert message == ("checkpoint X has 2 classes [background, dog] but data D has 71 classes [background, "
-                       "accordion, airplane, axe, baby, bassoon, bell, bird, ... (63 more)] (class 1 is 'dog' in "
-                       "one, 'accordion' in the other)")
+    assert message == (
+        "checkpoint X has 2 classes [background, dog] but data D has 71 classes [background, "
+        "accordion, airplane, axe, baby, bassoon, bell, bird, ... (63 more)] (class 1 is 'dog' in "
+        "one, 'accordion' in the other)"
+    )

@@ -109,13 +109,42 @@ def work(tmp_path_factory, synth_root: Path, one_torch_thread) -> dict[str, Path
     save_checkpoint(_mixed_stage_one(frames), base / "s1")
     torch.manual_seed(1)
     save_checkpoint(build_model("avss", preset="tiny", classes=class_names(synth_root)), base / "s2")
-    for args in (["evaluate", str(base / "s1"), "--data", str(synth_root), "--split", "test",
-                  "--save-masks", str(base / "ev1"), "--json"],
-                 ["evaluate", str(base / "s2"), "--data", str(synth_root), "--split", "test",
-                  "--prior", str(base / "ev1"), "--save-masks", str(base / "ev2"), "--json"]):
+    for args in (
+        [
+            "evaluate",
+            str(base / "s1"),
+            "--data",
+            str(synth_root),
+            "--split",
+            "test",
+            "--save-masks",
+            str(base / "ev1"),
+            "--json",
+        ],
+        [
+            "evaluate",
+            str(base / "s2"),
+            "--data",
+            str(synth_root),
+            "--split",
+            "test",
+            "--prior",
+            str(base / "ev1"),
+            "--save-masks",
+            str(base / "ev2"),
+            "--json",
+        ],
+    ):
         assert main(args) == 0
-    return {"base": base, "videos": videos, "s1": base / "s1", "s2": base / "s2", "ev1": base / "ev1",
-            "ev2": base / "ev2", "records": records}
+    return {
+        "base": base,
+        "videos": videos,
+        "s1": base / "s1",
+        "s2": base / "s2",
+        "ev1": base / "ev1",
+        "ev2": base / "ev2",
+        "records": records,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +157,21 @@ def stage_one_out(work) -> Path:
 @pytest.fixture(scope="module")
 def two_stage_out(work) -> Path:
     out = work["base"] / "out2"
-    assert main(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s2"]),
-                 "--prior-checkpoint", str(work["s1"])]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(work["videos"]),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(work["s2"]),
+                "--prior-checkpoint",
+                str(work["s1"]),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -144,9 +186,12 @@ def _assert_same_masks(out: Path, evaluated: Path, records) -> None:
 # --------------------------------------------------------------------------------------- tests
 def test_stage_one_masks_are_evaluate_masks_byte_for_byte(work, stage_one_out):
     _assert_same_masks(stage_one_out, work["ev1"], work["records"])
-    shares = [c["share"] for r in work["records"]
-              for s in json.loads((stage_one_out / r.uid / "timeline.json").read_text())["timeline"]
-              for c in s["sounding"]]
+    shares = [
+        c["share"]
+        for r in work["records"]
+        for s in json.loads((stage_one_out / r.uid / "timeline.json").read_text())["timeline"]
+        for c in s["sounding"]
+    ]
     assert shares and 0.05 < np.mean(shares) < 0.95  # the masks are neither empty nor whole frames
 
 
@@ -156,17 +201,32 @@ def test_two_stage_masks_are_evaluate_masks_byte_for_byte(work, two_stage_out):
 
 def test_experiment_runs_stage_one_into_stage_two(work, two_stage_out, capsys):
     results = work["base"] / "results" / "demo"
-    spec = {"stages": [{"name": "localize", "task": "avss-binary", "prior": None},
-                       {"name": "semantic", "task": "avss", "prior": "localize"},
-                       {"name": "plain", "task": "avss-binary", "prior": None}],
-            "model": {"preset": "tiny", "vggish": None, "vggish_pca": None}}
+    spec = {
+        "stages": [
+            {"name": "localize", "task": "avss-binary", "prior": None},
+            {"name": "semantic", "task": "avss", "prior": "localize"},
+            {"name": "plain", "task": "avss-binary", "prior": None},
+        ],
+        "model": {"preset": "tiny", "vggish": None, "vggish_pca": None},
+    }
     results.mkdir(parents=True)
     (results / "spec.json").write_text(json.dumps({"hash": "x", "spec": spec}))
     for stage, checkpoint in (("localize", work["s1"]), ("semantic", work["s2"]), ("plain", work["s1"])):
         (results / stage).mkdir()
-        write_best(results / stage, BestTrial(stage=stage, trial_id="t000", metric="val/miou", mode="max", value=0.5,
-                                              checkpoint=str(checkpoint), checkpoint_sha256="0" * 64, params={},
-                                              data_root=str(work["base"] / "data")))
+        write_best(
+            results / stage,
+            BestTrial(
+                stage=stage,
+                trial_id="t000",
+                metric="val/miou",
+                mode="max",
+                value=0.5,
+                checkpoint=str(checkpoint),
+                checkpoint_sha256="0" * 64,
+                params={},
+                data_root=str(work["base"] / "data"),
+            ),
+        )
     video = work["videos"] / f"{work['records'][0].uid}.mkv"
     out = work["base"] / "out-exp"
     code, stdout, _ = _run(["predict", str(video), "--out", str(out), "--experiment", str(results), "--json"], capsys)
@@ -177,10 +237,23 @@ def test_experiment_runs_stage_one_into_stage_two(work, two_stage_out, capsys):
     assert _png_tree(out / name / "masks") == _png_tree(two_stage_out / name / "masks")
     models = json.loads((out / name / "timeline.json").read_text())["models"]
     assert models["prior_checkpoint"] == str(work["s1"]) and models["task"] == "avss"
-    code, _, _ = _run(["predict", str(video), "--out", str(work["base"] / "out-plain"), "--experiment",
-                       str(results), "--stage", "plain"], capsys)
+    code, _, _ = _run(
+        [
+            "predict",
+            str(video),
+            "--out",
+            str(work["base"] / "out-plain"),
+            "--experiment",
+            str(results),
+            "--stage",
+            "plain",
+        ],
+        capsys,
+    )
     assert code == 0
-    assert _png_tree(work["base"] / "out-plain" / name / "masks") == _png_tree(work["ev1"] / work["records"][0].subset / name)
+    assert _png_tree(work["base"] / "out-plain" / name / "masks") == _png_tree(
+        work["ev1"] / work["records"][0].subset / name
+    )
 
 
 def test_outputs_overlay_and_timeline(work, two_stage_out, synth_root):
@@ -238,23 +311,40 @@ def test_long_clip_windows_do_not_drift(work, tmp_path, capsys):
     write_video(tmp_path / "long.mkv", frames, 2, audio=(audio, 16000), **LOSSLESS)
     write_video(tmp_path / "cut.mkv", frames[20:40], 2, audio=(audio[160000:320000], 16000), **LOSSLESS)
     out = tmp_path / "out"
-    code, _, _ = _run(["predict", str(tmp_path / "long.mkv"), str(tmp_path / "cut.mkv"), "--out", str(out),
-                       "--checkpoint", str(work["s2"]), "--prior-checkpoint", str(work["s1"])], capsys)
+    code, _, _ = _run(
+        [
+            "predict",
+            str(tmp_path / "long.mkv"),
+            str(tmp_path / "cut.mkv"),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(work["s2"]),
+            "--prior-checkpoint",
+            str(work["s1"]),
+        ],
+        capsys,
+    )
     assert code == 0
     assert len(list((out / "long" / "masks").iterdir())) == 23
     for t in range(10):
-        assert (out / "long" / "masks" / f"{t + 10}.png").read_bytes() == (out / "cut" / "masks" / f"{t}.png").read_bytes()
+        assert (out / "long" / "masks" / f"{t + 10}.png").read_bytes() == (
+            out / "cut" / "masks" / f"{t}.png"
+        ).read_bytes()
 
 
 def test_existing_results_are_skipped_unless_overwrite(work, stage_one_out, capsys):
     video = work["videos"] / f"{work['records'][0].uid}.mkv"
     target = stage_one_out / work["records"][0].uid / "timeline.json"
     before = target.stat().st_mtime_ns
-    code, stdout, _ = _run(["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]),
-                            "--json"], capsys)
+    code, stdout, _ = _run(
+        ["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]), "--json"], capsys
+    )
     assert code == 0 and json.loads(stdout)["skipped"] == 1 and target.stat().st_mtime_ns == before
-    code, stdout, _ = _run(["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]),
-                            "--json", "--overwrite"], capsys)
+    code, stdout, _ = _run(
+        ["predict", str(video), "--out", str(stage_one_out), "--checkpoint", str(work["s1"]), "--json", "--overwrite"],
+        capsys,
+    )
     assert code == 0 and json.loads(stdout)["done"] == 1 and target.stat().st_mtime_ns != before
 
 
@@ -268,7 +358,9 @@ def test_bad_inputs_are_named_and_the_others_finish(work, tmp_path, capsys):
     (bad / "text.mp4").write_text("not a video at all\n")
     data = good.read_bytes()
     corrupt = bytearray(data)
-    corrupt[len(data) // 3: len(data) // 3 + 4000] = np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes()
+    corrupt[len(data) // 3 : len(data) // 3 + 4000] = (
+        np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes()
+    )
     (bad / "corrupt.mkv").write_bytes(bytes(corrupt))
     write_video(bad / "cut.mp4", _moving_frames(6, 5), 5, options={"preset": "ultrafast"})
     (bad / "truncated.mp4").write_bytes((bad / "cut.mp4").read_bytes()[: (bad / "cut.mp4").stat().st_size // 2])
@@ -284,16 +376,26 @@ def test_bad_inputs_are_named_and_the_others_finish(work, tmp_path, capsys):
     write_video(bad / "blink.mkv", list(_moving_frames(1, 5))[:1], 5, **LOSSLESS)  # one frame: 0.2 s
     write_video(bad / "silent.mkv", _moving_frames(3, 5), 5, **LOSSLESS)  # no audio track: fine
     out = tmp_path / "out"
-    code, stdout, err = _run(["predict", str(bad), "--out", str(out), "--checkpoint", str(work["s1"]), "--json"], capsys)
+    code, stdout, err = _run(
+        ["predict", str(bad), "--out", str(out), "--checkpoint", str(work["s1"]), "--json"], capsys
+    )
     assert code == 2
     summary = json.loads(stdout)
     status = {v["name"]: v for v in summary["videos"]}
     assert {n for n, v in status.items() if v["status"] == "done"} == {"good", "silent"}
-    expected = {"text": "not a readable video", "corrupt": "corrupt or truncated", "truncated": "not a readable video",
-                "tail": "truncated video", "sound-only": "no video stream", "blink": "zero-length clip"}
+    expected = {
+        "text": "not a readable video",
+        "corrupt": "corrupt or truncated",
+        "truncated": "not a readable video",
+        "tail": "truncated video",
+        "sound-only": "no video stream",
+        "blink": "zero-length clip",
+    }
     for name, words in expected.items():
         assert status[name]["status"] == "failed", name
-        assert words in status[name]["error"] and str(bad / status[name]["video"].split("/")[-1]) in status[name]["error"]
+        assert (
+            words in status[name]["error"] and str(bad / status[name]["video"].split("/")[-1]) in status[name]["error"]
+        )
         assert f"aavs: failed: {status[name]['error']}" in err
         assert not (out / name).exists()
     assert sorted(p.name for p in out.iterdir()) == ["good", "silent"]  # nothing partial, no temporary folders
@@ -320,8 +422,21 @@ def test_predict_video_api_matches_the_files(work, stage_one_out):
 @pytest.mark.ray
 def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, ray_cluster, tmp_path, capsys):
     out = tmp_path / "ray"
-    code, stdout, _ = _run(["predict", str(work["videos"]), "--out", str(out), "--checkpoint", str(work["s2"]),
-                            "--prior-checkpoint", str(work["s1"]), "--ray", "--json"], capsys)
+    code, stdout, _ = _run(
+        [
+            "predict",
+            str(work["videos"]),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(work["s2"]),
+            "--prior-checkpoint",
+            str(work["s1"]),
+            "--ray",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads(stdout)["done"] == len(work["records"])
     for record in work["records"]:
         for name in ("timeline.json", "overlay.mp4"):
@@ -347,11 +462,32 @@ def test_long_clip_memory_stays_flat(work, tmp_path):
     peaks = {}
     for seconds in (10, 95):
         video = tmp_path / f"clip{seconds}.mp4"
-        write_video(video, _moving_frames(seconds, 15, (240, 320)), 15, options={"preset": "ultrafast", "crf": "30"},
-                    audio=(_tone(seconds), 16000), audio_codec="aac")
-        result = subprocess.run([sys.executable, "-c", _PEAK, "predict", str(video), "--out", str(tmp_path / "out"),
-                                 "--checkpoint", str(work["s2"]), "--prior-checkpoint", str(work["s1"])],
-                                capture_output=True, text=True, timeout=600)
+        write_video(
+            video,
+            _moving_frames(seconds, 15, (240, 320)),
+            15,
+            options={"preset": "ultrafast", "crf": "30"},
+            audio=(_tone(seconds), 16000),
+            audio_codec="aac",
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK,
+                "predict",
+                str(video),
+                "--out",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(work["s2"]),
+                "--prior-checkpoint",
+                str(work["s1"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr
         peaks[seconds] = int(result.stdout.split()[-1])
     assert json.loads((tmp_path / "out" / "clip95" / "timeline.json").read_text())["seconds"] == 95

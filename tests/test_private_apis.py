@@ -30,12 +30,26 @@ def test_accelerate_reset_state_clears_the_singleton():
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-@pytest.mark.parametrize("name, ours", [
-    ("Mask2FormerMaskedAttentionDecoder", ("inputs_embeds", "multi_stage_positional_embeddings", "pixel_embeddings",
-                                           "encoder_hidden_states", "query_position_embeddings", "feature_size_list",
-                                           "output_attentions", "output_hidden_states", "return_dict")),
-    ("Mask2FormerMaskPredictor", ("outputs", "pixel_embeddings", "attention_mask_target_size")),
-])
+@pytest.mark.parametrize(
+    "name, ours",
+    [
+        (
+            "Mask2FormerMaskedAttentionDecoder",
+            (
+                "inputs_embeds",
+                "multi_stage_positional_embeddings",
+                "pixel_embeddings",
+                "encoder_hidden_states",
+                "query_position_embeddings",
+                "feature_size_list",
+                "output_attentions",
+                "output_hidden_states",
+                "return_dict",
+            ),
+        ),
+        ("Mask2FormerMaskPredictor", ("outputs", "pixel_embeddings", "attention_mask_target_size")),
+    ],
+)
 def test_transformers_internal_forwards_keep_the_signatures_aavs_overrides(name, ours):
     """``models/modeling_aavs.py``: AAVS subclasses two internal Mask2Former modules and promotes the
     library's instances to them (docs/method.md §3), so that parameter names stay those of the released

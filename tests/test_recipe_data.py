@@ -34,13 +34,16 @@ SIZE = 64
 
 def _per_second_embeddings(root: Path, task: str, split: str) -> dict[str, np.ndarray]:
     """Embeddings whose row t is the constant t: which second reaches an item is plain to see."""
-    return {r.uid: np.repeat(np.arange(r.num_frames, dtype=np.float32)[:, None], 128, axis=1)
-            for r in select_videos(root, task, split)}
+    return {
+        r.uid: np.repeat(np.arange(r.num_frames, dtype=np.float32)[:, None], 128, axis=1)
+        for r in select_videos(root, task, split)
+    }
 
 
 def _data(root: Path, task: str, split: str, **kwargs) -> AVSBenchDataset:
-    return AVSBenchDataset(root, task, split, image_size=SIZE, embeddings=_per_second_embeddings(root, task, split),
-                           **kwargs)
+    return AVSBenchDataset(
+        root, task, split, image_size=SIZE, embeddings=_per_second_embeddings(root, task, split), **kwargs
+    )
 
 
 # ------------------------------------------------------------------------ 1. v1s: frame 0 five times
@@ -88,8 +91,9 @@ def test_binary_target_is_opencvs_bilinear_grey_threshold():
     nearest = read_colour(FIXTURE / "mask.png") != 0
     assert (target >= nearest).all() and target.sum() > nearest.sum()  # a slight dilation
     # PIL's bilinear filter antialiases when it shrinks (300 -> 224 here): not the reference's target.
-    pil = np.asarray(Image.open(FIXTURE / "mask.png").convert("RGB").resize((224, 224), Image.BILINEAR)
-                     .convert("L")) > 0
+    pil = (
+        np.asarray(Image.open(FIXTURE / "mask.png").convert("RGB").resize((224, 224), Image.BILINEAR).convert("L")) > 0
+    )
     assert not np.array_equal(pil, target)
 
 
@@ -107,8 +111,12 @@ def test_binary_training_labels_use_the_reference_target_and_metrics_the_nearest
 @pytest.mark.parametrize("size", [384, 128, 64])
 def test_labels_are_resized_as_pils_nearest(size):
     labels = torch.from_numpy(np.random.default_rng(size).integers(0, 71, (2, 224, 224)))
-    expected = np.stack([np.asarray(Image.fromarray(m.astype(np.int32), mode="I").resize((size, size), Image.NEAREST))
-                         for m in labels.numpy()])
+    expected = np.stack(
+        [
+            np.asarray(Image.fromarray(m.astype(np.int32), mode="I").resize((size, size), Image.NEAREST))
+            for m in labels.numpy()
+        ]
+    )
     assert np.array_equal(resize_labels(labels, size).numpy(), expected)
 
 
@@ -132,18 +140,33 @@ def test_loss_targets_have_the_input_size(monkeypatch, one_torch_thread):
 
 # ------------------------------------------------------------------ 3. all-empty videos: no step
 def _batch(subsets: list[str], empty: list[bool]) -> dict:
-    labels = torch.stack([torch.zeros(5, 8, 8, dtype=torch.long) if e else torch.ones(5, 8, 8, dtype=torch.long)
-                          for e in empty])
+    labels = torch.stack(
+        [torch.zeros(5, 8, 8, dtype=torch.long) if e else torch.ones(5, 8, 8, dtype=torch.long) for e in empty]
+    )
     n = 5 * len(subsets)
-    return {"pixel_values": torch.zeros(n, 3, 4, 4), "labels": labels.flatten(0, 1), "class_map": labels.flatten(0, 1),
-            "annotated": torch.ones(n, dtype=torch.bool), "audio": torch.zeros(n, 128),
-            "uids": [f"u{i}" for i in range(len(subsets))], "subsets": subsets, "frames_per_video": [5] * len(subsets)}
+    return {
+        "pixel_values": torch.zeros(n, 3, 4, 4),
+        "labels": labels.flatten(0, 1),
+        "class_map": labels.flatten(0, 1),
+        "annotated": torch.ones(n, dtype=torch.bool),
+        "audio": torch.zeros(n, 128),
+        "uids": [f"u{i}" for i in range(len(subsets))],
+        "subsets": subsets,
+        "frames_per_video": [5] * len(subsets),
+    }
 
 
-@pytest.mark.parametrize("task, subset, dropped", [
-    ("ms3", "v1m", True), ("avss-binary", "v1m", True),
-    ("avss-binary", "v2", False), ("avss-binary", "v1s", False), ("s4", "v1s", False), ("avss", "v1m", False),
-])
+@pytest.mark.parametrize(
+    "task, subset, dropped",
+    [
+        ("ms3", "v1m", True),
+        ("avss-binary", "v1m", True),
+        ("avss-binary", "v2", False),
+        ("avss-binary", "v1s", False),
+        ("s4", "v1s", False),
+        ("avss", "v1m", False),
+    ],
+)
 def test_which_all_empty_videos_leave_the_loss(task, subset, dropped):
     batch, loss_frames = training_frames(_batch([subset, subset], [True, False]), task)
     assert batch["pixel_values"].shape[0] == (5 if dropped else 10) and loss_frames.all()  # the other video stays
@@ -158,29 +181,37 @@ def _blank_masks(root: Path, record) -> None:
 
 def _snapshot(model, optimizer) -> tuple[dict, dict]:
     params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-             for p, s in optimizer.state.items()}
+    state = {
+        id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in optimizer.state.items()
+    }
     return params, state
 
 
 def _same(a: tuple[dict, dict], b: tuple[dict, dict]) -> bool:
     params_equal = a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
     states_equal = a[1].keys() == b[1].keys() and all(
-        a[1][p].keys() == b[1][p].keys() and all(torch.equal(torch.as_tensor(a[1][p][k]), torch.as_tensor(b[1][p][k]))
-                                                 for k in a[1][p]) for p in a[1])
+        a[1][p].keys() == b[1][p].keys()
+        and all(torch.equal(torch.as_tensor(a[1][p][k]), torch.as_tensor(b[1][p][k])) for k in a[1][p])
+        for p in a[1]
+    )
     return params_equal and states_equal
 
 
 def test_all_empty_ms3_video_makes_no_optimizer_step(synth_copy, tmp_path, one_torch_thread):
     records = select_videos(synth_copy, "ms3", "train")
     _blank_masks(synth_copy, records[0])
-    cfg = TrainConfig(task="ms3", data_root=str(synth_copy), trial_dir=str(tmp_path),
-                      compute=ComputeConfig(gpus_per_worker=0, loader_workers=0))
+    cfg = TrainConfig(
+        task="ms3",
+        data_root=str(synth_copy),
+        trial_dir=str(tmp_path),
+        compute=ComputeConfig(gpus_per_worker=0, loader_workers=0),
+    )
     torch.manual_seed(0)
     model = build_model("ms3", preset="tiny")
     set_phase(model, "A")
-    optimizer = torch.optim.AdamW(phase_parameter_groups(model, "A", lr=1e-3, weight_decay=0.05), lr=1e-3,
-                                  weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        phase_parameter_groups(model, "A", lr=1e-3, weight_decay=0.05), lr=1e-3, weight_decay=0.05
+    )
     accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
     data = AVSBenchDataset(synth_copy, "ms3", "train", image_size=model.config.image_size, training=True)
@@ -241,14 +272,31 @@ def test_stage_one_epochs_are_shuffled_by_seed_and_epoch(synth_root, tmp_path):
 
 
 def test_shuffle_is_a_stage_option_of_the_experiment_file(tmp_path):
-    raw = {"name": "x", "data": {"synthetic": {"videos_per_split": 2}}, "model": {"preset": "tiny"},
-           "stages": [{"name": "localize", "task": "avss-binary"},
-                      {"name": "semantic", "task": "avss", "prior": "localize", "shuffle": True}]}
+    raw = {
+        "name": "x",
+        "data": {"synthetic": {"videos_per_split": 2}},
+        "model": {"preset": "tiny"},
+        "stages": [
+            {"name": "localize", "task": "avss-binary"},
+            {"name": "semantic", "task": "avss", "prior": "localize", "shuffle": True},
+        ],
+    }
     spec = parse_spec(raw, "x.yaml")
     assert [s.shuffle for s in spec.stages] == [True, True]  # stage one's task default, stage two's as written
-    bests = {"localize": BestTrial(stage="localize", trial_id="t000", metric="val/miou", mode="max", value=0.5,
-                                   checkpoint=str(tmp_path / "best"), checkpoint_sha256="0" * 64, params={},
-                                   data_root=str(tmp_path / "data"), masks=str(tmp_path / "masks"))}
+    bests = {
+        "localize": BestTrial(
+            stage="localize",
+            trial_id="t000",
+            metric="val/miou",
+            mode="max",
+            value=0.5,
+            checkpoint=str(tmp_path / "best"),
+            checkpoint_sha256="0" * 64,
+            params={},
+            data_root=str(tmp_path / "data"),
+            masks=str(tmp_path / "masks"),
+        )
+    }
     shuffles = []
     for stage in spec.stages:
         configs = trial_configs(spec, stage, tmp_path / "data", tmp_path / "cache", tmp_path / stage.name, bests)

@@ -87,7 +87,7 @@ def assert_normal(sample: torch.Tensor, std: float) -> None:
 
 def assert_uniform(sample: torch.Tensor, bound: float) -> None:
     assert sample.abs().max() <= bound
-    assert sample.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    assert sample.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
 
 
 def test_added_modules_start_as_the_reference_from_pretrained():
@@ -115,7 +115,7 @@ def test_added_modules_start_as_the_reference_from_pretrained():
     assert torch.count_nonzero(values(swin, "bias")) == 0
     # class predictor: nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
     head = model.model.class_predictor
-    bound = 1 / head.in_features ** 0.5
+    bound = 1 / head.in_features**0.5
     assert_uniform(head.weight.detach(), bound)
     assert head.bias.abs().max() <= bound and torch.count_nonzero(head.bias) == head.out_features
 
@@ -137,7 +137,7 @@ def test_a_pretrained_base_resized_class_predictor_gets_the_default_linear_init(
     model = build_model("avss", pretrained=str(ade_like_dir), image_size=S)
     head = model.model.class_predictor
     assert head.weight.shape == (72, 64)
-    assert_uniform(head.weight.detach(), 1 / head.in_features ** 0.5)
+    assert_uniform(head.weight.detach(), 1 / head.in_features**0.5)
 
 
 # ---------------------------------------------------------------------------- drop path

@@ -57,8 +57,9 @@ def test_released_checkpoint_reproduces_the_reference_scores(variant, task):
 @pytest.mark.parametrize("variant,task", NETWORKS)
 def test_imported_checkpoint_gives_the_same_scores(variant, task, tmp_path):
     released, base, inputs, reference, stride = fixture_files(variant)
-    code = main(["import-checkpoint", str(released), "--base", str(base), "--task", task,
-                 "--out", str(tmp_path / "ours")])
+    code = main(
+        ["import-checkpoint", str(released), "--base", str(base), "--task", task, "--out", str(tmp_path / "ours")]
+    )
     assert code == 0
     meta = json.loads((tmp_path / "ours" / "aavs.json").read_text())
     assert meta["task"] == task and meta["phase"] == "B"
@@ -71,8 +72,11 @@ def test_weights_come_from_the_release_not_from_the_base(tmp_path):
     other = Path(shutil.copytree(base, tmp_path / "base"))
     weights = load_file(other / "model.safetensors")
     g = torch.Generator().manual_seed(0)
-    save_file({k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-               for k, v in weights.items()}, other / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in weights.items()},
+        other / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     assert_matches_reference(our_scores(load_model(released, base=str(other), task="avss"), inputs, stride), reference)
 
 
@@ -88,6 +92,9 @@ def test_a_release_with_a_renamed_or_missing_tensor_fails_naming_it(tmp_path):
         load_model(tmp_path / "renamed.pth", base=str(base), task="s4")
     missing = {k: v for k, v in state.items() if k != adapter}
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(InputError, match=r"lacks weights the AAVS network needs: .*layers\.1\.blocks\.0\.mlp\.fc2"
-                                         r"\.adapter\.2\.weight"):
+    with pytest.raises(
+        InputError,
+        match=r"lacks weights the AAVS network needs: .*layers\.1\.blocks\.0\.mlp\.fc2"
+        r"\.adapter\.2\.weight",
+    ):
         load_model(tmp_path / "missing.pth", base=str(base), task="s4")

@@ -18,13 +18,30 @@ from aavs.orchestrator.recipe.output_capture import experiment_done, log_files, 
 from aavs.orchestrator.results import StageStatus, TrialStatus
 from aavs.orchestrator.views.leaderboard import build_leaderboard, load_leaderboard, write_leaderboard
 
-SPEC = {"name": "old", "model": {"preset": "tiny", "vggish": None, "vggish_pca": None},
-        "stages": [{"name": "localize", "task": "avss-binary", "epochs": 2, "prior": None, "init_from": None,
-                    "params": {"lr": {"grid": [0.001, 0.003]}},
-                    "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "seed": 0}},
-                   {"name": "semantic", "task": "avss", "epochs": 2, "prior": "localize", "init_from": "localize",
-                    "params": {"lr": 0.001},
-                    "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "seed": 0}}]}
+SPEC = {
+    "name": "old",
+    "model": {"preset": "tiny", "vggish": None, "vggish_pca": None},
+    "stages": [
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "prior": None,
+            "init_from": None,
+            "params": {"lr": {"grid": [0.001, 0.003]}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "seed": 0},
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "epochs": 2,
+            "prior": "localize",
+            "init_from": "localize",
+            "params": {"lr": 0.001},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "seed": 0},
+        },
+    ],
+}
 
 
 def _write(path: Path, obj: object) -> None:
@@ -46,28 +63,67 @@ def old_folder(root: Path) -> Path:
         _write(trial / "params.json", {"lr": lr})
         _write(trial / "config.json", {"epochs": 2, "prior": None, "init_from": None, "lr": lr})
         _write(trial / "node.json", {"node_id": None})
-        _write(trial / "status.json", {"status": "done", "time": 1.0, "epoch": 2, "epochs": 2,
-                                       "best": {"val/miou": max(values), "epoch": 1}})
-        (trial / "metrics.jsonl").write_text("".join(
-            json.dumps({"epoch": e, "phase": "AB"[e], "train/loss": 1.0 / (e + 1), "val/miou": v, "val/fscore": v,
-                        "time": 2.0 + e, "checkpoint": str(trial / "best")}) + "\n" for e, v in enumerate(values))
-            + '{"epoch": 2, "val/mi')  # a torn last line: ignored
+        _write(
+            trial / "status.json",
+            {"status": "done", "time": 1.0, "epoch": 2, "epochs": 2, "best": {"val/miou": max(values), "epoch": 1}},
+        )
+        (trial / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "epoch": e,
+                        "phase": "AB"[e],
+                        "train/loss": 1.0 / (e + 1),
+                        "val/miou": v,
+                        "val/fscore": v,
+                        "time": 2.0 + e,
+                        "checkpoint": str(trial / "best"),
+                    }
+                )
+                + "\n"
+                for e, v in enumerate(values)
+            )
+            + '{"epoch": 2, "val/mi'
+        )  # a torn last line: ignored
         _write(trial / "best" / "metrics.json", {"val/miou": max(values), "val/fscore": max(values), "epoch": 1})
-    best = {"trial_id": "t000", "metric": "val/miou", "mode": "max", "value": 0.5,
-            "checkpoint": str(one / "trials" / "t000" / "best"), "checkpoint_sha256": "a" * 64,
-            "params": {"lr": 0.001}, "stage": "localize", "data_root": str(root / "data"),
-            "masks": str(one / "masks"), "test": {"miou": 0.45, "fscore": 0.5}}
+    best = {
+        "trial_id": "t000",
+        "metric": "val/miou",
+        "mode": "max",
+        "value": 0.5,
+        "checkpoint": str(one / "trials" / "t000" / "best"),
+        "checkpoint_sha256": "a" * 64,
+        "params": {"lr": 0.001},
+        "stage": "localize",
+        "data_root": str(root / "data"),
+        "masks": str(one / "masks"),
+        "test": {"miou": 0.45, "fscore": 0.5},
+    }
     _write(one / "best.json", best)
-    _write(one / "masks" / "_SUCCESS.json", {"checkpoint": best["checkpoint"], "checkpoint_sha256": "a" * 64,
-                                             "node_id": None, "scores": {"test": {"miou": 0.45, "fscore": 0.5}}})
+    _write(
+        one / "masks" / "_SUCCESS.json",
+        {
+            "checkpoint": best["checkpoint"],
+            "checkpoint_sha256": "a" * 64,
+            "node_id": None,
+            "scores": {"test": {"miou": 0.45, "fscore": 0.5}},
+        },
+    )
     _write(one / "done.json", {"inputs_hash": "i1"})
     trial = folder / "semantic" / "trials" / "t000"
     _write(trial / "params.json", {"lr": 0.001})
     _write(trial / "config.json", {"epochs": 2, "prior": str(one / "masks"), "init_from": best["checkpoint"]})
     _write(trial / "status.json", {"status": "running", "time": 1.0, "epoch": 0, "epochs": 2})
-    _write(folder / "report" / "localize" / "predictions.json", {
-        "checkpoint": best["checkpoint"], "checkpoint_sha256": "a" * 64, "videos": 4, "per_class": None,
-        "samples": [{"uid": "v1", "subset": "v1s", "frame": 0}]})
+    _write(
+        folder / "report" / "localize" / "predictions.json",
+        {
+            "checkpoint": best["checkpoint"],
+            "checkpoint_sha256": "a" * 64,
+            "videos": 4,
+            "per_class": None,
+            "samples": [{"uid": "v1", "subset": "v1s", "frame": 0}],
+        },
+    )
     return folder
 
 
@@ -84,8 +140,18 @@ def test_each_record_round_trips(tmp_path: Path):
     assert results.read_inputs(stage) == results.InputsRecord(inputs_hash="i", inputs={"a": [1, 2]})
     results.write_done(stage, "i")
     assert results.read_done(stage).inputs_hash == "i"
-    best = results.BestTrial(stage="s", trial_id="t000", metric="val/miou", mode="max", value=0.5, checkpoint="c",
-                             checkpoint_sha256="x", params={"lr": 0.1}, data_root="d", test={"miou": 0.4})
+    best = results.BestTrial(
+        stage="s",
+        trial_id="t000",
+        metric="val/miou",
+        mode="max",
+        value=0.5,
+        checkpoint="c",
+        checkpoint_sha256="x",
+        params={"lr": 0.1},
+        data_root="d",
+        test={"miou": 0.4},
+    )
     results.write_best(stage, best)
     assert results.read_best(stage) == best
     masks = results.MasksRecord(checkpoint="c", checkpoint_sha256="x", scores={"val": {"miou": 0.3}}, node_id="n")
@@ -100,8 +166,10 @@ def test_each_record_round_trips(tmp_path: Path):
     status = results.StatusRecord(status=TrialStatus.DONE, time=1.0, epoch=2, epochs=2, best={"val/miou": 0.5})
     results.write_status(trial, status)
     assert results.read_status(trial) == status and results.trial_status(trial) is TrialStatus.DONE
-    rows = [{"epoch": 0, "phase": "A", "val/miou": 0.25, "train/loss": math.nan, "time": 1.0},
-            {"epoch": 1, "phase": "B", "val/miou": 0.5}]
+    rows = [
+        {"epoch": 0, "phase": "A", "val/miou": 0.25, "train/loss": math.nan, "time": 1.0},
+        {"epoch": 1, "phase": "B", "val/miou": 0.5},
+    ]
     for row in rows:
         results.append_metrics(trial, row)
     read = results.read_metrics(trial)
@@ -114,10 +182,13 @@ def test_each_record_round_trips(tmp_path: Path):
     results.write_checkpoint_metrics(trial / "best", {"val/miou": 0.5, "epoch": 1})
     metrics = results.read_checkpoint_metrics(trial / "best")
     assert metrics.epoch == 1 and metrics["val/miou"] == 0.5 and "val/miou" in metrics and "val/f" not in metrics
-    predictions = results.Predictions(checkpoint="c", checkpoint_sha256="x", videos=2,
-                                      per_class={"classes": ["bg", "dog"], "iou": [0.9, 0.1], "fscore": [0.9, 0.2],
-                                                 "present": [True, False]},
-                                      samples=[{"uid": "u", "subset": "v2", "frame": 3}])
+    predictions = results.Predictions(
+        checkpoint="c",
+        checkpoint_sha256="x",
+        videos=2,
+        per_class={"classes": ["bg", "dog"], "iou": [0.9, 0.1], "fscore": [0.9, 0.2], "present": [True, False]},
+        samples=[{"uid": "u", "subset": "v2", "frame": 3}],
+    )
     results.write_predictions(tmp_path / "report", predictions)
     assert results.read_predictions(tmp_path / "report") == predictions
 
@@ -150,8 +221,10 @@ def test_mark_failed_keeps_the_status_record(tmp_path: Path):
 def test_a_newer_format_is_refused_by_every_reader(tmp_path: Path, capsys):
     folder = old_folder(tmp_path)
     _write(folder / results.FORMAT_FILE, {"format_version": results.FORMAT_VERSION + 1})
-    message = (f"{folder}: results format version {results.FORMAT_VERSION + 1} is newer than this aavs "
-               rf"\(.*\) reads \(format version {results.FORMAT_VERSION}\); upgrade aavs")
+    message = (
+        f"{folder}: results format version {results.FORMAT_VERSION + 1} is newer than this aavs "
+        rf"\(.*\) reads \(format version {results.FORMAT_VERSION}\); upgrade aavs"
+    )
     for read in (results.check_format, results.read_spec, build_leaderboard, load_leaderboard, log_files):
         with pytest.raises(InputError, match=message):
             read(folder)
@@ -169,14 +242,24 @@ def test_the_unversioned_layout_is_still_read(tmp_path: Path):
     board = write_leaderboard(folder)  # the driver's view of an upgraded run: reads every old file
     one, two = board["stages"]
     assert board["status"] == StageStatus.RUNNING and board["progress"] == {
-        "trials_done": 2, "trials": 3, "epochs_done": 4, "epochs": 6}
+        "trials_done": 2,
+        "trials": 3,
+        "epochs_done": 4,
+        "epochs": 6,
+    }
     assert one["status"] == "done" and one["best"]["test"] == {"miou": 0.45, "fscore": 0.5}
     assert [(t["trial_id"], t["rank"], t["best"], t["best_epoch"]) for t in one["trials"]] == [
-        ("t000", 1, 0.5, 1), ("t001", 2, 0.4, 1)]
+        ("t000", 1, 0.5, 1),
+        ("t001", 2, 0.4, 1),
+    ]
     assert one["trials"][0]["history"]["epoch"] == [0, 1]  # the torn line is left out
     assert two["status"] == "running" and two["trials"][0]["status"] == TrialStatus.RUNNING
-    assert two["trials"][0]["fed_by"]["prior"] == {"stage": "localize", "trial_id": "t000", "epoch": 1,
-                                                   "checkpoint": one["best"]["checkpoint"]}
+    assert two["trials"][0]["fed_by"]["prior"] == {
+        "stage": "localize",
+        "trial_id": "t000",
+        "epoch": 1,
+        "checkpoint": one["best"]["checkpoint"],
+    }
     assert load_leaderboard(folder) == json.loads((folder / results.LEADERBOARD_FILE).read_text())
     assert results.read_best(folder / "localize").masks == str(folder / "localize" / "masks")
     assert results.read_predictions(folder / "report" / "localize").per_class is None

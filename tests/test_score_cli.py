@@ -48,7 +48,7 @@ def test_binary_scores_match_the_metric_on_the_arrays(synth_root, tmp_path, task
     metric = BinaryMetric()
     for record, pred in preds.items():
         frames = list(record.annotated_frames)
-        hard = (pred[frames] != 0)
+        hard = pred[frames] != 0
         metric.update(hard, hard.astype(np.float32), _truth(synth_root, record)[frames] != 0)
     scores = score_predictions(tmp_path, synth_root, task, "test")
     assert set(scores) == {"miou", "fscore"}
@@ -85,8 +85,11 @@ def test_semantic_scores_are_over_the_data_classes(synth_copy, tmp_path):
     wrong = preds[record].copy()
     wrong[:, :3, :3] = 12  # a class of the palette the data does not have
     write_class_masks(tmp_path / "perfect", record, wrong)
-    with pytest.raises(InputError, match=r"0\.png: colour \(\d+, \d+, \d+\) \(9 pixels\) is not in the AVSBench "
-                                         r"palette of 12 classes"):
+    with pytest.raises(
+        InputError,
+        match=r"0\.png: colour \(\d+, \d+, \d+\) \(9 pixels\) is not in the AVSBench "
+        r"palette of 12 classes",
+    ):
         score_predictions(tmp_path / "perfect", synth_copy, "avss", "val")
 
 

@@ -76,8 +76,9 @@ def test_a_started_ray_serves_its_job_api_on_loopback_and_requires_a_token(tmp_p
     """Measured, not just the arguments: the dashboard and job API (how work is submitted from outside)
     listen on 127.0.0.1 only, and the gRPC ports Ray cannot bind to one address need Ray's token."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    out = subprocess.run([sys.executable, "-c", LISTENING], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", LISTENING], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     host, port = found["dashboard"].rsplit(":", 1)
@@ -91,8 +92,9 @@ def test_every_ray_init_in_aavs_uses_the_loopback_arguments() -> None:
     assert calls
     for path, node in calls:
         assert node.keywords and node.keywords[0].arg is None, f"{path}:{node.lineno}: ray.init without **kwargs"
-        assert ast.unparse(node.keywords[0].value) in ("ray_init_kwargs(quiet)", "local_ray_kwargs()"), \
+        assert ast.unparse(node.keywords[0].value) in ("ray_init_kwargs(quiet)", "local_ray_kwargs()"), (
             f"{path}:{node.lineno}"
+        )
 
 
 # ---------------------------------------------------------------------------------------- submit
@@ -104,14 +106,16 @@ def no_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("address", ["http://10.1.2.3:8265", "http://head.example:8265", "https://[2001:db8::1]:8265"])
 def test_submit_refuses_a_remote_job_api_without_a_token(no_token, address: str, capsys) -> None:
-    assert main(["submit", str(REPO / "experiments" / "demo.yaml"), "--address", address,
-                 "--working-dir", str(REPO)]) == 2
+    assert (
+        main(["submit", str(REPO / "experiments" / "demo.yaml"), "--address", address, "--working-dir", str(REPO)]) == 2
+    )
     err = capsys.readouterr().err
     assert f"--address {address}: not this machine, and no token is set" in err and "--insecure" in err
 
 
-@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "http://localhost:8265", "http://[::1]:8265",
-                                     "http://127.8.9.10:1"])
+@pytest.mark.parametrize(
+    "address", ["http://127.0.0.1:8265", "http://localhost:8265", "http://[::1]:8265", "http://127.8.9.10:1"]
+)
 def test_loopback_needs_no_token(no_token, address: str) -> None:
     submit.check_authenticated(address, insecure=False)
 
@@ -136,21 +140,32 @@ def test_the_token_never_shows(no_token, monkeypatch: pytest.MonkeyPatch, tmp_pa
     the output, the job that would be sent, or the results folder."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", FAKE_TOKEN)
     address = f"http://127.0.0.1:{_closed_port()}"
-    code = main(["-v", "submit", str(REPO / "experiments" / "demo.yaml"), "--address", address,
-                 "--working-dir", str(REPO), "--results", str(tmp_path / "results")])
+    code = main(
+        [
+            "-v",
+            "submit",
+            str(REPO / "experiments" / "demo.yaml"),
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--results",
+            str(tmp_path / "results"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 2 and f"--address {address}: no Ray job API answers there" in err
     assert FAKE_TOKEN not in out + err and "Traceback" not in err
-    job = submit.prepare_submission(REPO / "experiments" / "demo.yaml", working_dir=REPO,
-                                    results=str(tmp_path / "results"))
+    job = submit.prepare_submission(
+        REPO / "experiments" / "demo.yaml", working_dir=REPO, results=str(tmp_path / "results")
+    )
     assert FAKE_TOKEN not in repr(job)
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or FAKE_TOKEN.encode() not in path.read_bytes(), path
 
 
 # ------------------------------------------------------------------------------- results folder
-BASE = {"name": "x", "data": {"synthetic": {}}, "model": {"preset": "tiny"},
-        "stages": [{"name": "a", "task": "s4"}]}
+BASE = {"name": "x", "data": {"synthetic": {}}, "model": {"preset": "tiny"}, "stages": [{"name": "a", "task": "s4"}]}
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/tmp/x", "..", ".hidden", "a\\b", "x" * 101, "名前", ""])
@@ -239,4 +254,6 @@ def _calls(repo: Path, attribute: str):
 
 
 def _attribute_of(node: ast.Call, module: str) -> bool:
-    return isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == module
+    return (
+        isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == module
+    )

@@ -19,10 +19,17 @@ BASE = {
     "data": {"synthetic": {"videos_per_split": 2}},
     "model": {"preset": "tiny"},
     "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 2,
-         "params": {"lr": {"loguniform": [1e-4, 1e-2]}, "weight_decay": {"grid": [0.0, 0.05]},
-                    "batch_size": {"choice": [1, 2]}},
-         "tune": {"num_samples": 3, "scheduler": {"asha": {"grace_period": 1}}}},
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "params": {
+                "lr": {"loguniform": [1e-4, 1e-2]},
+                "weight_decay": {"grid": [0.0, 0.05]},
+                "batch_size": {"choice": [1, 2]},
+            },
+            "tune": {"num_samples": 3, "scheduler": {"asha": {"grace_period": 1}}},
+        },
         {"name": "semantic", "task": "avss", "prior": "localize", "init_from": "localize"},
     ],
 }
@@ -49,8 +56,20 @@ def test_parsed_values_and_defaults():
     # The method's defaults for each task are in the spec (docs/method.md §4), after the keys as written.
     assert list(one.params)[:3] == ["lr", "weight_decay", "batch_size"]
     assert (one.params["adapter_warmup"], one.params["grad_clip"], one.shuffle) == (0.5, 0.01, True)
-    assert two.params == {"lr": 1e-3, "lr_b": None, "weight_decay": 0.05, "adapter_warmup": 1 / 3, "grad_clip": None,
-                          "batch_size": 1, "grad_accum": 1, "seed": 3407} and two.shuffle is False
+    assert (
+        two.params
+        == {
+            "lr": 1e-3,
+            "lr_b": None,
+            "weight_decay": 0.05,
+            "adapter_warmup": 1 / 3,
+            "grad_clip": None,
+            "batch_size": 1,
+            "grad_accum": 1,
+            "seed": 3407,
+        }
+        and two.shuffle is False
+    )
 
 
 def test_the_resolved_spec_parses_back_to_itself():
@@ -58,7 +77,9 @@ def test_the_resolved_spec_parses_back_to_itself():
     spec = parse_spec(BASE, "x.yaml")
     again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.to_dict())), "spec.yaml")
     assert again == spec and spec_hash(again.to_dict()) == spec_hash(spec.to_dict())
-    explicit = apply_overrides(BASE, ["stages.localize.params.grad_clip=null", "stages.semantic.shuffle=true"], "x.yaml")
+    explicit = apply_overrides(
+        BASE, ["stages.localize.params.grad_clip=null", "stages.semantic.shuffle=true"], "x.yaml"
+    )
     one, two = parse_spec(explicit, "x.yaml").stages
     assert one.params["grad_clip"] is None and two.shuffle is True  # a value written is kept, even None
 
@@ -72,33 +93,69 @@ def test_schema_is_printed_and_names_every_key(capsys):
     assert {"params", "tune", "prior", "shuffle"} <= set(stage)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("stages.0.tsk=s4", "x.yaml: stages.0.tsk: expected one of the keys ['name', 'task', 'epochs', "),
-    ("stages.0.task=s5", "x.yaml: stages.0.task: expected one of 's4', 'ms3', 'avss-binary' or 'avss', got 's5'"),
-    ("stages.semantic.prior=nope", "x.yaml: stages.1.prior: expected the name of an earlier stage (['localize']), got 'nope'"),
-    ("stages.0.params.lr={loguniform: [0, 1]}", "x.yaml: stages.0.params.lr.loguniform: expected [low, high] with low < high and low > 0"),
-    ("stages.0.params.momentum=0.9", "x.yaml: stages.0.params.momentum: expected one of the keys"),
-    ("stages.0.epochs=0", "x.yaml: stages.0.epochs: expected a number >= 1, got 0"),
-    ("stages.0.epochs=2.5", "x.yaml: stages.0.epochs: expected an integer, got 2.5"),
-    ("stages.0.params.lr={normal: [0, 1]}", "x.yaml: stages.0.params.lr: expected a value or one of {choice, grid, loguniform, uniform: ...}"),
-    ("stages.0.params.batch_size={uniform: [1, 4]}", "x.yaml: stages.0.params.batch_size: expected a value or one of {choice, grid: ...}"),
-    ("stages.0.params.batch_size={choice: [1, 0]}", "x.yaml: stages.0.params.batch_size.choice.1: expected a number >= 1, got 0"),
-    ("stages.0.params.adapter_warmup=1", "x.yaml: stages.0.params.adapter_warmup: expected a number < 1, got 1"),
-    ("stages.0.tune.scheduler={asha: {grace: 1}}", "x.yaml: stages.0.tune.scheduler.asha.grace: expected one of the keys ['grace_period', 'reduction_factor']"),
-    ("stages.0.tune.scheduler=median", "x.yaml: stages.0.tune.scheduler: expected 'fifo' or {asha: "),
-    ("compute.deepspeed.zero_stage=3", "x.yaml: compute.deepspeed.zero_stage: expected one of 1 or 2, got 3"),
-    ("compute.mixed_precision=no", "x.yaml: compute.mixed_precision: expected one of 'no', 'fp16' or 'bf16', got False"),
-    ("stages=[]", "x.yaml: stages: expected at least 1 item(s), got []"),
-    ("data={}", "x.yaml: data: expected exactly one of 'root' or 'synthetic', got {}"),
-    ("stages.0.tune.metric=loss", "x.yaml: stages.0.tune.metric: expected a validation metric"),
-    ("compute.strategy=fsdp", "x.yaml: compute.strategy: expected one of 'plain', 'ddp' or 'deepspeed', got 'fsdp'"),
-    ("compute.workers_per_trial=2", "x.yaml: compute.strategy: expected 'ddp' or 'deepspeed' when workers_per_trial > 1, got 'plain'"),
-    ("model.pretrained=/somewhere", "x.yaml: model: expected exactly one of 'preset' or 'pretrained'"),
-    ("name=../escape", "x.yaml: name: expected a plain name"),
-    ("stages.0.prior=localize", "x.yaml: stages.0.prior: expected a prior only on a stage whose task takes one (['avss'])"),
-    ("stages.0.init_from=localize", "x.yaml: stages.0.init_from: expected the name of an earlier stage (none yet)"),
-    ("stages.1.name=localize", "x.yaml: stages.1.name: expected a name not used by an earlier stage, got 'localize'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.0.tsk=s4", "x.yaml: stages.0.tsk: expected one of the keys ['name', 'task', 'epochs', "),
+        ("stages.0.task=s5", "x.yaml: stages.0.task: expected one of 's4', 'ms3', 'avss-binary' or 'avss', got 's5'"),
+        (
+            "stages.semantic.prior=nope",
+            "x.yaml: stages.1.prior: expected the name of an earlier stage (['localize']), got 'nope'",
+        ),
+        (
+            "stages.0.params.lr={loguniform: [0, 1]}",
+            "x.yaml: stages.0.params.lr.loguniform: expected [low, high] with low < high and low > 0",
+        ),
+        ("stages.0.params.momentum=0.9", "x.yaml: stages.0.params.momentum: expected one of the keys"),
+        ("stages.0.epochs=0", "x.yaml: stages.0.epochs: expected a number >= 1, got 0"),
+        ("stages.0.epochs=2.5", "x.yaml: stages.0.epochs: expected an integer, got 2.5"),
+        (
+            "stages.0.params.lr={normal: [0, 1]}",
+            "x.yaml: stages.0.params.lr: expected a value or one of {choice, grid, loguniform, uniform: ...}",
+        ),
+        (
+            "stages.0.params.batch_size={uniform: [1, 4]}",
+            "x.yaml: stages.0.params.batch_size: expected a value or one of {choice, grid: ...}",
+        ),
+        (
+            "stages.0.params.batch_size={choice: [1, 0]}",
+            "x.yaml: stages.0.params.batch_size.choice.1: expected a number >= 1, got 0",
+        ),
+        ("stages.0.params.adapter_warmup=1", "x.yaml: stages.0.params.adapter_warmup: expected a number < 1, got 1"),
+        (
+            "stages.0.tune.scheduler={asha: {grace: 1}}",
+            "x.yaml: stages.0.tune.scheduler.asha.grace: expected one of the keys ['grace_period', 'reduction_factor']",
+        ),
+        ("stages.0.tune.scheduler=median", "x.yaml: stages.0.tune.scheduler: expected 'fifo' or {asha: "),
+        ("compute.deepspeed.zero_stage=3", "x.yaml: compute.deepspeed.zero_stage: expected one of 1 or 2, got 3"),
+        (
+            "compute.mixed_precision=no",
+            "x.yaml: compute.mixed_precision: expected one of 'no', 'fp16' or 'bf16', got False",
+        ),
+        ("stages=[]", "x.yaml: stages: expected at least 1 item(s), got []"),
+        ("data={}", "x.yaml: data: expected exactly one of 'root' or 'synthetic', got {}"),
+        ("stages.0.tune.metric=loss", "x.yaml: stages.0.tune.metric: expected a validation metric"),
+        (
+            "compute.strategy=fsdp",
+            "x.yaml: compute.strategy: expected one of 'plain', 'ddp' or 'deepspeed', got 'fsdp'",
+        ),
+        (
+            "compute.workers_per_trial=2",
+            "x.yaml: compute.strategy: expected 'ddp' or 'deepspeed' when workers_per_trial > 1, got 'plain'",
+        ),
+        ("model.pretrained=/somewhere", "x.yaml: model: expected exactly one of 'preset' or 'pretrained'"),
+        ("name=../escape", "x.yaml: name: expected a plain name"),
+        (
+            "stages.0.prior=localize",
+            "x.yaml: stages.0.prior: expected a prior only on a stage whose task takes one (['avss'])",
+        ),
+        ("stages.0.init_from=localize", "x.yaml: stages.0.init_from: expected the name of an earlier stage (none yet)"),
+        (
+            "stages.1.name=localize",
+            "x.yaml: stages.1.name: expected a name not used by an earlier stage, got 'localize'",
+        ),
+    ],
+)
 def test_errors_name_file_key_and_expectation(override, message):
     with pytest.raises(InputError) as err:
         parse_spec(apply_overrides(BASE, [override], "x.yaml"), "x.yaml")
@@ -106,7 +163,9 @@ def test_errors_name_file_key_and_expectation(override, message):
 
 
 def test_set_overrides_by_index_and_by_stage_name():
-    raw = apply_overrides(BASE, ["stages.localize.epochs=7", "stages.1.epochs=3", "compute.deepspeed.zero_stage=1"], "x.yaml")
+    raw = apply_overrides(
+        BASE, ["stages.localize.epochs=7", "stages.1.epochs=3", "compute.deepspeed.zero_stage=1"], "x.yaml"
+    )
     spec = parse_spec(raw, "x.yaml")
     assert [s.epochs for s in spec.stages] == [7, 3] and spec.compute.deepspeed.zero_stage == 1
     assert BASE["stages"][0]["epochs"] == 2  # the original is untouched
@@ -147,8 +206,9 @@ def test_cli_bad_experiment_file_exits_2(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, stages", [("s4.yaml", ["s4"]), ("ms3.yaml", ["ms3"]),
-                                          ("avss.yaml", ["localize", "semantic"])])
+@pytest.mark.parametrize(
+    "name, stages", [("s4.yaml", ["s4"]), ("ms3.yaml", ["ms3"]), ("avss.yaml", ["localize", "semantic"])]
+)
 def test_reproducing_experiments_are_the_papers_recipe(name, stages):
     """One fp32 trial per stage, 60 epochs, fixed learning rates 1e-3 then 1e-4, no init_from."""
     spec, _ = load_spec(REPO / "experiments" / name)
@@ -159,7 +219,12 @@ def test_reproducing_experiments_are_the_papers_recipe(name, stages):
         assert stage.epochs == 60 and stage.tune.num_samples == 1 and stage.init_from is None
         (trial,) = sample_trials(stage.params, 1, stage.tune.seed)
         assert {k: trial[k] for k in ("lr", "lr_b", "weight_decay", "batch_size", "seed")} == {
-            "lr": 1e-3, "lr_b": 1e-4, "weight_decay": 0.05, "batch_size": 1, "seed": 3407}
+            "lr": 1e-3,
+            "lr_b": 1e-4,
+            "weight_decay": 0.05,
+            "batch_size": 1,
+            "seed": 3407,
+        }
 
 
 def test_print_config_shows_the_methods_defaults_and_runs_nothing(tmp_path, capsys):

@@ -27,10 +27,18 @@ from aavs.orchestrator.experiment.submit import prepare_submission
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The demo made tiny: one trial per stage, one epoch, two videos per subset and split.
-SHORT = ["data.synthetic.videos_per_split=2", "stages.localize.epochs=1", "stages.localize.tune.num_samples=1",
-         "stages.localize.max_videos=2", "stages.semantic.epochs=1", "stages.semantic.max_videos=2",
-         "stages.semantic.params.lr=1.0e-3", "stages.end-to-end.epochs=1", "stages.end-to-end.max_videos=2",
-         "stages.end-to-end.params.lr=1.0e-3"]
+SHORT = [
+    "data.synthetic.videos_per_split=2",
+    "stages.localize.epochs=1",
+    "stages.localize.tune.num_samples=1",
+    "stages.localize.max_videos=2",
+    "stages.semantic.epochs=1",
+    "stages.semantic.max_videos=2",
+    "stages.semantic.params.lr=1.0e-3",
+    "stages.end-to-end.epochs=1",
+    "stages.end-to-end.max_videos=2",
+    "stages.end-to-end.params.lr=1.0e-3",
+]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -88,13 +96,40 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # The job's entrypoint `python` is the one of this virtual environment, where aavs' dependencies live.
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    start = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-             "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-             "--include-dashboard", "true", "--temp-dir", temp_dir, "--num-cpus", "2", "--num-gpus", "0",
-             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
-             "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-             "--metrics-export-port", str(metrics), "--object-store-memory", str(256 << 20),
-             "--disable-usage-stats"]
+    start = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--include-dashboard",
+        "true",
+        "--temp-dir",
+        temp_dir,
+        "--num-cpus",
+        "2",
+        "--num-gpus",
+        "0",
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--object-store-memory",
+        str(256 << 20),
+        "--disable-usage-stats",
+    ]
     try:
         proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -110,8 +145,9 @@ def test_entrypoint_and_runtime_env(tmp_path, monkeypatch):
     """What would be sent, without a cluster: relative paths made absolute here, big folders excluded."""
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    job = prepare_submission("experiments/avss.yaml", ["stages.localize.epochs=2"],
-                             results=f"file://{tmp_path}/shared results")
+    job = prepare_submission(
+        "experiments/avss.yaml", ["stages.localize.epochs=2"], results=f"file://{tmp_path}/shared results"
+    )
     import shlex
 
     argv = shlex.split(job.entrypoint)
@@ -126,13 +162,28 @@ def test_entrypoint_and_runtime_env(tmp_path, monkeypatch):
     assert {"/.venv", "/results", "/data", "/weights", ".git"} <= set(job.runtime_env["excludes"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["experiments/demo.yaml", "--results", "s3://bucket/results"], "results storage 's3://bucket/results': s3:// URIs are not supported"),
-    (["experiments/demo.yaml", "--set", "stages.localize.resources={node_a: 0}"], "stages.0.resources.node_a: expected a number > 0"),
-    (["experiments/demo.yaml", "--address", "127.0.0.1:8265"], "--address 127.0.0.1:8265: expected the job API's URL"),
-    (["experiments/demo.yaml", "--address", "http://127.0.0.1:9"], "--address http://127.0.0.1:9: no Ray job API answers there"),
-    (["experiments/nope.yaml"], "experiments/nope.yaml: no such experiment file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["experiments/demo.yaml", "--results", "s3://bucket/results"],
+            "results storage 's3://bucket/results': s3:// URIs are not supported",
+        ),
+        (
+            ["experiments/demo.yaml", "--set", "stages.localize.resources={node_a: 0}"],
+            "stages.0.resources.node_a: expected a number > 0",
+        ),
+        (
+            ["experiments/demo.yaml", "--address", "127.0.0.1:8265"],
+            "--address 127.0.0.1:8265: expected the job API's URL",
+        ),
+        (
+            ["experiments/demo.yaml", "--address", "http://127.0.0.1:9"],
+            "--address http://127.0.0.1:9: no Ray job API answers there",
+        ),
+        (["experiments/nope.yaml"], "experiments/nope.yaml: no such experiment file"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_value(args, message, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     assert main(["submit", *args]) == 2

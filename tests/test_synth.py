@@ -45,7 +45,9 @@ def test_synthetic_set_is_clean_and_complete(synth_root):
     assert labels == {"background": 0, **{c.name: i for i, c in enumerate(SYNTH_CLASSES, 1)}}
     assert list(labels) == ["background", "violin", "dog", "piano", "car", "bird", "drum", "trumpet", "man"]
     records = read_metadata(synth_root)
-    assert {(r.subset, r.split) for r in records} == {(s, p) for s in ("v1s", "v1m", "v2") for p in ("train", "val", "test")}
+    assert {(r.subset, r.split) for r in records} == {
+        (s, p) for s in ("v1s", "v1m", "v2") for p in ("train", "val", "test")
+    }
     for r in records:
         frames = sorted(p.name for p in (r.video_dir(synth_root) / "frames").iterdir())
         masks = sorted(p.name for p in (r.video_dir(synth_root) / "labels_rgb").iterdir())

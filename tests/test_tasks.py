@@ -49,8 +49,15 @@ def test_unknown_task_names_itself_and_the_known_ones(synth_root):
 @pytest.fixture
 def v2_binary(monkeypatch):
     """A task that exists only here, to show that one entry is all a task needs."""
-    task = Task("v2-binary", ("v2",), semantic=False, takes_prior=False, description="v2 only, binary",
-                skip_empty_subsets=("v2",), shuffle=False)
+    task = Task(
+        "v2-binary",
+        ("v2",),
+        semantic=False,
+        takes_prior=False,
+        description="v2 only, binary",
+        skip_empty_subsets=("v2",),
+        shuffle=False,
+    )
     monkeypatch.setitem(TASKS, task.name, task)
     return task
 
@@ -71,8 +78,13 @@ def test_labels_metric_and_skipped_videos_follow_the_attributes(v2_binary):
     assert isinstance(new_metric("avss", 5), SemanticMetric) and isinstance(new_metric("ms3", 5), BinaryMetric)
     assert task_labels("avss", ["background", "dog"]) == {0: "background", 1: "dog"}
     # One all-empty video of each subset: each task leaves out its own skip_empty_subsets.
-    batch = {"frames_per_video": [2, 2], "subsets": ["v1m", "v2"], "annotated": torch.ones(4, dtype=torch.bool),
-             "labels": torch.zeros(4, 3, 3, dtype=torch.long), "pixel_values": torch.zeros(4, 3, 2, 2)}
+    batch = {
+        "frames_per_video": [2, 2],
+        "subsets": ["v1m", "v2"],
+        "annotated": torch.ones(4, dtype=torch.bool),
+        "labels": torch.zeros(4, 3, 3, dtype=torch.long),
+        "pixel_values": torch.zeros(4, 3, 2, 2),
+    }
     for task, kept in (("s4", 4), ("ms3", 2), ("v2-binary", 2)):
         out, loss_frames = training_frames(batch, task)
         assert len(loss_frames) == kept, task

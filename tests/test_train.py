@@ -25,8 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def config(root: Path, trial_dir: Path, **extra) -> dict:
-    base = {"task": "avss-binary", "data_root": str(root), "trial_dir": str(trial_dir), "epochs": 2,
-            "lr": 3e-3, "compute": {"loader_workers": 0}}
+    base = {
+        "task": "avss-binary",
+        "data_root": str(root),
+        "trial_dir": str(trial_dir),
+        "epochs": 2,
+        "lr": 3e-3,
+        "compute": {"loader_workers": 0},
+    }
     base.update(extra)
     return base
 
@@ -55,14 +61,27 @@ def test_trial_folder_layout_and_phases(stage_one: Path):
 def test_evaluate_reproduces_the_reported_val_metric_and_score_agrees(stage_one, synth_root, tmp_path, capsys):
     best = json.loads((stage_one / "best" / "metrics.json").read_text())
     masks = tmp_path / "masks"
-    code = main(["evaluate", str(stage_one / "best"), "--data", str(synth_root), "--split", "val",
-                 "--save-masks", str(masks), "--json"])
+    code = main(
+        [
+            "evaluate",
+            str(stage_one / "best"),
+            "--data",
+            str(synth_root),
+            "--split",
+            "val",
+            "--save-masks",
+            str(masks),
+            "--json",
+        ]
+    )
     assert code == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
     assert evaluated["fscore"] == pytest.approx(best["val/fscore"], abs=1e-6)
     # Hard masks on disk: the same mIoU (the F-score differs: its probability is now the mask itself).
-    assert main(["score", str(masks), "--data", str(synth_root), "--task", "avss-binary", "--split", "val", "--json"]) == 0
+    assert (
+        main(["score", str(masks), "--data", str(synth_root), "--task", "avss-binary", "--split", "val", "--json"]) == 0
+    )
     scored = json.loads(capsys.readouterr().out)
     assert scored["miou"] == pytest.approx(evaluated["miou"], abs=1e-6)
 
@@ -74,8 +93,18 @@ def test_stage_two_runs_with_stage_one_masks_as_prior(stage_one, synth_root, tmp
     pngs = sorted(masks.rglob("*.png"))
     assert len(pngs) == sum(5 if p in ("v1s", "v1m") else 10 for p in ("v1s", "v1m", "v2")) * 2 * 3
     trial = tmp_path / "semantic"
-    best = train_func(config(synth_root, trial, task="avss", epochs=1, adapter_warmup=0.0,
-                             prior=str(masks), init_from=str(stage_one / "best"), max_videos=3))
+    best = train_func(
+        config(
+            synth_root,
+            trial,
+            task="avss",
+            epochs=1,
+            adapter_warmup=0.0,
+            prior=str(masks),
+            init_from=str(stage_one / "best"),
+            max_videos=3,
+        )
+    )
     assert set(best) >= {"val/miou", "val/fscore", "val/miou_no_bg", "val/fscore_no_bg"}
     assert 0.0 <= best["val/miou"] <= 1.0
     # a prior folder missing a video is refused up front, naming the missing file
@@ -90,14 +119,22 @@ def test_checkpoint_that_does_not_match_the_model_is_refused(stage_one, synth_ro
     # A binary (stage-one) checkpoint cannot be evaluated as the 71-class network ...
     with pytest.raises(InputError, match="binary"):
         from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
+
         evaluate_checkpoint(stage_one / "best", synth_root, task="avss", split="val")
     # ... and a resume state of another architecture fails naming the mismatching weights.
     trial = tmp_path / "other"
     (trial / "checkpoints").mkdir(parents=True)
     os.symlink(stage_one / "checkpoints" / "last", trial / "checkpoints" / "last")
     with pytest.raises(InputError):
-        train_func(config(synth_root, trial, task="avss-binary", epochs=3,
-                          model={"preset": "tiny", "overrides": {"num_queries": 7}}))
+        train_func(
+            config(
+                synth_root,
+                trial,
+                task="avss-binary",
+                epochs=3,
+                model={"preset": "tiny", "overrides": {"num_queries": 7}},
+            )
+        )
 
 
 def test_nan_loss_stops_the_trial_and_keeps_the_last_good_checkpoint(synth_root, tmp_path):
@@ -115,8 +152,12 @@ def test_nan_loss_stops_the_trial_and_keeps_the_last_good_checkpoint(synth_root,
 
 def _run_in_subprocess(cfg: dict) -> subprocess.Popen:
     code = f"import json; from aavs.orchestrator.recipe.train import train_func; train_func(json.loads({json.dumps(json.dumps(cfg))}))"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _checkpointed_epoch(trial_dir: Path) -> int:
@@ -155,8 +196,9 @@ def test_exact_resume_after_sigkill(synth_root, tmp_path):
         for key in final_a:
             assert torch.equal(final_a[key], final_b[key]), (kill_after, key)
         assert [r["epoch"] for r in read_metrics(killed_dir)] == [0, 1, 2]
-        assert [r["val/miou"] for r in read_metrics(killed_dir)] == \
-            [r["val/miou"] for r in read_metrics(tmp_path / "straight")]
+        assert [r["val/miou"] for r in read_metrics(killed_dir)] == [
+            r["val/miou"] for r in read_metrics(tmp_path / "straight")
+        ]
 
 
 @pytest.mark.slow
@@ -167,10 +209,25 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
 
     trial = tmp_path / "ds"
     code = subprocess.run(
-        [sys.executable, "-c", "import json,sys; from aavs.orchestrator.recipe.train import train_func; "
-         "train_func(json.loads(sys.argv[1]))",
-         json.dumps(config(synth_root, trial, epochs=2, max_videos=2, compute={"loader_workers": 0, "strategy": "deepspeed", "deepspeed": {"zero_stage": 2}}))],
-        capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-c",
+            "import json,sys; from aavs.orchestrator.recipe.train import train_func; "
+            "train_func(json.loads(sys.argv[1]))",
+            json.dumps(
+                config(
+                    synth_root,
+                    trial,
+                    epochs=2,
+                    max_videos=2,
+                    compute={"loader_workers": 0, "strategy": "deepspeed", "deepspeed": {"zero_stage": 2}},
+                )
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert code.returncode == 0, code.stderr[-3000:]
     assert "DEEPSPEED" in code.stderr or (trial / "checkpoints" / "last" / "accelerate" / "pytorch_model").is_dir()
     assert (trial / "checkpoints" / "last" / "accelerate" / "latest").exists()
@@ -180,7 +237,10 @@ def test_deepspeed_zero2_on_cpu_trains_and_its_checkpoint_loads_back(synth_root,
     assert model.config.task == "avss-binary"
     best = json.loads((trial / "best" / "metrics.json").read_text())
     from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
-    assert evaluate_checkpoint(trial / "best", synth_root, split="val")["miou"] == pytest.approx(best["val/miou"], abs=1e-6)
+
+    assert evaluate_checkpoint(trial / "best", synth_root, split="val")["miou"] == pytest.approx(
+        best["val/miou"], abs=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -194,13 +254,16 @@ def test_stage_one_learns_beyond_the_all_background_baseline(tmp_path_factory):
     from aavs.datasets.synth import write_synthetic_avsbench
 
     root = write_synthetic_avsbench(tmp_path_factory.mktemp("learn") / "data", videos_per_split=4, seed=1)
+
     # All-background prediction, computed independently: a frame scores 1 when its true mask is empty
     # (IoU of the two background masks) and 0 otherwise; a video scores the mean over its frames.
     def empty(path) -> float:
         return float(not decode_colour_mask(np.asarray(Image.open(path).convert("RGB"))).any())
 
-    per_video = [np.mean([empty(r.mask_path(root, i)) for i in range(r.num_frames)])
-                 for r in select_videos(root, "avss-binary", "val")]
+    per_video = [
+        np.mean([empty(r.mask_path(root, i)) for i in range(r.num_frames)])
+        for r in select_videos(root, "avss-binary", "val")
+    ]
     baseline = float(np.mean(per_video))
     # (10 epochs at 1.5e-3 reached 0.45-0.51 against a baseline of 0.16 for seeds 3407, 1 and 2.)
     best = train_func(config(root, tmp_path_factory.mktemp("learn-trial") / "t", epochs=10, lr=1.5e-3))
@@ -220,8 +283,11 @@ def test_training_state_of_a_frozen_base_holds_none_of_its_weights(synth_root, t
     base = tmp_path / "mask2former-tiny"
     Mask2FormerForUniversalSegmentation(base_config).save_pretrained(base)
     trial = tmp_path / "frozen"
-    train_func(config(synth_root, trial, epochs=1, max_videos=1,
-                      model={"pretrained": str(base), "overrides": {"image_size": 128}}))
+    train_func(
+        config(
+            synth_root, trial, epochs=1, max_videos=1, model={"pretrained": str(base), "overrides": {"image_size": 128}}
+        )
+    )
 
     model = build_model("avss-binary", pretrained=str(base), image_size=128)
     trainable = model.trainable_state_dict()

@@ -49,9 +49,12 @@ class Holder:
 
 def this_process(command: str | None = None) -> Holder:
     """The holder record of this process (``command``: default, this process's command line)."""
-    return Holder(host=socket.gethostname(), pid=os.getpid(),
-                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  command=command or shlex.join(["aavs", *sys.argv[1:]]))
+    return Holder(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        command=command or shlex.join(["aavs", *sys.argv[1:]]),
+    )
 
 
 @contextlib.contextmanager
@@ -77,8 +80,7 @@ def acquire(results_dir: str | os.PathLike, command: str | None = None, force: b
             continue
         _judge(folder, current, mine, force)
         _take_over(folder / LOCK_FILE, current)
-    raise InputError(f"{folder / LOCK_FILE}: other aavs processes keep taking this results folder; "
-                     "run one at a time")
+    raise InputError(f"{folder / LOCK_FILE}: other aavs processes keep taking this results folder; run one at a time")
 
 
 def release(results_dir: str | os.PathLike, holder: Holder) -> None:
@@ -111,12 +113,16 @@ def _judge(folder: Path, current: Holder, mine: Holder, force: bool) -> None:
     """Return when ``current``'s lock may be taken over; raise the refusal otherwise."""
     if current.host == mine.host:
         if pid_alive(current.pid):
-            raise InputError(f"{folder}: in use by {current.describe()}; wait for it to end or stop it "
-                             f"(if that pid is no aavs process, remove {folder / LOCK_FILE})")
+            raise InputError(
+                f"{folder}: in use by {current.describe()}; wait for it to end or stop it "
+                f"(if that pid is no aavs process, remove {folder / LOCK_FILE})"
+            )
         log.warning("%s: taking over the lock of %s, which is no longer running", folder, current.describe())
     elif not force:
-        raise InputError(f"{folder}: locked by {current.describe()}; this host ({mine.host}) cannot tell "
-                         "whether it still runs: if it does not, pass --force to take the lock over")
+        raise InputError(
+            f"{folder}: locked by {current.describe()}; this host ({mine.host}) cannot tell "
+            "whether it still runs: if it does not, pass --force to take the lock over"
+        )
     else:
         log.warning("%s: --force: taking over the lock of %s", folder, current.describe())
 
@@ -150,10 +156,12 @@ def _take_over(path: Path, stale: Holder) -> None:
 def _read(path: Path) -> Holder | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return Holder(host=str(data["host"]), pid=int(data["pid"]), started=str(data["started"]),
-                      command=str(data["command"]))
+        return Holder(
+            host=str(data["host"]), pid=int(data["pid"]), started=str(data["started"]), command=str(data["command"])
+        )
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not an aavs lock file ({type(err).__name__}: {err}); if no aavs run uses "
-                         "this folder, remove it") from None
+        raise InputError(
+            f"{path}: not an aavs lock file ({type(err).__name__}: {err}); if no aavs run uses this folder, remove it"
+        ) from None

@@ -75,6 +75,7 @@ def _interval(positive: bool) -> AfterValidator:
         if len(bounds) != 2 or not bounds[0] < bounds[1] or (positive and bounds[0] <= 0):
             raise Expected("[low, high] with low < high" + (" and low > 0" if positive else ""))
         return bounds
+
     return AfterValidator(check)
 
 
@@ -112,9 +113,14 @@ def _searchable(field: FieldInfo) -> Any:
             return "value"
         return next(iter(value)) if len(value) == 1 and next(iter(value)) in kinds else None
 
-    return Annotated[Union[tuple(Annotated[t, Tag(k)] for k, t in kinds.items())], Discriminator(  # noqa: UP007 - a Union of run-time types
-        kind, custom_error_type="search_space",
-        custom_error_message=f"a value or one of {{{', '.join(k for k in kinds if k != 'value')}: ...}}")]
+    return Annotated[
+        Union[tuple(Annotated[t, Tag(k)] for k, t in kinds.items())],  # noqa: UP007 - a Union of run-time types
+        Discriminator(
+            kind,
+            custom_error_type="search_space",
+            custom_error_message=f"a value or one of {{{', '.join(k for k in kinds if k != 'value')}: ...}}",
+        ),
+    ]
 
 
 def _in_written_order(params: Any, handler: Any) -> Any:
@@ -195,8 +201,12 @@ def _scheduler_kind(value: Any) -> str | None:
 
 Scheduler = Annotated[
     Annotated[Literal["fifo"], Tag("fifo")] | Annotated[Asha, Tag("asha")],
-    Discriminator(_scheduler_kind, custom_error_type="scheduler",
-                  custom_error_message="'fifo' or {asha: {grace_period: ..., reduction_factor: ...}}")]
+    Discriminator(
+        _scheduler_kind,
+        custom_error_type="scheduler",
+        custom_error_message="'fifo' or {asha: {grace_period: ..., reduction_factor: ...}}",
+    ),
+]
 
 
 class TuneSpec(Strict):
@@ -230,8 +240,10 @@ def _resource_mapping(value: Any) -> Any:
 # Custom Ray resources each trial (and the stage's mask export and test evaluation) requests, e.g.
 # {node_a: 0.01} to keep the stage on the nodes that advertise node_a. Placement only: not part of
 # the stage's inputs, so moving a stage never re-runs it.
-Resources = Annotated[dict[Annotated[str, AfterValidator(_custom_resource)], Annotated[float, Field(gt=0)]],
-                      BeforeValidator(_resource_mapping)]
+Resources = Annotated[
+    dict[Annotated[str, AfterValidator(_custom_resource)], Annotated[float, Field(gt=0)]],
+    BeforeValidator(_resource_mapping),
+]
 
 
 class StageSpec(Strict):
@@ -276,8 +288,9 @@ class ExperimentSpec(Strict):
             for key in ("prior", "init_from"):
                 ref = getattr(stage, key)
                 if ref is not None and ref not in earlier:
-                    raise Expected(f"the name of an earlier stage ({earlier or 'none yet'})", at=("stages", i, key),
-                                   got=ref)
+                    raise Expected(
+                        f"the name of an earlier stage ({earlier or 'none yet'})", at=("stages", i, key), got=ref
+                    )
             earlier.append(stage.name)
         return self
 

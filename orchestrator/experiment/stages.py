@@ -70,9 +70,15 @@ class StageFailed(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------- entry points
-def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
-                   results_root: str | Path = "results", local: bool = False,
-                   console: Console | None = None, verbose: bool = False, force: bool = False) -> Path:
+def run_experiment(
+    spec_file: str | Path,
+    overrides: list[str] | None = None,
+    results_root: str | Path = "results",
+    local: bool = False,
+    console: Console | None = None,
+    verbose: bool = False,
+    force: bool = False,
+) -> Path:
     """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files;
     ``force``: take over the results folder's lock from another host (aavs.orchestrator.experiment.lock)."""
     spec, _ = load_spec(spec_file, overrides)
@@ -85,8 +91,13 @@ def run_experiment(spec_file: str | Path, overrides: list[str] | None = None,
     return results_dir
 
 
-def resume_experiment(results_dir: str | Path, local: bool | None = None, console: Console | None = None,
-                      verbose: bool = False, force: bool = False) -> Path:
+def resume_experiment(
+    results_dir: str | Path,
+    local: bool | None = None,
+    console: Console | None = None,
+    verbose: bool = False,
+    force: bool = False,
+) -> Path:
     """Continue an experiment; ``local`` None continues in the mode it was started in (``run.json``),
     so that its remaining trials compute exactly what an uninterrupted run would. It takes the folder's
     lock as ``aavs run`` does."""
@@ -106,7 +117,7 @@ def resume_experiment(results_dir: str | Path, local: bool | None = None, consol
 
 
 def started_mode(results_dir: Path) -> str:
-    """"local" or "ray": how the experiment was started (folders older than run.json: Ray)."""
+    """ "local" or "ray": how the experiment was started (folders older than run.json: Ray)."""
     recorded = results.read_run(results_dir)
     return recorded.mode if recorded else "ray"
 
@@ -120,9 +131,11 @@ def results_path(value: str | Path) -> Path:
     text = str(value)
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
     if scheme and scheme.group(1).lower() != "file":
-        raise InputError(f"results storage {text!r}: {scheme.group(1)}:// URIs are not supported (checkpoints, "
-                         "masks and leaderboard.json are written as files); mount the storage as a shared "
-                         "filesystem at the same path on every node (NFS, EFS, gcsfuse, s3fs ...) and give that path")
+        raise InputError(
+            f"results storage {text!r}: {scheme.group(1)}:// URIs are not supported (checkpoints, "
+            "masks and leaderboard.json are written as files); mount the storage as a shared "
+            "filesystem at the same path on every node (NFS, EFS, gcsfuse, s3fs ...) and give that path"
+        )
     if scheme:
         parsed = urlparse(text)
         if parsed.netloc not in ("", "localhost"):
@@ -139,8 +152,9 @@ def _save_spec(results_dir: Path, spec: ExperimentSpec) -> None:
 
 
 # ----------------------------------------------------------------------------------------- stages
-def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
-               console: Console | None = None, verbose: bool = False) -> dict[str, results.BestTrial]:
+def run_stages(
+    spec: ExperimentSpec, results_dir: Path, local: bool, console: Console | None = None, verbose: bool = False
+) -> dict[str, results.BestTrial]:
     """Every stage, while a live view follows the results folder: it keeps leaderboard.json current
     as trials report, and draws progress and leaderboard on ``console`` (None: nothing drawn).
 
@@ -152,8 +166,7 @@ def run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
         return _run_stages(spec, results_dir, local, quiet=not verbose)
 
 
-def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
-                quiet: bool) -> dict[str, results.BestTrial]:
+def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: bool) -> dict[str, results.BestTrial]:
     from aavs.orchestrator.views.leaderboard import write_leaderboard
 
     data_root = prepare_data(spec, results_dir)
@@ -182,18 +195,41 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool,
         write_leaderboard(results_dir)
         best = pick_best(stage, configs, data_root)
         if stage.name in needs_masks:
-            best.masks = str(runner.export_masks(best.checkpoint, data_root, stage_dir / "masks", spec, cache,
-                                                 stage.resources, log_file=task_log(stage_dir, "masks")))
-        best.test = runner.evaluate(best.checkpoint, data_root, stage.task,
-                                    bests[stage.prior].masks if stage.prior else None, spec, cache,
-                                    stage.resources, log_file=task_log(stage_dir, "test"))
+            best.masks = str(
+                runner.export_masks(
+                    best.checkpoint,
+                    data_root,
+                    stage_dir / "masks",
+                    spec,
+                    cache,
+                    stage.resources,
+                    log_file=task_log(stage_dir, "masks"),
+                )
+            )
+        best.test = runner.evaluate(
+            best.checkpoint,
+            data_root,
+            stage.task,
+            bests[stage.prior].masks if stage.prior else None,
+            spec,
+            cache,
+            stage.resources,
+            log_file=task_log(stage_dir, "test"),
+        )
         results.write_best(stage_dir, best)
         results.write_done(stage_dir, digest)
         bests[stage.name] = best
         write_leaderboard(results_dir)
         # The lambda runs inside _write_report, before the loop moves on (B023: it binds this stage).
-        _write_report(results_dir, lambda fn, *args: runner.call(fn, *args, resources=stage.resources,  # noqa: B023
-                                                                 log_file=task_log(stage_dir, "report")))  # noqa: B023
+        _write_report(
+            results_dir,
+            lambda fn, *args: runner.call(
+                fn,
+                *args,
+                resources=stage.resources,  # noqa: B023
+                log_file=task_log(stage_dir, "report"),  # noqa: B023
+            ),
+        )
         log.info("stage %s: best trial %s, %s = %.4f", stage.name, best.trial_id, best.metric, best.value)
     return bests
 
@@ -228,23 +264,34 @@ def _precompute_embeddings(spec: ExperimentSpec, data_root: Path, cache: Path) -
     """All audio embeddings once, here, before any trial starts (trials then only read the cache)."""
     from aavs.datasets.audio_features import embed_videos
     from aavs.datasets.layout import read_metadata
-    embed_videos(data_root, read_metadata(data_root), vggish=spec.model.vggish,
-                 vggish_pca=spec.model.vggish_pca, cache_dir=cache)
+
+    embed_videos(
+        data_root, read_metadata(data_root), vggish=spec.model.vggish, vggish_pca=spec.model.vggish_pca, cache_dir=cache
+    )
 
 
-def _stage_inputs(spec: ExperimentSpec, stage: StageSpec, data_root: Path,
-                  bests: dict[str, results.BestTrial]) -> dict[str, Any]:
+def _stage_inputs(
+    spec: ExperimentSpec, stage: StageSpec, data_root: Path, bests: dict[str, results.BestTrial]
+) -> dict[str, Any]:
     def upstream(name: str | None) -> str | None:
         return bests[name].checkpoint_sha256 if name else None
 
     placement = ("resources",)  # where a stage runs does not change what it computes
     c = spec.compute
-    return {"stage": stage.model_dump(mode="json", exclude=set(placement)),
-            "model": spec.model.model_dump(mode="json"), "data": str(data_root),
-            "synthetic": spec.data.synthetic.model_dump() if spec.data.synthetic else None,
-            "compute": {"strategy": c.strategy, "zero_stage": c.deepspeed.zero_stage,
-                        "mixed_precision": c.mixed_precision, "workers_per_trial": c.workers_per_trial},
-            "prior": upstream(stage.prior), "init_from": upstream(stage.init_from)}
+    return {
+        "stage": stage.model_dump(mode="json", exclude=set(placement)),
+        "model": spec.model.model_dump(mode="json"),
+        "data": str(data_root),
+        "synthetic": spec.data.synthetic.model_dump() if spec.data.synthetic else None,
+        "compute": {
+            "strategy": c.strategy,
+            "zero_stage": c.deepspeed.zero_stage,
+            "mixed_precision": c.mixed_precision,
+            "workers_per_trial": c.workers_per_trial,
+        },
+        "prior": upstream(stage.prior),
+        "init_from": upstream(stage.init_from),
+    }
 
 
 def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
@@ -256,14 +303,25 @@ def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
         os.replace(stage_dir, target)
 
 
-def stage_config(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
-                 prior: str | None, init_from: str | None) -> dict[str, Any]:
+def stage_config(
+    spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path, prior: str | None, init_from: str | None
+) -> dict[str, Any]:
     """A stage's ``train_func`` config before the sampled parameters: its sections and settings under
     their own names (``prior`` and ``init_from`` become the earlier stages' masks and checkpoint)."""
-    return {"task": stage.task, "data_root": str(data_root), "model": spec.model, "audio_cache": str(cache),
-            "epochs": stage.epochs, "metric": stage.tune.metric, "mode": stage.tune.mode,
-            "max_videos": stage.max_videos, "shuffle": stage.shuffle, "prior": prior, "init_from": init_from,
-            "compute": spec.compute}
+    return {
+        "task": stage.task,
+        "data_root": str(data_root),
+        "model": spec.model,
+        "audio_cache": str(cache),
+        "epochs": stage.epochs,
+        "metric": stage.tune.metric,
+        "mode": stage.tune.mode,
+        "max_videos": stage.max_videos,
+        "shuffle": stage.shuffle,
+        "prior": prior,
+        "init_from": init_from,
+        "compute": spec.compute,
+    }
 
 
 def effective_config(spec: ExperimentSpec, results_root: str | Path = "results") -> dict[str, Any]:
@@ -273,9 +331,14 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
     data_root = results_dir / "data" if spec.data.synthetic else Path(spec.data.root or "")
     stages = {}
     for stage in spec.stages:
-        config = stage_config(spec, stage, data_root, results_dir / "cache",
-                              prior=f"<masks of {stage.prior}'s best trial>" if stage.prior else None,
-                              init_from=f"<best checkpoint of {stage.init_from}>" if stage.init_from else None)
+        config = stage_config(
+            spec,
+            stage,
+            data_root,
+            results_dir / "cache",
+            prior=f"<masks of {stage.prior}'s best trial>" if stage.prior else None,
+            init_from=f"<best checkpoint of {stage.init_from}>" if stage.init_from else None,
+        )
         fixed = {k: v for k, v in stage.params.items() if not isinstance(v, dict)}
         resolved = TrainConfig.load({**config, **fixed, "trial_dir": "<trial folder>"})
         # The search spaces as written; model and compute are the experiment's, shown once below.
@@ -288,20 +351,38 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
     notes = []
     train_base = spec.model.overrides.get("train_base", spec.model.preset == "tiny")
     if train_base:
-        notes.append(f"model.preset {spec.model.preset} has random weights: its whole Mask2Former trains too "
-                     "(train_base), where the method keeps a pre-trained base frozen (docs/method.md §8)")
+        notes.append(
+            f"model.preset {spec.model.preset} has random weights: its whole Mask2Former trains too "
+            "(train_base), where the method keeps a pre-trained base frozen (docs/method.md §8)"
+        )
     if spec.compute.mixed_precision != "no":
         notes.append(f"compute.mixed_precision {spec.compute.mixed_precision}: the paper trains in fp32")
-    return {"name": spec.name, "model": {**spec.to_dict()["model"], "train_base": bool(train_base)},
-            "compute": spec.to_dict()["compute"], "stages": stages, "notes": notes}
+    return {
+        "name": spec.name,
+        "model": {**spec.to_dict()["model"], "train_base": bool(train_base)},
+        "compute": spec.to_dict()["compute"],
+        "stages": stages,
+        "notes": notes,
+    }
 
 
-def trial_configs(spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path,
-                  stage_dir: Path, bests: dict[str, results.BestTrial]) -> dict[str, dict[str, Any]]:
+def trial_configs(
+    spec: ExperimentSpec,
+    stage: StageSpec,
+    data_root: Path,
+    cache: Path,
+    stage_dir: Path,
+    bests: dict[str, results.BestTrial],
+) -> dict[str, dict[str, Any]]:
     """Each trial's ``train_func`` config: the stage's, then the sampled parameters."""
-    base = stage_config(spec, stage, data_root, cache,
-                        prior=bests[stage.prior].masks if stage.prior else None,
-                        init_from=bests[stage.init_from].checkpoint if stage.init_from else None)
+    base = stage_config(
+        spec,
+        stage,
+        data_root,
+        cache,
+        prior=bests[stage.prior].masks if stage.prior else None,
+        init_from=bests[stage.init_from].checkpoint if stage.init_from else None,
+    )
     configs = {}
     for i, params in enumerate(sample_trials(stage.params, stage.tune.num_samples, stage.tune.seed)):
         trial_id = f"t{i:03d}"
@@ -324,9 +405,17 @@ def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]], data_root: P
     reverse = stage.tune.mode == "max"
     value, trial_id, trial_dir = sorted(candidates, key=lambda c: (-c[0] if reverse else c[0], c[1]))[0]
     checkpoint = trial_dir / checkpointing.BEST
-    return results.BestTrial(stage=stage.name, trial_id=trial_id, metric=stage.tune.metric, mode=stage.tune.mode,
-                             value=value, checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_digest(checkpoint),
-                             params=results.read_params(trial_dir) or {}, data_root=str(data_root))
+    return results.BestTrial(
+        stage=stage.name,
+        trial_id=trial_id,
+        metric=stage.tune.metric,
+        mode=stage.tune.mode,
+        value=value,
+        checkpoint=str(checkpoint),
+        checkpoint_sha256=checkpoint_digest(checkpoint),
+        params=results.read_params(trial_dir) or {},
+        data_root=str(data_root),
+    )
 
 
 def checkpoint_digest(checkpoint: Path) -> str:
@@ -352,8 +441,9 @@ def masks_ready(out: Path, checkpoint: str) -> bool:
     return done is not None and done.checkpoint_sha256 == checkpoint_digest(Path(checkpoint))
 
 
-def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | None,
-                       vggish_pca: str | None, cache: str) -> str:
+def export_stage_masks(
+    checkpoint: str, data_root: str, out: str, vggish: str | None, vggish_pca: str | None, cache: str
+) -> str:
     """Write the masks into a temporary folder, then rename it: ``out`` is complete or absent."""
     from aavs.orchestrator.recipe.evaluation import export_masks
 
@@ -362,18 +452,39 @@ def export_stage_masks(checkpoint: str, data_root: str, out: str, vggish: str | 
         return out
     with atomic.atomic_dir(out_path) as tmp:
         scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
-        results.write_masks_success(tmp, results.MasksRecord(checkpoint=checkpoint, scores=scores,
-                                                             node_id=ray_node_id(),
-                                                             checkpoint_sha256=checkpoint_digest(Path(checkpoint))))
+        results.write_masks_success(
+            tmp,
+            results.MasksRecord(
+                checkpoint=checkpoint,
+                scores=scores,
+                node_id=ray_node_id(),
+                checkpoint_sha256=checkpoint_digest(Path(checkpoint)),
+            ),
+        )
     return out
 
 
-def evaluate_stage_checkpoint(checkpoint: str, data_root: str, task: str, prior: str | None,
-                              vggish: str | None, vggish_pca: str | None, cache: str) -> dict[str, float]:
+def evaluate_stage_checkpoint(
+    checkpoint: str,
+    data_root: str,
+    task: str,
+    prior: str | None,
+    vggish: str | None,
+    vggish_pca: str | None,
+    cache: str,
+) -> dict[str, float]:
     from aavs.orchestrator.recipe.evaluation import evaluate_checkpoint
 
-    return evaluate_checkpoint(checkpoint, data_root, task=task, split="test", prior=prior,
-                               vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
+    return evaluate_checkpoint(
+        checkpoint,
+        data_root,
+        task=task,
+        split="test",
+        prior=prior,
+        vggish=vggish,
+        vggish_pca=vggish_pca,
+        cache_dir=cache,
+    )
 
 
 # ---------------------------------------------------------------------------------------- runners
@@ -399,23 +510,50 @@ class LocalRunner:
                 continue  # status.json says so; the run goes on with the other trials
 
     def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None, log_file=None) -> Path:
-        return Path(self.call(export_stage_masks, checkpoint, str(data_root), str(out), spec.model.vggish,
-                              spec.model.vggish_pca, str(cache), resources=resources, log_file=log_file))
+        return Path(
+            self.call(
+                export_stage_masks,
+                checkpoint,
+                str(data_root),
+                str(out),
+                spec.model.vggish,
+                spec.model.vggish_pca,
+                str(cache),
+                resources=resources,
+                log_file=log_file,
+            )
+        )
 
-    def evaluate(self, checkpoint, data_root, task, prior, spec, cache, resources=None,
-                 log_file=None) -> dict[str, float]:
-        return self.call(evaluate_stage_checkpoint, checkpoint, str(data_root), task, prior, spec.model.vggish,
-                         spec.model.vggish_pca, str(cache), resources=resources, log_file=log_file)
+    def evaluate(
+        self, checkpoint, data_root, task, prior, spec, cache, resources=None, log_file=None
+    ) -> dict[str, float]:
+        return self.call(
+            evaluate_stage_checkpoint,
+            checkpoint,
+            str(data_root),
+            task,
+            prior,
+            spec.model.vggish,
+            spec.model.vggish_pca,
+            str(cache),
+            resources=resources,
+            log_file=log_file,
+        )
 
-    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
-             log_file: Path | None = None) -> Any:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        resources: dict[str, float] | None = None,
+        log_file: Path | None = None,
+    ) -> Any:
         """``fn(*args)`` where this runner runs its tasks (here: in this process), output in ``log_file``."""
         return _logged_call(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args)
 
 
 def _logged_call(log_file: str | None, quiet: bool, cpus: float, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` on ``cpus`` torch threads, with its output in ``log_file`` (None: where it goes anyway)."""
-    with cpu_threads(cpus), (captured(log_file, quiet) if log_file else contextlib.nullcontext()):
+    with cpu_threads(cpus), captured(log_file, quiet) if log_file else contextlib.nullcontext():
         return fn(*args)
 
 
@@ -467,12 +605,20 @@ class RayRunner(LocalRunner):
         from ray import tune
 
         c, t = self.spec.compute, stage.tune
-        launch = {"workers": c.workers_per_trial, "cpus": c.cpus_per_worker, "gpus": c.gpus_per_worker,
-                  "max_failures": c.max_failures, "storage": str(self.results_dir / "ray"),
-                  "name": f"{stage.name}", "resources": stage.resources, "quiet": self.quiet}
+        launch = {
+            "workers": c.workers_per_trial,
+            "cpus": c.cpus_per_worker,
+            "gpus": c.gpus_per_worker,
+            "max_failures": c.max_failures,
+            "storage": str(self.results_dir / "ray"),
+            "name": f"{stage.name}",
+            "resources": stage.resources,
+            "quiet": self.quiet,
+        }
         if c.workers_per_trial == 1:
-            trainable = tune.with_resources(tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker,
-                                                         **stage.resources})
+            trainable = tune.with_resources(
+                tune_trial, {"cpu": c.cpus_per_worker, "gpu": c.gpus_per_worker, **stage.resources}
+            )
         else:
             # The trial only drives a TorchTrainer whose workers hold the CPUs and GPUs. Ray refuses
             # an empty request, and any CPU held here would be missing from the workers' placement
@@ -482,17 +628,24 @@ class RayRunner(LocalRunner):
         if t.asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=stage.epochs,
-                                      grace_period=t.asha.grace_period, reduction_factor=t.asha.reduction_factor)
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=stage.epochs,
+                grace_period=t.asha.grace_period,
+                reduction_factor=t.asha.reduction_factor,
+            )
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial_id": tune.grid_search(sorted(configs)),
-                         "configs": configs, "launch": launch},
-            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler,
-                                        max_concurrent_trials=t.max_concurrent or None),
-            run_config=tune.RunConfig(name=stage.name,
-                                      storage_path=str(self.results_dir / "ray"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=c.max_failures)),
+            param_space={"trial_id": tune.grid_search(sorted(configs)), "configs": configs, "launch": launch},
+            tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.mode, scheduler=scheduler, max_concurrent_trials=t.max_concurrent or None
+            ),
+            run_config=tune.RunConfig(
+                name=stage.name,
+                storage_path=str(self.results_dir / "ray"),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=c.max_failures),
+            ),
         )
         with _without_tune_trial_tracebacks(self.quiet):
             tuner.fit()
@@ -502,8 +655,13 @@ class RayRunner(LocalRunner):
                 status.status = results.TrialStatus.STOPPED
                 results.write_status(config["trial_dir"], status)
 
-    def call(self, fn: Callable[..., Any], *args: Any, resources: dict[str, float] | None = None,
-             log_file: Path | None = None) -> Any:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        resources: dict[str, float] | None = None,
+        log_file: Path | None = None,
+    ) -> Any:
         """``fn(*args)`` as one Ray task with the resources of one worker, output in ``log_file``."""
         import ray
 
@@ -553,13 +711,20 @@ def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: s
         functools.partial(_train_func_recording_node, quiet=launch["quiet"]),
         train_loop_config=train_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=launch["workers"], use_gpu=launch["gpus"] > 0,
-            resources_per_worker={"CPU": launch["cpus"], **({"GPU": launch["gpus"]} if launch["gpus"] else {}),
-                                  **launch["resources"]}),
+            num_workers=launch["workers"],
+            use_gpu=launch["gpus"] > 0,
+            resources_per_worker={
+                "CPU": launch["cpus"],
+                **({"GPU": launch["gpus"]} if launch["gpus"] else {}),
+                **launch["resources"],
+            },
+        ),
         run_config=ray.train.RunConfig(
-            name=f"{launch['name']}-{trial_id}", storage_path=launch["storage"],
+            name=f"{launch['name']}-{trial_id}",
+            storage_path=launch["storage"],
             failure_config=ray.train.FailureConfig(max_failures=launch["max_failures"]),
-            callbacks=[TuneReportCallback()]),
+            callbacks=[TuneReportCallback()],
+        ),
     )
     trainer.fit()
 

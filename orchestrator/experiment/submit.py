@@ -44,8 +44,22 @@ from aavs.orchestrator.experiment.stages import results_path
 log = logging.getLogger(__name__)
 
 # Never uploaded with the working directory: environments, data, weights, results, build output.
-EXCLUDES = ["/.venv", "/venv", "/results", "/data", "/weights", "/build", ".git", "__pycache__", "*.egg-info",
-            ".pytest_cache", "*.safetensors", "*.pth", "*.pt", "*.ckpt"]
+EXCLUDES = [
+    "/.venv",
+    "/venv",
+    "/results",
+    "/data",
+    "/weights",
+    "/build",
+    ".git",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    "*.safetensors",
+    "*.pth",
+    "*.pt",
+    "*.ckpt",
+]
 PACKAGES = ("orchestrator", "models", "datasets")  # the sub-packages of the aavs namespace (pyproject.toml)
 PATH_KEYS = (("data", "root"), ("model", "pretrained"), ("model", "vggish"), ("model", "vggish_pca"))
 
@@ -60,8 +74,13 @@ class Submission:
     results_dir: Path  # <results>/<experiment name>, as the job writes it
 
 
-def prepare_submission(experiment: str | Path, overrides: list[str] | None = None, results: str = "results",
-                       working_dir: str | Path = ".", runtime_env_file: str | Path | None = None) -> Submission:
+def prepare_submission(
+    experiment: str | Path,
+    overrides: list[str] | None = None,
+    results: str = "results",
+    working_dir: str | Path = ".",
+    runtime_env_file: str | Path | None = None,
+) -> Submission:
     """Validate the experiment here (bad input fails before anything is sent) and build the job."""
     experiment, work = Path(experiment), Path(working_dir).expanduser().resolve()
     if not work.is_dir():
@@ -70,8 +89,10 @@ def prepare_submission(experiment: str | Path, overrides: list[str] | None = Non
     try:
         relative = experiment.resolve().relative_to(work)
     except ValueError:
-        raise InputError(f"{experiment}: outside the working directory {work} that is uploaded with the job; "
-                         "run aavs submit from a folder that contains it, or pass --working-dir") from None
+        raise InputError(
+            f"{experiment}: outside the working directory {work} that is uploaded with the job; "
+            "run aavs submit from a folder that contains it, or pass --working-dir"
+        ) from None
     root = results_path(results)
     overrides = list(overrides or [])
     for section, key in PATH_KEYS:  # as `aavs run` here would resolve them
@@ -90,9 +111,12 @@ def prepare_submission(experiment: str | Path, overrides: list[str] | None = Non
         pass
     runtime_env.update(working_dir=str(work), excludes=excludes)
     _refuse_token_file_inside(work)
-    return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
-                      metadata={"aavs_experiment": spec.name, "aavs_results": str(root / spec.name)},
-                      results_dir=root / spec.name)
+    return Submission(
+        entrypoint=shlex.join(argv),
+        runtime_env=runtime_env,
+        metadata={"aavs_experiment": spec.name, "aavs_results": str(root / spec.name)},
+        results_dir=root / spec.name,
+    )
 
 
 def _read_runtime_env(path: str | Path) -> dict[str, Any]:
@@ -110,9 +134,11 @@ def _read_runtime_env(path: str | Path) -> dict[str, Any]:
 def _refuse_token_file_inside(work: Path) -> None:
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if token_path and Path(token_path).expanduser().resolve().is_relative_to(work):
-        raise InputError(f"RAY_AUTH_TOKEN_PATH={token_path}: the token file lies inside the working directory "
-                         f"{work}, which is uploaded with the job; keep it outside (e.g. ~/.ray/auth_token) "
-                         "or pass the token in RAY_AUTH_TOKEN")
+        raise InputError(
+            f"RAY_AUTH_TOKEN_PATH={token_path}: the token file lies inside the working directory "
+            f"{work}, which is uploaded with the job; keep it outside (e.g. ~/.ray/auth_token) "
+            "or pass the token in RAY_AUTH_TOKEN"
+        )
 
 
 def auth_headers() -> dict[str, str]:
@@ -141,10 +167,12 @@ def check_authenticated(address: str, insecure: bool) -> None:
     """Refuse a job API off this machine without a token, unless ``insecure`` says so on purpose."""
     if is_loopback(address) or insecure or auth_headers() or os.environ.get("RAY_AUTH_MODE") == "token":
         return
-    raise InputError(f"--address {address}: not this machine, and no token is set: a job API that takes jobs "
-                     "without a token runs anyone's code; set RAY_AUTH_TOKEN to the cluster's token (or "
-                     "RAY_AUTH_MODE=token with the token in ~/.ray/auth_token), or pass --insecure if that cluster "
-                     "is reachable only by you")
+    raise InputError(
+        f"--address {address}: not this machine, and no token is set: a job API that takes jobs "
+        "without a token runs anyone's code; set RAY_AUTH_TOKEN to the cluster's token (or "
+        "RAY_AUTH_MODE=token with the token in ~/.ray/auth_token), or pass --insecure if that cluster "
+        "is reachable only by you"
+    )
 
 
 def connect(address: str, insecure: bool = False):
@@ -161,8 +189,10 @@ def connect(address: str, insecure: bool = False):
     except ConnectionError as err:
         raise InputError(f"--address {address}: no Ray job API answers there ({err})") from None
     except AuthenticationError as err:
-        raise InputError(f"--address {address}: the cluster refused the token; set RAY_AUTH_TOKEN to the "
-                         f"cluster's token ({str(err).splitlines()[0]})") from None
+        raise InputError(
+            f"--address {address}: the cluster refused the token; set RAY_AUTH_TOKEN to the "
+            f"cluster's token ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def submit(client, submission: Submission) -> str:
@@ -175,8 +205,9 @@ def submit(client, submission: Submission) -> str:
         runtime_env = dict(submission.runtime_env)
         runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + [str(package)]
         log.info("submitting %s (results: %s)", submission.entrypoint, submission.results_dir)
-        return client.submit_job(entrypoint=submission.entrypoint, runtime_env=runtime_env,
-                                 metadata=submission.metadata)
+        return client.submit_job(
+            entrypoint=submission.entrypoint, runtime_env=runtime_env, metadata=submission.metadata
+        )
 
 
 def follow(client, job_id: str, write: Callable[[str], Any], poll_s: float = 1.0):

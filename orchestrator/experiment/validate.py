@@ -46,5 +46,7 @@ def require_clean_data(spec: ExperimentSpec) -> None:
     if problems:
         shown = "\n".join(f"  {_line(p)}" for p in problems[:SHOWN])
         more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        raise InputError(f"data.root {spec.data.root}: {len(problems)} problem(s); `aavs data check "
-                         f"{spec.data.root}` lists them all:\n{shown}{more}")
+        raise InputError(
+            f"data.root {spec.data.root}: {len(problems)} problem(s); `aavs data check "
+            f"{spec.data.root}` lists them all:\n{shown}{more}"
+        )

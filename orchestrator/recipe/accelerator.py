@@ -33,12 +33,17 @@ def _ensure_single_process_env() -> None:
     """DeepSpeed insists on a process group; outside a launcher, make it a group of one."""
     if "WORLD_SIZE" in os.environ or torch.distributed.is_initialized():
         return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    )
 
 
-def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float | None,
-                     micro_batch: int) -> Accelerator:
+def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float | None, micro_batch: int) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     use_cpu = compute.cpu or not torch.cuda.is_available()
     if compute.mixed_precision == "fp16" and use_cpu:

@@ -54,8 +54,9 @@ def read_trainer_state(trial_dir: Path) -> TrainerState | None:
     return TrainerState(**json.loads(path.read_text())["state"])
 
 
-def save_last(trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module, state: TrainerState,
-              rank: int) -> None:
+def save_last(
+    trial_dir: Path, accelerator: Accelerator, model: torch.nn.Module, state: TrainerState, rank: int
+) -> None:
     """Write ``checkpoints/last``; every rank calls it, with its process-group ``rank`` (under Ray Train's
     DeepSpeed workers accelerate's own ``is_main_process`` was True on rank 1 too).
 
@@ -95,8 +96,14 @@ def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
     """This rank's RNG states as ``checkpoints/last`` holds them, and nothing else (not the scaler: the
     next phase starts a fresh one): a run killed right after a phase's last epoch builds the next
     phase's model from them. accelerate's loader logs, so an accelerator must exist."""
-    load_accelerator_state(str(trial_dir / LAST / STATE), models=[], optimizers=[], schedulers=[],
-                           dataloaders=[], process_index=accelerator.process_index)
+    load_accelerator_state(
+        str(trial_dir / LAST / STATE),
+        models=[],
+        optimizers=[],
+        schedulers=[],
+        dataloaders=[],
+        process_index=accelerator.process_index,
+    )
 
 
 def _drop_model_weights(models: list, weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:

@@ -43,8 +43,11 @@ class Strict(BaseModel):
         if not isinstance(data, Mapping):
             return data
         fields = cls.model_fields
-        return {k: v for k, v in data.items()
-                if v is not None or k not in fields or type(None) in get_args(fields[k].annotation)}
+        return {
+            k: v
+            for k, v in data.items()
+            if v is not None or k not in fields or type(None) in get_args(fields[k].annotation)
+        }
 
 
 class Expected(ValueError):
@@ -199,10 +202,18 @@ M = TypeVar("M", bound=BaseModel)
 
 # What pydantic's error types expect, in the words of our messages (others: pydantic's own words).
 EXPECTATIONS = {
-    "missing": "this key (it is required)", "bool_type": "true or false", "int_type": "an integer",
-    "float_type": "a number", "string_type": "a string", "list_type": "a list",
-    "dict_type": "a mapping", "model_type": "a mapping", "literal_error": "one of {expected}",
-    "greater_than": "a number > {gt:g}", "greater_than_equal": "a number >= {ge:g}", "less_than": "a number < {lt:g}",
+    "missing": "this key (it is required)",
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "literal_error": "one of {expected}",
+    "greater_than": "a number > {gt:g}",
+    "greater_than_equal": "a number >= {ge:g}",
+    "less_than": "a number < {lt:g}",
     "too_short": "at least {min_length} item(s)",
 }
 # Steps pydantic adds to an error's location that are no key of the file: a tagged union's member, a

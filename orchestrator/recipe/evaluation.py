@@ -60,8 +60,10 @@ def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], t
 def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
     """The network's inputs of a batch on ``device``; floating ones in ``dtype`` (the weights' dtype:
     DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs)."""
-    inputs = {"pixel_values": batch["pixel_values"].to(device, dtype, non_blocking=True),
-              "audio": batch["audio"].to(device, dtype)}
+    inputs = {
+        "pixel_values": batch["pixel_values"].to(device, dtype, non_blocking=True),
+        "audio": batch["audio"].to(device, dtype),
+    }
     inputs["prior"] = batch["prior"].to(device, dtype) if "prior" in batch else None
     return inputs
 
@@ -76,18 +78,33 @@ def new_metric(task: str, num_classes: int) -> BinaryMetric | SemanticMetric:
 
 
 @torch.no_grad()
-def evaluate(model: SegmentationModel, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
-             rank: int = 0, world: int = 1, save_masks: str | Path | None = None,
-             num_workers: int = 0) -> dict[str, float]:
+def evaluate(
+    model: SegmentationModel,
+    dataset: AVSBenchDataset,
+    task: str,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    save_masks: str | Path | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
     """Metrics of ``model`` on ``dataset`` (videos sharded over ``world`` ranks, then merged)."""
     return accumulate(model, dataset, task, device, rank, world, save_masks, num_workers).compute()
 
 
 @torch.no_grad()
-def accumulate(model: SegmentationModel, dataset: AVSBenchDataset, task: str, device: torch.device | str = "cpu",
-               rank: int = 0, world: int = 1, save_masks: str | Path | None = None, num_workers: int = 0,
-               videos: Sequence[int] | None = None,
-               on_video: Callable[[VideoRecord, np.ndarray], None] | None = None) -> BinaryMetric | SemanticMetric:
+def accumulate(
+    model: SegmentationModel,
+    dataset: AVSBenchDataset,
+    task: str,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    save_masks: str | Path | None = None,
+    num_workers: int = 0,
+    videos: Sequence[int] | None = None,
+    on_video: Callable[[VideoRecord, np.ndarray], None] | None = None,
+) -> BinaryMetric | SemanticMetric:
     """:func:`evaluate`'s pass, returning the metric itself (the report's per-class IoU).
 
     ``videos``: dataset indices to predict (default all); ``on_video(record, masks)`` receives each
@@ -98,8 +115,7 @@ def accumulate(model: SegmentationModel, dataset: AVSBenchDataset, task: str, de
     model.eval()
     metric = new_metric(task, model.config.num_labels)
     indices = list(range(len(dataset)) if videos is None else videos)[rank::world]
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers,
-                        collate_fn=collate_videos)
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers, collate_fn=collate_videos)
     dtype = weights_dtype(model)
     for position, batch in enumerate(loader):
         out = model(**model_inputs(batch, device, dtype))
@@ -138,8 +154,10 @@ def _check_task(model: SegmentationModel, task: str) -> Task:
     wanted, own = get_task(task), get_task(model.config.task)
     if wanted.semantic != own.semantic:
         kind = "semantic" if own.semantic else "binary"
-        raise InputError(f"--task {task}: the checkpoint holds a {kind} network (trained for "
-                         f"{own.name}); evaluate it on {' or '.join(same_kind(own.semantic))}")
+        raise InputError(
+            f"--task {task}: the checkpoint holds a {kind} network (trained for "
+            f"{own.name}); evaluate it on {' or '.join(same_kind(own.semantic))}"
+        )
     return wanted
 
 
@@ -149,8 +167,9 @@ def check_classes(model: SegmentationModel, checkpoint: str | Path, data: str | 
     if get_task(model.config.task).binary:
         return
     data_classes = class_names(data)
-    problem = class_list_mismatch(f"checkpoint {checkpoint}", model.config.class_names,
-                                  f"data {data}'s label2idx.json", data_classes)
+    problem = class_list_mismatch(
+        f"checkpoint {checkpoint}", model.config.class_names, f"data {data}'s label2idx.json", data_classes
+    )
     if problem:
         raise InputError(problem)
 
@@ -159,11 +178,18 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | None = None,
-                        split: str = "val", prior: str | Path | None = None,
-                        save_masks: str | Path | None = None, base: str | None = None,
-                        vggish: str | None = None, vggish_pca: str | None = None,
-                        cache_dir: str | Path | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    task: str | None = None,
+    split: str = "val",
+    prior: str | Path | None = None,
+    save_masks: str | Path | None = None,
+    base: str | None = None,
+    vggish: str | None = None,
+    vggish_pca: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, float]:
     """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
     model = registry.load(checkpoint, base=base, task=task)
     check_classes(model, checkpoint, data)
@@ -171,24 +197,47 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, task: str | No
     task = task or model.config.task
     if get_task(model.config.task).takes_prior and prior is None:
         log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")
-    dataset = AVSBenchDataset(data, task, split, image_size=model.config.image_size, prior=prior,
-                              vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
+    dataset = AVSBenchDataset(
+        data,
+        task,
+        split,
+        image_size=model.config.image_size,
+        prior=prior,
+        vggish=vggish,
+        vggish_pca=vggish_pca,
+        cache_dir=cache_dir,
+    )
     return evaluate(model, dataset, task, _device(), save_masks=save_masks)
 
 
-def export_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
-                 splits: Iterable[str] = SPLITS, vggish: str | None = None,
-                 vggish_pca: str | None = None, cache_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+def export_masks(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    splits: Iterable[str] = SPLITS,
+    vggish: str | None = None,
+    vggish_pca: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, dict[str, float]]:
     """Stage one's prior for stage two: binary masks of every frame of every split of v1s, v1m, v2.
 
     Returns the metrics of each split as a by-product (the masks and the metrics come from one pass).
     """
     model = registry.load(checkpoint).to(_device())
     if get_task(model.config.task).semantic:
-        raise InputError(f"{checkpoint}: mask export needs a binary (stage-one) network, this one is {model.config.task}")
+        raise InputError(
+            f"{checkpoint}: mask export needs a binary (stage-one) network, this one is {model.config.task}"
+        )
     scores = {}
     for split in splits:
-        dataset = AVSBenchDataset(data, MASK_EXPORT_TASK, split, image_size=model.config.image_size,
-                                  vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache_dir)
+        dataset = AVSBenchDataset(
+            data,
+            MASK_EXPORT_TASK,
+            split,
+            image_size=model.config.image_size,
+            vggish=vggish,
+            vggish_pca=vggish_pca,
+            cache_dir=cache_dir,
+        )
         scores[split] = evaluate(model, dataset, MASK_EXPORT_TASK, _device(), save_masks=out)
     return scores

@@ -186,10 +186,13 @@ def log_files(results_dir: str | os.PathLike) -> list[LogFile]:
         stage_dir = results_dir / stage
         for path in sorted(stage_dir.glob("trials/*/log*.txt")):
             status = results.trial_status(path.parent)
-            suffix = "" if path.name == TRIAL_LOG else "." + path.name[len("log."):-len(".txt")]
+            suffix = "" if path.name == TRIAL_LOG else "." + path.name[len("log.") : -len(".txt")]
             files.append(LogFile(f"{stage}/{path.parent.name}{suffix}", path, status))
-        files.extend(LogFile(f"{stage}/{task}", task_log(stage_dir, task), "-") for task in TASK_LOGS
-                     if task_log(stage_dir, task).is_file())
+        files.extend(
+            LogFile(f"{stage}/{task}", task_log(stage_dir, task), "-")
+            for task in TASK_LOGS
+            if task_log(stage_dir, task).is_file()
+        )
     return files
 
 
@@ -202,12 +205,19 @@ def resolve(results_dir: str | os.PathLike, target: str) -> LogFile:
     trial_dir = Path(results_dir) / stage / "trials" / name
     if stage in _stage_names(Path(results_dir)) and name and trial_dir.is_dir():  # started, nothing logged yet
         return LogFile(target, trial_log(trial_dir), results.trial_status(trial_dir))
-    raise InputError(f"{target}: no such log in {results_dir}; expected STAGE/TRIAL or STAGE/TASK, one of "
-                     f"{sorted(known) or 'none yet'}")
+    raise InputError(
+        f"{target}: no such log in {results_dir}; expected STAGE/TRIAL or STAGE/TASK, one of "
+        f"{sorted(known) or 'none yet'}"
+    )
 
 
-def follow(files: Callable[[], list[LogFile]], write: Callable[[str], None], done: Callable[[], bool],
-           prefix: bool, interval: float = 0.5) -> None:
+def follow(
+    files: Callable[[], list[LogFile]],
+    write: Callable[[str], None],
+    done: Callable[[], bool],
+    prefix: bool,
+    interval: float = 0.5,
+) -> None:
     """Write the files' lines, then their new lines as they come, until ``done()`` and nothing is new.
 
     ``files`` is asked again at every poll (trials start during a run); with ``prefix`` each line is

@@ -111,6 +111,9 @@ def epoch_line(metrics: dict[str, Any]) -> str:
     """A report as one line of the trial's log: ``epoch 2 (phase B): train/loss=0.412 val/miou=0.537 ...``."""
     epoch, phase = metrics.get("epoch"), metrics.get("phase")
     head = f"epoch {epoch + 1}" if isinstance(epoch, int) else "report"
-    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
-                      if k not in ("epoch", "phase") and isinstance(v, (int, float, str)))
+    values = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(metrics.items())
+        if k not in ("epoch", "phase") and isinstance(v, (int, float, str))
+    )
     return f"{head}{f' (phase {phase})' if phase else ''}: {values}"

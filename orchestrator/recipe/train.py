@@ -94,8 +94,15 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if train_set is None:  # the network decides the input size
                 train_set, val_set = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
-            metrics = evaluate(accelerator.unwrap_model(model), val_set, cfg.task, accelerator.device,
-                               rank=rank, world=world, num_workers=cfg.compute.loader_workers)
+            metrics = evaluate(
+                accelerator.unwrap_model(model),
+                val_set,
+                cfg.task,
+                accelerator.device,
+                rank=rank,
+                world=world,
+                num_workers=cfg.compute.loader_workers,
+            )
             row = {"epoch": epoch, "phase": phase, **train_stats, **{f"val/{k}": v for k, v in metrics.items()}}
             improved = _is_better(row[cfg.metric], state.best_value, cfg.mode)
             if improved:
@@ -107,9 +114,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             row["best/" + cfg.metric] = state.best_value
             reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
             checkpointing.save_last(trial_dir, accelerator, model, state, rank)
-            reporter.status(TrialStatus.DONE if epoch == cfg.epochs - 1 else TrialStatus.RUNNING, epoch=epoch + 1,
-                            epochs=cfg.epochs,
-                            best=state.best_metrics)
+            reporter.status(
+                TrialStatus.DONE if epoch == cfg.epochs - 1 else TrialStatus.RUNNING,
+                epoch=epoch + 1,
+                epochs=cfg.epochs,
+                best=state.best_metrics,
+            )
     except TrainingDiverged as err:
         reporter.status(TrialStatus.FAILED, error=str(err))
         raise
@@ -122,10 +132,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- phases
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
     """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
-    common = dict(image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca,
-                  cache_dir=cfg.audio_cache)
-    train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None,
-                            training=True, **common)
+    common = dict(
+        image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca, cache_dir=cfg.audio_cache
+    )
+    train = AVSBenchDataset(
+        cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, training=True, **common
+    )
     return train, AVSBenchDataset(cfg.data_root, cfg.task, "val", prior=cfg.prior, **common)
 
 
@@ -136,12 +148,14 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
 
     spec = cfg.model
     classes = class_names(cfg.data_root) if get_task(cfg.task).semantic else None
-    return registry.build(spec.type, cfg.task, preset=spec.preset, pretrained=spec.pretrained, classes=classes,
-                          **spec.overrides)
+    return registry.build(
+        spec.type, cfg.task, preset=spec.preset, pretrained=spec.pretrained, classes=classes, **spec.overrides
+    )
 
 
-def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str,
-                 epoch: int, resumed: bool):
+def _enter_phase(
+    cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str, epoch: int, resumed: bool
+):
     """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights.
 
     - a resumed run: the weights, optimizer state and RNG of ``checkpoints/last``; resumed right after
@@ -165,8 +179,13 @@ def _enter_phase(cfg: TrainConfig, trial_dir: Path, state: checkpointing.Trainer
             _init_from(model, cfg.init_from)
         model.set_phase(phase)
     lr = cfg.lr if phase == "A" else cfg.learning_rate_b
-    optimizer = torch.optim.AdamW(model.phase_parameter_groups(phase, lr=lr, weight_decay=cfg.weight_decay),
-                                  lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.phase_parameter_groups(phase, lr=lr, weight_decay=cfg.weight_decay),
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
         checkpointing.load_last(trial_dir, accelerator)
@@ -187,8 +206,12 @@ def _init_from(model, checkpoint: str) -> None:
     matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     target.update(matching)
     model.load_trainable_state_dict(target)
-    log.info("init_from %s: %d tensors copied, %d left at their initial values",
-             checkpoint, len(matching), len(target) - len(matching))
+    log.info(
+        "init_from %s: %d tensors copied, %d left at their initial values",
+        checkpoint,
+        len(matching),
+        len(target) - len(matching),
+    )
 
 
 # ---------------------------------------------------------------------------------- one epoch
@@ -208,15 +231,22 @@ def epoch_videos(cfg: TrainConfig, dataset, epoch: int, world: int, rank: int) -
     return indices
 
 
-def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int,
-                     world: int, rank: int) -> dict[str, float]:
+def _train_one_epoch(
+    cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int, world: int, rank: int
+) -> dict[str, float]:
     """One pass over this worker's videos; an optimiser step per ``grad_accum`` batches, except where
     no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`)."""
     indices = epoch_videos(cfg, dataset, epoch, world, rank)
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.compute.loader_workers, collate_fn=collate_videos,
-                        pin_memory=accelerator.device.type == "cuda",
-                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.compute.loader_workers,
+        collate_fn=collate_videos,
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+    )
     model.train()
     device, dtype = accelerator.device, weights_dtype(accelerator.unwrap_model(model))
     losses, frames, skipped, wait, t_epoch = [], 0, 0, 0.0, time.perf_counter()
@@ -227,8 +257,11 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
         batch, loss_frames = training_frames(batch, cfg.task)
         window_counts = window_counts or bool(loss_frames.any())
         with accelerator.accumulate(model):
-            out = model(**model_inputs(batch, device, dtype), labels=batch["labels"].to(device),
-                        loss_frames=loss_frames.to(device))
+            out = model(
+                **model_inputs(batch, device, dtype),
+                labels=batch["labels"].to(device),
+                loss_frames=loss_frames.to(device),
+            )
             loss = out.loss
             value = loss.detach().float().item()  # the step's one host sync
             learns = _step_outcome(value, window_counts, accelerator, epoch, step)
@@ -247,11 +280,13 @@ def _train_one_epoch(cfg: TrainConfig, model, optimizer, accelerator, dataset, e
         frames += batch["pixel_values"].shape[0]
         t_ready = time.perf_counter()
     elapsed = time.perf_counter() - t_epoch
-    return {"train/loss": float(np.mean(losses)) if losses else float("nan"),
-            "train/skipped_steps": float(skipped),
-            "train/steps_per_s": len(losses) / max(elapsed, 1e-9),
-            "train/frames_per_s": frames / max(elapsed, 1e-9),
-            "train/data_wait_frac": wait / max(elapsed, 1e-9)}
+    return {
+        "train/loss": float(np.mean(losses)) if losses else float("nan"),
+        "train/skipped_steps": float(skipped),
+        "train/steps_per_s": len(losses) / max(elapsed, 1e-9),
+        "train/frames_per_s": frames / max(elapsed, 1e-9),
+        "train/data_wait_frac": wait / max(elapsed, 1e-9),
+    }
 
 
 def _step_outcome(value: float, window_counts: bool, accelerator, epoch: int, step: int) -> bool:
@@ -267,8 +302,9 @@ def _step_outcome(value: float, window_counts: bool, accelerator, epoch: int, st
         flags = torch.tensor([float(bad), float(counts)], device=accelerator.device)
         bad, counts = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
     if bad:
-        raise TrainingDiverged(f"loss is not finite at epoch {epoch} step {step}; the trial stops, "
-                               f"its last good checkpoint is kept")
+        raise TrainingDiverged(
+            f"loss is not finite at epoch {epoch} step {step}; the trial stops, its last good checkpoint is kept"
+        )
     return counts
 
 

@@ -47,8 +47,7 @@ def _direct(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct,
-                 videos: int = SAMPLE_VIDEOS) -> Path:
+def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct, videos: int = SAMPLE_VIDEOS) -> Path:
     """Write (or bring up to date) ``results_dir/report``; returns its path.
 
     ``call(fn, *args)`` runs the prediction pass of a stage's best checkpoint (default: here).
@@ -67,16 +66,31 @@ def write_report(results_dir: str | Path, call: Callable[..., Any] = _direct,
             continue
         prior = (stage["prior_from"] or {}).get("masks")
         log.info("report: predictions of %s/%s for %s", stage["name"], best["trial_id"], folder)
-        found = call(stage_predictions, best["checkpoint"], best["data_root"], stage["task"], prior,
-                     model.get("vggish"), model.get("vggish_pca"), str(results_dir / "cache"), videos)
+        found = call(
+            stage_predictions,
+            best["checkpoint"],
+            best["data_root"],
+            stage["task"],
+            prior,
+            model.get("vggish"),
+            model.get("vggish_pca"),
+            str(results_dir / "cache"),
+            videos,
+        )
         title = f"{stage['name']} {best['trial_id']}"
         if found["per_class"] is not None:
             _save(folder / "per_class.png", per_class_figure(found["per_class"], title))
         _save(folder / "samples.png", samples_figure(found["samples"], stage["task"], title))
-        results.write_predictions(folder, results.Predictions(
-            checkpoint=best["checkpoint"], checkpoint_sha256=best["checkpoint_sha256"], videos=videos,
-            per_class=found["per_class"],
-            samples=[{"uid": s["uid"], "subset": s["subset"], "frame": s["frame"]} for s in found["samples"]]))
+        results.write_predictions(
+            folder,
+            results.Predictions(
+                checkpoint=best["checkpoint"],
+                checkpoint_sha256=best["checkpoint_sha256"],
+                videos=videos,
+                per_class=found["per_class"],
+                samples=[{"uid": s["uid"], "subset": s["subset"], "frame": s["frame"]} for s in found["samples"]],
+            ),
+        )
     log.info("report written to %s", out)
     return out
 
@@ -87,8 +101,7 @@ def _current(folder: Path, sha: str, videos: int, task: str) -> bool:
     if done is None:
         return False
     pictures = ["samples.png"] + ([] if get_task(task).binary else ["per_class.png"])
-    return (done.checkpoint_sha256 == sha and done.videos == videos
-            and all((folder / p).is_file() for p in pictures))
+    return done.checkpoint_sha256 == sha and done.videos == videos and all((folder / p).is_file() for p in pictures)
 
 
 def _save(path: Path, figure: Any) -> None:
@@ -108,8 +121,16 @@ def _figure(width_px: int, height_px: int):
 
 
 # ------------------------------------------------------------------------------- predictions
-def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | None, vggish: str | None,
-                      vggish_pca: str | None, cache: str, videos: int) -> dict[str, Any]:
+def stage_predictions(
+    checkpoint: str,
+    data_root: str,
+    task: str,
+    prior: str | None,
+    vggish: str | None,
+    vggish_pca: str | None,
+    cache: str,
+    videos: int,
+) -> dict[str, Any]:
     """The best checkpoint's per-class test scores and class names (AVSS; the checkpoint's classes must
     be the data's) and ``videos`` val videos' predictions.
 
@@ -128,14 +149,23 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
     model = registry.load(checkpoint)
     check_classes(model, checkpoint, data_root)
     model.to(device)
-    common = {"image_size": model.config.image_size, "prior": prior, "vggish": vggish, "vggish_pca": vggish_pca,
-              "cache_dir": cache}
+    common = {
+        "image_size": model.config.image_size,
+        "prior": prior,
+        "vggish": vggish,
+        "vggish_pca": vggish_pca,
+        "cache_dir": cache,
+    }
     per_class = None
     if get_task(task).semantic:
         metric = accumulate(model, AVSBenchDataset(data_root, task, "test", **common), task, device)
         iou, fscore = metric.per_class()
-        per_class = {"classes": list(model.config.class_names), "iou": iou.tolist(), "fscore": fscore.tolist(),
-                     "present": (metric.count > 0).tolist()}
+        per_class = {
+            "classes": list(model.config.class_names),
+            "iou": iou.tolist(),
+            "fscore": fscore.tolist(),
+            "present": (metric.count > 0).tolist(),
+        }
     val = AVSBenchDataset(data_root, task, "val", cache_mb=0, **common)  # only a few videos are read
     picked = sorted({int(round(i)) for i in np.linspace(0, len(val) - 1, min(videos, len(val)))})
     samples = []
@@ -145,10 +175,17 @@ def stage_predictions(checkpoint: str, data_root: str, task: str, prior: str | N
         frame = max(record.annotated_frames, key=lambda i: (int((truth[i] > 0).sum()), -i))
         image = read_frames(Path(data_root), record, truth.shape[-1], [frame])[0]
         prior_mask = read_binary_masks(prior, record, [frame])[0] if prior else None
-        samples.append({"uid": record.uid, "subset": record.subset, "frame": frame, "frame_image": image,
-                        "truth": (truth[frame] > 0 if get_task(task).binary else truth[frame]).astype(np.uint8),
-                        "pred": pred[frame].astype(np.uint8),
-                        "prior": None if prior_mask is None else (255 * prior_mask).round().astype(np.uint8)})
+        samples.append(
+            {
+                "uid": record.uid,
+                "subset": record.subset,
+                "frame": frame,
+                "frame_image": image,
+                "truth": (truth[frame] > 0 if get_task(task).binary else truth[frame]).astype(np.uint8),
+                "pred": pred[frame].astype(np.uint8),
+                "prior": None if prior_mask is None else (255 * prior_mask).round().astype(np.uint8),
+            }
+        )
 
     accumulate(model, val, task, device, videos=picked, on_video=keep)
     return {"per_class": per_class, "samples": samples}
@@ -166,10 +203,20 @@ def curves_figure(stage: dict[str, Any]):
         history = trial["history"]
         epochs = [e + 1 for e in history["epoch"]]
         values = [np.nan if v is None else 100 * v for v in history["val/miou"]]
-        params = " ".join(f"{k}={trial['params'][k]:.3g}" if isinstance(trial["params"].get(k), float)
-                          else f"{k}={trial['params'].get(k)}" for k in stage["searched"])
-        ax.plot(epochs, values, marker="o", markersize=3, linewidth=2.8 if trial["leader"] else 1.2,
-                label=f"{trial['trial_id']} {params}".strip() + (" (best)" if trial["leader"] else ""))
+        params = " ".join(
+            f"{k}={trial['params'][k]:.3g}"
+            if isinstance(trial["params"].get(k), float)
+            else f"{k}={trial['params'].get(k)}"
+            for k in stage["searched"]
+        )
+        ax.plot(
+            epochs,
+            values,
+            marker="o",
+            markersize=3,
+            linewidth=2.8 if trial["leader"] else 1.2,
+            label=f"{trial['trial_id']} {params}".strip() + (" (best)" if trial["leader"] else ""),
+        )
         starts = [e for e, p in zip(epochs, history["phase"]) if p == "B"]
         if starts and phase_b is None:
             phase_b = starts[0]
@@ -202,8 +249,11 @@ def per_class_figure(per_class: dict[str, list], title: str):
     ax.set_xticklabels([per_class["classes"][c] for c in order], rotation=90, fontsize=7)
     ax.set_ylabel("test IoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{title}: test IoU per class (mIoU {100 * iou.mean():.2f} over all {len(iou)} classes, "
-                 f"{len(present)} present)", fontsize=10)
+    ax.set_title(
+        f"{title}: test IoU per class (mIoU {100 * iou.mean():.2f} over all {len(iou)} classes, "
+        f"{len(present)} present)",
+        fontsize=10,
+    )
     figure.tight_layout()
     return figure
 
@@ -212,7 +262,9 @@ def samples_figure(samples: list[dict[str, Any]], task: str, title: str):
     """One row per sample: frame, ground truth, prediction (and prior), ``CELL_PX`` square each."""
     from aavs.datasets.palette import encode_class_map
 
-    columns = ["frame", "ground truth", "prediction"] + (["stage-one prior"] if samples and samples[0]["prior"] is not None else [])
+    columns = ["frame", "ground truth", "prediction"] + (
+        ["stage-one prior"] if samples and samples[0]["prior"] is not None else []
+    )
     rows = max(len(samples), 1)
     width, height = len(columns) * CELL_PX, rows * CELL_PX + HEADER_PX
     figure = _figure(width, height)
@@ -230,10 +282,19 @@ def samples_figure(samples: list[dict[str, Any]], task: str, title: str):
         if len(columns) == 4:
             images.append(np.repeat(sample["prior"][..., None], 3, axis=-1))
         for j, image in enumerate(images):
-            ax = figure.add_axes((j / len(columns), (rows - 1 - i) * CELL_PX / height, 1 / len(columns), CELL_PX / height))
+            ax = figure.add_axes(
+                (j / len(columns), (rows - 1 - i) * CELL_PX / height, 1 / len(columns), CELL_PX / height)
+            )
             ax.imshow(image, interpolation="nearest", aspect="auto")
             ax.set_axis_off()
             if j == 0:
-                ax.text(4, 4, f"{sample['subset']}/{sample['uid']} #{sample['frame']}", fontsize=6, color="white",
-                        va="top", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+                ax.text(
+                    4,
+                    4,
+                    f"{sample['subset']}/{sample['uid']} #{sample['frame']}",
+                    fontsize=6,
+                    color="white",
+                    va="top",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
+                )
     return figure

@@ -31,15 +31,26 @@ from aavs.orchestrator.results import StageStatus, TrialStatus
 
 FILE = results.LEADERBOARD_FILE
 STATUS_LABEL = {TrialStatus.STOPPED: "stopped early"}
-STATUS_STYLE = {TrialStatus.DONE: "green", TrialStatus.RUNNING: "yellow", TrialStatus.STOPPED: "magenta",
-                TrialStatus.FAILED: "bold red", TrialStatus.PENDING: "dim"}
+STATUS_STYLE = {
+    TrialStatus.DONE: "green",
+    TrialStatus.RUNNING: "yellow",
+    TrialStatus.STOPPED: "magenta",
+    TrialStatus.FAILED: "bold red",
+    TrialStatus.PENDING: "dim",
+}
 BEST_STYLE = "bold green"
 # The per-trial files a leaderboard is built from (relative to a stage folder); their sizes and
 # modification times make the fingerprint that tells whether leaderboard.json is current.
-_STAGE_SOURCES = (results.BEST_FILE, results.DONE_FILE, f"masks/{results.MASKS_SUCCESS_FILE}",
-                  *(f"trials/*/{name}" for name in (results.METRICS_FILE, results.STATUS_FILE, results.PARAMS_FILE,
-                                                    results.CONFIG_FILE)),
-                  f"trials/*/best/{results.CHECKPOINT_METRICS_FILE}")  # recipe.checkpointing.BEST (it imports torch)
+_STAGE_SOURCES = (
+    results.BEST_FILE,
+    results.DONE_FILE,
+    f"masks/{results.MASKS_SUCCESS_FILE}",
+    *(
+        f"trials/*/{name}"
+        for name in (results.METRICS_FILE, results.STATUS_FILE, results.PARAMS_FILE, results.CONFIG_FILE)
+    ),
+    f"trials/*/best/{results.CHECKPOINT_METRICS_FILE}",
+)  # recipe.checkpointing.BEST (it imports torch)
 
 
 def _ended(status: str) -> bool:
@@ -78,15 +89,31 @@ def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
     digest = sources_digest(results_dir)  # before reading: a file changed meanwhile makes it stale, never fresh
     spec = results.require_spec(results_dir)
     stages = [_stage(results_dir, stage) for stage in spec.stages]
-    progress = {"trials_done": sum(sum(_ended(t["status"]) for t in s["trials"]) for s in stages),
-                "trials": sum(s["planned_trials"] for s in stages),
-                "epochs_done": sum(_epochs_done(s) for s in stages),
-                "epochs": sum(s["planned_trials"] * s["epochs"] for s in stages)}
+    progress = {
+        "trials_done": sum(sum(_ended(t["status"]) for t in s["trials"]) for s in stages),
+        "trials": sum(s["planned_trials"] for s in stages),
+        "epochs_done": sum(_epochs_done(s) for s in stages),
+        "epochs": sum(s["planned_trials"] * s["epochs"] for s in stages),
+    }
     statuses = {s["status"] for s in stages}
-    status = (StageStatus.DONE if statuses == {StageStatus.DONE} else StageStatus.FAILED if StageStatus.FAILED in statuses
-              else StageStatus.PENDING if statuses == {StageStatus.PENDING} else StageStatus.RUNNING)
-    board = {"name": spec.spec["name"], "results_dir": str(results_dir), "updated": time.time(),
-             "sources_digest": digest, "status": status, "progress": progress, "stages": stages}
+    status = (
+        StageStatus.DONE
+        if statuses == {StageStatus.DONE}
+        else StageStatus.FAILED
+        if StageStatus.FAILED in statuses
+        else StageStatus.PENDING
+        if statuses == {StageStatus.PENDING}
+        else StageStatus.RUNNING
+    )
+    board = {
+        "name": spec.spec["name"],
+        "results_dir": str(results_dir),
+        "updated": time.time(),
+        "sources_digest": digest,
+        "status": status,
+        "progress": progress,
+        "stages": stages,
+    }
     board["summary"] = summary_text(board)
     board["ablation"] = ablation(board)
     return board
@@ -104,10 +131,15 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
     planned = len(sample_trials(stage["params"], stage["tune"]["num_samples"], stage["tune"]["seed"]))
     prior_from = _upstream(results_dir, stage.get("prior"))
     init_from = _upstream(results_dir, stage.get("init_from"))
-    trials = [_trial(results_dir, d, metric, mode, stage["epochs"]) for d in sorted((stage_dir / "trials").glob("t*"))
-              if d.is_dir()]
-    ranked = sorted((t for t in trials if t["best"] is not None),
-                    key=lambda t: (-t["best"] if mode == "max" else t["best"], t["trial_id"]))
+    trials = [
+        _trial(results_dir, d, metric, mode, stage["epochs"])
+        for d in sorted((stage_dir / "trials").glob("t*"))
+        if d.is_dir()
+    ]
+    ranked = sorted(
+        (t for t in trials if t["best"] is not None),
+        key=lambda t: (-t["best"] if mode == "max" else t["best"], t["trial_id"]),
+    )
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     for row in trials:  # a trial that has not started yet will be fed what the stage feeds now
@@ -128,20 +160,39 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
         status = StageStatus.FAILED
     else:
         status = StageStatus.RUNNING
-    return {"name": stage["name"], "task": stage["task"], "metric": metric, "mode": mode, "epochs": stage["epochs"],
-            "status": status, "planned_trials": max(planned, len(trials)), "trial_count": len(trials),
-            "searched": searched,
-            "fixed": {k: v for k, v in stage["params"].items() if k not in searched},
-            "prior_from": prior_from, "init_from": init_from,
-            "best": _best_summary(best) if best else None,
-            "trials": sorted(trials, key=lambda t: (t["rank"] or 10**6, t["trial_id"]))}
+    return {
+        "name": stage["name"],
+        "task": stage["task"],
+        "metric": metric,
+        "mode": mode,
+        "epochs": stage["epochs"],
+        "status": status,
+        "planned_trials": max(planned, len(trials)),
+        "trial_count": len(trials),
+        "searched": searched,
+        "fixed": {k: v for k, v in stage["params"].items() if k not in searched},
+        "prior_from": prior_from,
+        "init_from": init_from,
+        "best": _best_summary(best) if best else None,
+        "trials": sorted(trials, key=lambda t: (t["rank"] or 10**6, t["trial_id"])),
+    }
 
 
 def _best_summary(best: results.BestTrial) -> dict[str, Any]:
     """best.json's summary, with the class names its checkpoint records (the data's label2idx.json
     for a semantic stage; None when the checkpoint cannot be read)."""
-    keys = ("trial_id", "metric", "mode", "value", "checkpoint", "checkpoint_sha256", "params", "test", "masks",
-            "data_root")
+    keys = (
+        "trial_id",
+        "metric",
+        "mode",
+        "value",
+        "checkpoint",
+        "checkpoint_sha256",
+        "params",
+        "test",
+        "masks",
+        "data_root",
+    )
     return {**best.model_dump(include=set(keys)), "classes": _checkpoint_classes(Path(best.checkpoint))}
 
 
@@ -169,20 +220,27 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
     history = {"epoch": [r.epoch for r in rows], "phase": [r.phase for r in rows]}
     for key in dict.fromkeys(("val/miou", "val/fscore", metric)):
         history[key] = [_number(r.get(key)) for r in rows]
-    links = {"prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
-             "init": _checkpoint_link(results_dir, config.get("init_from"))}
+    links = {
+        "prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
+        "init": _checkpoint_link(results_dir, config.get("init_from")),
+    }
     return {
-        "trial_id": trial_dir.name, "rank": None,
+        "trial_id": trial_dir.name,
+        "rank": None,
         "status": status_doc.status if status_doc else TrialStatus.PENDING,
         "error": status_doc.error if status_doc else None,
-        "log": str(trial_dir / "log.txt") if (trial_dir / "log.txt").exists() else None,  # aavs.orchestrator.recipe.output_capture
+        "log": str(trial_dir / "log.txt")
+        if (trial_dir / "log.txt").exists()
+        else None,  # aavs.orchestrator.recipe.output_capture
         "params": results.read_params(trial_dir) or {},
-        "epochs_done": len(rows), "epochs": int(config.get("epochs", epochs)),
+        "epochs_done": len(rows),
+        "epochs": int(config.get("epochs", epochs)),
         "best": _number(best_row[metric]) if best_row else None,
         "best_epoch": best_row.epoch if best_row else None,
         "val/miou": _number(best_row.get("val/miou")) if best_row else None,
         "val/fscore": _number(best_row.get("val/fscore")) if best_row else None,
-        "test": None, "leader": False,
+        "test": None,
+        "leader": False,
         "fed_by": links if links["prior"] or links["init"] else None,
         "history": history,
     }
@@ -220,8 +278,14 @@ def _upstream(results_dir: Path, stage_name: str | None) -> dict[str, Any] | Non
     if not best:
         return {"stage": stage_name, "trial_id": None, "epoch": None, "checkpoint": None}
     link = _checkpoint_link(results_dir, best.checkpoint) or {}
-    return {"stage": stage_name, "trial_id": best.trial_id, "epoch": link.get("epoch"),
-            "checkpoint": best.checkpoint, "checkpoint_sha256": best.checkpoint_sha256, "masks": best.masks}
+    return {
+        "stage": stage_name,
+        "trial_id": best.trial_id,
+        "epoch": link.get("epoch"),
+        "checkpoint": best.checkpoint,
+        "checkpoint_sha256": best.checkpoint_sha256,
+        "masks": best.masks,
+    }
 
 
 def write_leaderboard(results_dir: str | Path) -> dict[str, Any]:
@@ -272,8 +336,7 @@ def stage_table(stage: dict[str, Any]) -> Table:
     if upstream:
         sha = (upstream.get("checkpoint_sha256") or "")[:8]
         title.append(f"\n  fed by {_link_label(upstream, with_stage=True)}" + (f" (sha {sha})" if sha else ""))
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  expand=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
     table.add_column("#", justify="right")
     table.add_column("trial")
     table.add_column("status")
@@ -287,11 +350,16 @@ def stage_table(stage: dict[str, Any]) -> Table:
         table.add_column("from")
     for row in stage["trials"]:
         test = row.get("test")
-        cells: list[Any] = [str(row["rank"] or "-"), row["trial_id"],
-                            Text(status_label(row["status"]), style=STATUS_STYLE.get(row["status"], "")),
-                            *[_fmt_param(row["params"].get(p, "-")) for p in stage["searched"]],
-                            f"{row['epochs_done']}/{row['epochs']}", pct(row["val/miou"]), pct(row["val/fscore"]),
-                            f"{pct(test.get('miou'))}/{pct(test.get('fscore'))}" if test else "-"]
+        cells: list[Any] = [
+            str(row["rank"] or "-"),
+            row["trial_id"],
+            Text(status_label(row["status"]), style=STATUS_STYLE.get(row["status"], "")),
+            *[_fmt_param(row["params"].get(p, "-")) for p in stage["searched"]],
+            f"{row['epochs_done']}/{row['epochs']}",
+            pct(row["val/miou"]),
+            pct(row["val/fscore"]),
+            f"{pct(test.get('miou'))}/{pct(test.get('fscore'))}" if test else "-",
+        ]
         if upstream:
             fed = row["fed_by"] or {}
             cells.append(_link_label(fed.get("prior") or fed.get("init")))
@@ -302,8 +370,11 @@ def stage_table(stage: dict[str, Any]) -> Table:
     hidden = stage["trial_count"] - len(stage["trials"])
     if hidden > 0:
         notes.append(f"{hidden} more trial(s) not shown")
-    notes.extend(f"{t['trial_id']} failed: {t['error'] or 'see its log'}" + (f" (log: {t['log']})" if t.get("log") else "")
-                 for t in stage["trials"] if t["status"] == TrialStatus.FAILED)
+    notes.extend(
+        f"{t['trial_id']} failed: {t['error'] or 'see its log'}" + (f" (log: {t['log']})" if t.get("log") else "")
+        for t in stage["trials"]
+        if t["status"] == TrialStatus.FAILED
+    )
     if not stage["trials"]:
         notes.append(f"{stage['planned_trials']} trial(s) planned, none started")
     if notes:
@@ -321,8 +392,10 @@ def summary_text(board: dict[str, Any]) -> str:
         leader = next((t for t in stage["trials"] if t["leader"]), None)
         if best:
             test = best.get("test") or {}
-            parts.append(f"{head} best {best['trial_id']} val {pct(best['value'])}"
-                         f" test {pct(test.get('miou'))}/{pct(test.get('fscore'))}")
+            parts.append(
+                f"{head} best {best['trial_id']} val {pct(best['value'])}"
+                f" test {pct(test.get('miou'))}/{pct(test.get('fscore'))}"
+            )
         elif leader:
             parts.append(f"{head} leading {leader['trial_id']} val {pct(leader['best'])}")
         else:
@@ -347,16 +420,26 @@ def ablation(board: dict[str, Any]) -> list[dict[str, Any]]:
     for stage in semantic:
         test = (stage.get("best") or {}).get("test") or {}
         fed_by = sorted(upstream(stage), key=list(by_name).index)
-        arms.append({"stage": stage["name"], "arm": "Stepping Stones" if stage["prior_from"] else "end-to-end",
-                     "stages": [*fed_by, stage["name"]], "epochs": sum(by_name[n]["epochs"] for n in [*fed_by, stage["name"]]),
-                     "test_miou": test.get("miou"), "test_fscore": test.get("fscore")})
+        arms.append(
+            {
+                "stage": stage["name"],
+                "arm": "Stepping Stones" if stage["prior_from"] else "end-to-end",
+                "stages": [*fed_by, stage["name"]],
+                "epochs": sum(by_name[n]["epochs"] for n in [*fed_by, stage["name"]]),
+                "test_miou": test.get("miou"),
+                "test_fscore": test.get("fscore"),
+            }
+        )
     return arms
 
 
 def ablation_text(arms: list[dict[str, Any]]) -> str:
     """``Stepping Stones (localize -> semantic, 20 epochs) test mIoU/F 30.12/33.40 | end-to-end (...) ...``"""
-    return " | ".join(f"{a['arm']} ({' -> '.join(a['stages'])}, {a['epochs']} epochs) test mIoU/F "
-                      f"{pct(a['test_miou'])}/{pct(a['test_fscore'])}" for a in arms)
+    return " | ".join(
+        f"{a['arm']} ({' -> '.join(a['stages'])}, {a['epochs']} epochs) test mIoU/F "
+        f"{pct(a['test_miou'])}/{pct(a['test_fscore'])}"
+        for a in arms
+    )
 
 
 def select(board: dict[str, Any], stage: str | None = None, top: int | None = None) -> dict[str, Any]:

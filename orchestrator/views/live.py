@@ -51,6 +51,7 @@ LEVEL_STYLE = {logging.WARNING: "yellow", logging.ERROR: "bold red"}
 
 class Event(NamedTuple):
     """One line of what happened; WARNING and above stay on screen (printed above the live display)."""
+
     text: str
     level: int = logging.INFO
 
@@ -98,9 +99,17 @@ class LiveView:
     this process owns ``leaderboard.json`` (the run's driver) or only reads (a watcher).
     """
 
-    def __init__(self, results_dir: str | Path, console: Console | None = None, *, write: bool = True,
-                 interval: float = 1.0, stage: str | None = None, top: int | None = None,
-                 transient: bool = True) -> None:
+    def __init__(
+        self,
+        results_dir: str | Path,
+        console: Console | None = None,
+        *,
+        write: bool = True,
+        interval: float = 1.0,
+        stage: str | None = None,
+        top: int | None = None,
+        transient: bool = True,
+    ) -> None:
         self.results_dir = Path(results_dir)
         self.console, self.write, self.interval = console, write, interval
         self.stage, self.top, self.transient = stage, top, transient
@@ -112,8 +121,13 @@ class LiveView:
         self._stderr: Any = None
         self._recent: deque[Event] = deque(maxlen=RECENT)
         self._driver_handlers: list[logging.Handler] | None = None
-        self._progress = Progress(TextColumn("{task.description:>6}"), BarColumn(bar_width=36),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), auto_refresh=False)
+        self._progress = Progress(
+            TextColumn("{task.description:>6}"),
+            BarColumn(bar_width=36),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            auto_refresh=False,
+        )
         self._tasks = {name: self._progress.add_task(name, total=None) for name in ("trials", "epochs")}
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -123,8 +137,14 @@ class LiveView:
             render_leaderboard(self.board, self.stage, self.top)
             if self.console.is_terminal:
                 self._stderr, sys.stderr = sys.stderr, _NonInteractiveProxy(self.console, sys.stderr)
-                self._live = Live(get_renderable=self._renderable, console=self.console, refresh_per_second=2,
-                                  transient=self.transient, redirect_stdout=True, redirect_stderr=False)
+                self._live = Live(
+                    get_renderable=self._renderable,
+                    console=self.console,
+                    refresh_per_second=2,
+                    transient=self.transient,
+                    redirect_stdout=True,
+                    redirect_stderr=False,
+                )
                 self._live.start()
                 self._take_driver_log()
             else:
@@ -133,8 +153,9 @@ class LiveView:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -181,8 +202,15 @@ class LiveView:
             self.console.print(Text(event.text, style=LEVEL_STYLE.get(min(event.level, logging.ERROR), "")))
 
     def _renderable(self) -> RenderableType:
-        recent = [Text(e.text.splitlines()[0] if e.text else "", no_wrap=True, overflow="ellipsis",
-                       style=LEVEL_STYLE.get(min(e.level, logging.ERROR), "dim")) for e in self._recent]
+        recent = [
+            Text(
+                e.text.splitlines()[0] if e.text else "",
+                no_wrap=True,
+                overflow="ellipsis",
+                style=LEVEL_STYLE.get(min(e.level, logging.ERROR), "dim"),
+            )
+            for e in self._recent
+        ]
         return Group(self._progress, render_leaderboard(self.board, self.stage, self.top), *recent)
 
     def _line(self, text: str) -> None:
@@ -222,42 +250,62 @@ def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
             for i, epoch in enumerate(history["epoch"]):
                 if epoch in seen:
                     continue
-                lines.append(Event(f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
-                                   f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
-                                   f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})"))
-            if trial["status"] != (was["status"] if was else TrialStatus.PENDING) and trial["status"] != TrialStatus.RUNNING:
+                lines.append(
+                    Event(
+                        f"{prefix} {stage['name']} {trial['trial_id']} epoch {epoch + 1}/{trial['epochs']}: "
+                        f"val mIoU {pct(history['val/miou'][i])} F {pct(history['val/fscore'][i])}"
+                        f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})"
+                    )
+                )
+            if (
+                trial["status"] != (was["status"] if was else TrialStatus.PENDING)
+                and trial["status"] != TrialStatus.RUNNING
+            ):
                 lines.extend(_trial_ended(prefix, stage["name"], trial))
         if stage["status"] != old_status.get(stage["name"]) and StageStatus(stage["status"]).ended:
             best = stage["best"] or {}
             test = best.get("test") or {}
-            lines.append(Event(f"{prefix} stage {stage['name']} {stage['status']}" + (
-                f": best {best['trial_id']} {stage['metric']} {pct(best['value'])},"
-                f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}" if best else ""),
-                logging.INFO if stage["status"] == StageStatus.DONE else logging.ERROR))
+            lines.append(
+                Event(
+                    f"{prefix} stage {stage['name']} {stage['status']}"
+                    + (
+                        f": best {best['trial_id']} {stage['metric']} {pct(best['value'])},"
+                        f" test mIoU {pct(test.get('miou'))} F {pct(test.get('fscore'))}"
+                        if best
+                        else ""
+                    ),
+                    logging.INFO if stage["status"] == StageStatus.DONE else logging.ERROR,
+                )
+            )
     return lines
 
 
 def _trial_ended(prefix: str, stage: str, trial: dict[str, Any]) -> list[Event]:
     """A trial's end; a failure comes with its error, its log's last lines and the log's path."""
-    head = (f"{prefix} {stage} {trial['trial_id']} {status_label(trial['status'])}"
-            f" after {trial['epochs_done']}/{trial['epochs']} epochs")
+    head = (
+        f"{prefix} {stage} {trial['trial_id']} {status_label(trial['status'])}"
+        f" after {trial['epochs_done']}/{trial['epochs']} epochs"
+    )
     if trial["status"] != TrialStatus.FAILED:
         return [Event(head)]
     events = [Event(f"{head}: {trial['error'] or 'see its log'}", logging.ERROR)]
     if trial.get("log"):
         events.extend(Event(f"    | {line}", logging.ERROR) for line in tail(trial["log"], TAIL))
         results = Path(trial["log"]).parents[3]  # <results>/<stage>/trials/<id>/log.txt
-        events.append(Event(f"    log: {trial['log']} (aavs logs {results} {stage}/{trial['trial_id']})",
-                            logging.ERROR))
+        events.append(
+            Event(f"    log: {trial['log']} (aavs logs {results} {stage}/{trial['trial_id']})", logging.ERROR)
+        )
     return events
 
 
-def watch(results_dir: str | Path, console: Console, stage: str | None = None, top: int | None = None,
-          interval: float = 2.0) -> None:
+def watch(
+    results_dir: str | Path, console: Console, stage: str | None = None, top: int | None = None, interval: float = 2.0
+) -> None:
     """``aavs leaderboard --watch``: follow the folder (reading only) until every stage ended or Ctrl-C."""
     try:
-        with LiveView(results_dir, console, write=False, interval=interval, stage=stage, top=top,
-                      transient=False) as view:
+        with LiveView(
+            results_dir, console, write=False, interval=interval, stage=stage, top=top, transient=False
+        ) as view:
             while not StageStatus(view.board["status"]).ended:
                 time.sleep(interval / 2)
     except KeyboardInterrupt:

@@ -33,14 +33,24 @@ def bench(root: Path, cache: Path, size: int, workers: int, cold: bool, cache_mb
     if cold:
         cache = Path(tempfile.mkdtemp(dir=cache.parent, prefix="cold-"))
     start = time.perf_counter()
-    data = AVSBenchDataset(root, "avss", "train", image_size=size, prior="ground-truth", cache_dir=cache,
-                           cache_mb=cache_mb)
+    data = AVSBenchDataset(
+        root, "avss", "train", image_size=size, prior="ground-truth", cache_dir=cache, cache_mb=cache_mb
+    )
     init = time.perf_counter() - start
-    loader = DataLoader(data, batch_size=1, shuffle=True, num_workers=workers, collate_fn=collate_videos,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        data, batch_size=1, shuffle=True, num_workers=workers, collate_fn=collate_videos, persistent_workers=workers > 0
+    )
     rates = [_epoch(loader) for _ in range(epochs)]
-    return [size, workers, "cold" if cold else "warm", "on" if data.in_memory else "off", len(data),
-            f"{init:.2f}", f"{rates[0]:.1f}", f"{sum(rates[1:]) / max(len(rates) - 1, 1):.1f}"]
+    return [
+        size,
+        workers,
+        "cold" if cold else "warm",
+        "on" if data.in_memory else "off",
+        len(data),
+        f"{init:.2f}",
+        f"{rates[0]:.1f}",
+        f"{sum(rates[1:]) / max(len(rates) - 1, 1):.1f}",
+    ]
 
 
 def main() -> None:

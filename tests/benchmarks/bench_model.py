@@ -52,8 +52,10 @@ def main() -> None:
 
     base_forward = _median_seconds(forward, repeats=5, warmup=1)
     print(f"threads: {torch.get_num_threads()}")
-    print(f"tiny preset, forward+backward+step: {1000 * tiny_step / 2:.1f} ms per 128x128 frame "
-          f"({1000 * tiny_step:.1f} ms per 2-frame step)")
+    print(
+        f"tiny preset, forward+backward+step: {1000 * tiny_step / 2:.1f} ms per 128x128 frame "
+        f"({1000 * tiny_step:.1f} ms per 2-frame step)"
+    )
     print(f"swin-base preset, forward: {base_forward:.2f} s per 384x384 frame")
 
 

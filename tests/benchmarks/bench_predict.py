@@ -40,9 +40,11 @@ def _tone(seconds: int, rate: int = 44100) -> np.ndarray:
 
 def _report(label: str, summary: dict) -> None:
     totals = {stage: sum(v["timings"][stage] for v in summary["videos"]) for stage in STAGES}
-    print(f"{label:>6}: {summary['seconds']} s of video in {summary['wall_s']:.1f} s wall = "
-          f"{summary['seconds'] / summary['wall_s']:.2f} video-s/s | "
-          + ", ".join(f"{stage} {value:.1f} s" for stage, value in totals.items()))
+    print(
+        f"{label:>6}: {summary['seconds']} s of video in {summary['wall_s']:.1f} s wall = "
+        f"{summary['seconds'] / summary['wall_s']:.2f} video-s/s | "
+        + ", ".join(f"{stage} {value:.1f} s" for stage, value in totals.items())
+    )
 
 
 def main() -> None:
@@ -59,13 +61,21 @@ def main() -> None:
         videos = work / "videos"
         videos.mkdir()
         for i in range(args.videos):
-            write_video(videos / f"clip{i}.mp4", _frames(args.seconds, args.fps, height, width), args.fps,
-                        options={"preset": "veryfast"}, audio=(_tone(args.seconds), 44100), audio_codec="aac")
+            write_video(
+                videos / f"clip{i}.mp4",
+                _frames(args.seconds, args.fps, height, width),
+                args.fps,
+                options={"preset": "veryfast"},
+                audio=(_tone(args.seconds), 44100),
+                audio_codec="aac",
+            )
         torch.manual_seed(0)
         save_checkpoint(build_model("avss-binary", preset="tiny"), work / "s1")
         save_checkpoint(build_model("avss", preset="tiny"), work / "s2")
-        print(f"{args.videos} clips of {args.seconds} s, {width}x{height} at {args.fps} fps, "
-              f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+        print(
+            f"{args.videos} clips of {args.seconds} s, {width}x{height} at {args.fps} fps, "
+            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        )
         for label, use_ray in (("local", False), ("ray", True)):
             if use_ray:
                 import ray

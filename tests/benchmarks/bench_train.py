@@ -41,17 +41,31 @@ def main() -> None:
     for workers in args.workers:
         trial = work / f"trial-w{workers}"
         start = time.perf_counter()
-        train_func({"task": args.task, "data_root": str(root), "trial_dir": str(trial), "epochs": args.epochs,
-                    "batch_size": args.batch_size, "audio_cache": str(work / "cache"),
-                    "compute": {"loader_workers": workers}})
+        train_func(
+            {
+                "task": args.task,
+                "data_root": str(root),
+                "trial_dir": str(trial),
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "audio_cache": str(work / "cache"),
+                "compute": {"loader_workers": workers},
+            }
+        )
         total = time.perf_counter() - start
         previous = None
         for row in read_metrics(trial):
             wall = row["time"] - previous if previous else float("nan")
             previous = row["time"]
-            table.add_row(str(workers), str(row["epoch"]), row["phase"], f"{row['train/steps_per_s']:.2f}",
-                          f"{row['train/frames_per_s']:.1f}", f"{100 * row['train/data_wait_frac']:.1f}%",
-                          f"{wall:.1f}")
+            table.add_row(
+                str(workers),
+                str(row["epoch"]),
+                row["phase"],
+                f"{row['train/steps_per_s']:.2f}",
+                f"{row['train/frames_per_s']:.1f}",
+                f"{100 * row['train/data_wait_frac']:.1f}%",
+                f"{wall:.1f}",
+            )
         table.add_row(str(workers), "all", "", "", "", "", f"{total:.1f} (incl. set-up)")
     Console().print(table)
 

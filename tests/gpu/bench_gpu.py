@@ -28,8 +28,9 @@ def run(strategy: str, videos: int, frames_per_video: int, seconds: float) -> di
     model = build_model("avss-binary", preset="swin-base")
     set_phase(model, "B")
     optimizer = torch.optim.AdamW(phase_parameter_groups(model, "B", lr=1e-4, weight_decay=0.05))
-    compute = ComputeConfig(gpus_per_worker=1, strategy=strategy, deepspeed={"zero_stage": 2}, mixed_precision="bf16",
-                            loader_workers=0)
+    compute = ComputeConfig(
+        gpus_per_worker=1, strategy=strategy, deepspeed={"zero_stage": 2}, mixed_precision="bf16", loader_workers=0
+    )
     accelerator = make_accelerator(compute, grad_accum=1, grad_clip=0.01, micro_batch=videos)
     model, optimizer = accelerator.prepare(model, optimizer)
     n = videos * frames_per_video
@@ -56,8 +57,14 @@ def run(strategy: str, videos: int, frames_per_video: int, seconds: float) -> di
         steps += 1
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    result = {"strategy": strategy, "videos": videos, "frames": n, "steps": steps,
-              "frames_per_s": steps * n / elapsed, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    result = {
+        "strategy": strategy,
+        "videos": videos,
+        "frames": n,
+        "steps": steps,
+        "frames_per_s": steps * n / elapsed,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
     release(accelerator)
     del model, optimizer
     torch.cuda.empty_cache()
