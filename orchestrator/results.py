@@ -15,7 +15,8 @@ them reads and writes it through this module, so its layout is stated once, here
     <stage>/best.json                     the driver, at a stage's end    driver, leaderboard, predict     BestTrial
     <stage>/done.json                     the driver, last of a stage     driver (skip), leaderboard, logs DoneRecord
     <stage>/masks/_SUCCESS.json           the mask export task            driver, leaderboard              MasksRecord
-    <stage>/trials/<id>/params.json       the driver (sampled params)     driver, leaderboard              dict (the search space's keys)
+    <stage>/trials/<id>/params.json       the trial, as it starts         driver, leaderboard              dict (the search space's keys)
+    <stage>/tune/                         Ray Tune (experiment state)     aavs resume (Tuner.restore)      Tune's own
     <stage>/trials/<id>/config.json       train_func                      leaderboard                      dict (TrainConfig.to_dict())
     <stage>/trials/<id>/node.json         the trial (rank 0, Ray)         people, tests                    NodeRecord
     <stage>/trials/<id>/status.json       train_func, output_capture,     driver, leaderboard, logs        StatusRecord
@@ -64,7 +65,13 @@ from aavs.datasets.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # the layout this module writes; every earlier one is still read
+# The layout this module writes; every earlier one is still read.
+#   1  the first versioned layout
+#   2  trials are named by the stage's searcher as it proposes them (params.json written when a trial
+#      starts, Tune's experiment state under <stage>/tune/); best.json gains repeats and the
+#      configuration's mean and std. A version-1 stage's inputs differ from version 2's (the stage's
+#      search settings are new keys), so `aavs resume` re-runs it and keeps the old one superseded.
+FORMAT_VERSION = 2
 
 FORMAT_FILE = "format.json"
 PROVENANCE_FILE = "provenance.json"
@@ -431,6 +438,11 @@ class BestTrial(Record):
     data_root: str
     masks: str | None = None
     test: dict[str, float] | None = None
+    # With a stage's ``repeats`` (format 2): the trial is the best seed of the configuration whose
+    # mean value is best; the mean and standard deviation over its seeds.
+    repeats: int = 1
+    configuration_mean: float | None = None
+    configuration_std: float | None = None
 
 
 def write_best(stage_dir: str | os.PathLike, best: BestTrial) -> None:

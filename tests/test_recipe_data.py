@@ -21,7 +21,7 @@ from aavs.datasets.transforms import normalize_frames
 from aavs.models import build_model, phase_parameter_groups, set_phase
 from aavs.models.modeling_aavs import resize_labels
 from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
-from aavs.orchestrator.experiment.stages import trial_configs
+from aavs.orchestrator.experiment.stages import base_trial_config, trial_config
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import ComputeConfig, TrainConfig
 from aavs.orchestrator.recipe.evaluation import training_frames
@@ -299,8 +299,9 @@ def test_shuffle_is_a_stage_option_of_the_experiment_file(tmp_path):
     }
     shuffles = []
     for stage in spec.stages:
-        configs = trial_configs(spec, stage, tmp_path / "data", tmp_path / "cache", tmp_path / stage.name, bests)
-        shuffles.append([TrainConfig.load(c).shuffle for c in configs.values()])
+        base = base_trial_config(spec, stage, tmp_path / "data", tmp_path / "cache", bests)
+        config = trial_config(base, tmp_path / stage.name, {"trial": "t000"})
+        shuffles.append([TrainConfig.load(config).shuffle])
     assert shuffles == [[True], [True]]
     with pytest.raises(InputError, match=r"x.yaml: stages.1.shuffle: expected true or false, got 'no'"):
         parse_spec(apply_overrides(raw, ["stages.1.shuffle='no'"], "x.yaml"), "x.yaml")

@@ -10,7 +10,8 @@ import yaml
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.experiment.spec import apply_overrides, load_spec, parse_spec, sample_trials, spec_hash
+from aavs.orchestrator.experiment.search import drive_locally, make_searcher
+from aavs.orchestrator.experiment.spec import apply_overrides, fixed, load_spec, parse_spec, planned_trials, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_every_shipped_experiment_parses():
         spec, _ = load_spec(f)
         assert spec.name and spec.stages
     demo, _ = load_spec(REPO / "experiments" / "demo.yaml")
-    trials = [len(sample_trials(s.params, s.tune.num_samples, s.tune.seed)) for s in demo.stages]
+    trials = [planned_trials(s) for s in demo.stages]
     assert trials[0] >= 4 and trials[1] >= 2  # the issue's minimum for the demo
     assert demo.stages[1].prior == "localize"
 
@@ -87,7 +88,7 @@ def test_the_resolved_spec_parses_back_to_itself():
 def test_schema_is_printed_and_names_every_key(capsys):
     assert main(["schema"]) == 0
     schema = yaml.safe_load(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"name", "data", "model", "compute", "stages"}
+    assert set(schema["properties"]) == {"name", "data", "model", "compute", "stages", "loggers", "tracking"}
     assert schema["additionalProperties"] is False
     stage = schema["$defs"]["StageSpec"]["properties"]
     assert {"params", "tune", "prior", "shuffle"} <= set(stage)
@@ -175,16 +176,30 @@ def test_set_overrides_by_index_and_by_stage_name():
         apply_overrides(BASE, ["stages.0.epochs"], "x.yaml")
 
 
+def sampled(stage) -> list[dict]:
+    """The stage's trials as its searcher proposes them (each "scoring" 0.5)."""
+    out = []
+    list(drive_locally(make_searcher(stage), lambda name, config: out.append(config) or {"best/val/miou": 0.5}))
+    return out
+
+
 def test_trial_sampling_is_deterministic_and_covers_the_grid():
-    params = parse_spec(BASE, "x.yaml").stages[0].params
-    trials = sample_trials(params, num_samples=3, seed=0)
-    assert len(trials) == 6  # grid of 2 x num_samples 3
+    stage = parse_spec(BASE, "x.yaml").stages[0]
+    trials = sampled(stage)
+    assert len(trials) == planned_trials(stage) == 6  # grid of 2 x num_samples 3
     assert sorted(t["weight_decay"] for t in trials) == [0.0] * 3 + [0.05] * 3
     assert all(1e-4 <= t["lr"] <= 1e-2 and t["batch_size"] in (1, 2) for t in trials)
-    assert trials == sample_trials(params, num_samples=3, seed=0)
-    assert trials != sample_trials(params, num_samples=3, seed=1)
+    assert trials == sampled(stage)
+    other = parse_spec(apply_overrides(BASE, ["stages.0.tune.seed=1"], "x.yaml"), "x.yaml").stages[0]
+    assert [t["lr"] for t in trials] != [t["lr"] for t in sampled(other)]
     # log-uniform: the log-lrs of many samples spread over the whole interval
-    logs = [math.log10(t["lr"]) for t in sample_trials({"lr": {"loguniform": [1e-4, 1e-2]}}, 400, 0)]
+    wide = parse_spec(
+        apply_overrides(
+            BASE, ["stages.0.params={lr: {loguniform: [1.0e-4, 1.0e-2]}}", "stages.0.tune.num_samples=400"], "x.yaml"
+        ),
+        "x.yaml",
+    ).stages[0]
+    logs = [math.log10(t["lr"]) for t in sampled(wide)]
     assert min(logs) < -3.8 and max(logs) > -2.2 and abs(sum(logs) / len(logs) + 3) < 0.15
 
 
@@ -217,7 +232,8 @@ def test_reproducing_experiments_are_the_papers_recipe(name, stages):
     assert spec.model.pretrained and spec.model.vggish and not spec.model.vggish_pca
     for stage in spec.stages:
         assert stage.epochs == 60 and stage.tune.num_samples == 1 and stage.init_from is None
-        (trial,) = sample_trials(stage.params, 1, stage.tune.seed)
+        assert planned_trials(stage) == 1
+        trial = fixed(stage.params)
         assert {k: trial[k] for k in ("lr", "lr_b", "weight_decay", "batch_size", "seed")} == {
             "lr": 1e-3,
             "lr_b": 1e-4,

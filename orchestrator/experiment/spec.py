@@ -15,18 +15,16 @@ Search-space syntax of a stage's ``params`` (each key a hyperparameter of the tr
     batch_size: {choice: [1, 2]}        # sampled from the list
     weight_decay: {grid: [0.0, 0.05]}   # every value, times num_samples (as Ray Tune's grid_search)
 
-Trials are sampled here, deterministically from ``tune.seed``, so that a trial's id and parameters
-are the same every time the experiment is run or resumed.
+A stage's ``tune.search`` decides how trials are drawn from these (random, grid, optuna, hyperopt:
+:mod:`aavs.orchestrator.experiment.search`); ``grid`` entries are for random and grid search.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import math
-import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,30 +132,58 @@ Params = TypedDict("Params", {name: NotRequired[_searchable(f)] for name, f in H
 Params.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
 
 
-def sample_trials(params: Mapping[str, Any], num_samples: int, seed: int) -> list[dict[str, Any]]:
-    """Concrete parameter sets: the grid's product, each repeated ``num_samples`` times with the
-    random distributions sampled from a generator seeded by ``seed`` (same trials every time)."""
-    rng = random.Random(seed)
-    grid_keys = [k for k, v in params.items() if isinstance(v, Mapping) and "grid" in v]
-    grids = list(itertools.product(*(params[k]["grid"] for k in grid_keys))) or [()]
-    trials = []
-    for _ in range(num_samples):
-        for combo in grids:
-            trial = dict(zip(grid_keys, combo))
-            for key, value in params.items():
-                if key in trial:
-                    continue
-                if isinstance(value, Mapping):
-                    kind, arg = next(iter(value.items()))
-                    if kind == "loguniform":
-                        value = math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1])))
-                    elif kind == "uniform":
-                        value = rng.uniform(arg[0], arg[1])
-                    else:  # choice
-                        value = rng.choice(arg)
-                trial[key] = value
-            trials.append(trial)
-    return trials
+SEARCHERS = ("random", "grid", "optuna", "hyperopt")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
+TRIAL_INDEX = "__trial_index__"  # Tune's Repeater puts the repeat's index under this key
+
+
+def searched(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a stage's ``params`` that are searched (a distribution, not a fixed value)."""
+    return {k: v for k, v in params.items() if _is_distribution(v)}
+
+
+def fixed(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a stage's ``params`` that every trial shares."""
+    return {k: v for k, v in params.items() if not _is_distribution(v)}
+
+
+def _is_distribution(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+
+def search_problem(search: str, params: Mapping[str, Any]) -> str | None:
+    """Why ``params`` can't be searched with ``search`` (None: they can); checked when the file is read."""
+    space = searched(params)
+    if search == "grid":
+        continuous = [k for k, v in space.items() if next(iter(v)) in ("loguniform", "uniform")]
+        if continuous:
+            return f"search: grid enumerates values; {continuous} are continuous (use choice or grid lists)"
+    if search in ("optuna", "hyperopt"):
+        grids = [k for k, v in space.items() if "grid" in v]
+        if grids:
+            return f"search: {search} proposes values itself; {grids} use grid (use choice, or search: random)"
+        if not space:
+            return f"search: {search} needs at least one distribution in params (loguniform, uniform or choice)"
+    return None
+
+
+def configurations(stage: StageSpec) -> int:
+    """How many configurations the stage samples: ``num_samples``, times every grid's size for
+    random and grid search (as Tune's grid_search)."""
+    tune = stage.tune
+    if tune.search in ("optuna", "hyperopt"):
+        return tune.num_samples
+    sizes = [
+        len(v.get("grid") or v.get("choice"))
+        for v in searched(stage.params).values()
+        if "grid" in v or ("choice" in v and tune.search == "grid")
+    ]
+    return tune.num_samples * math.prod(sizes)
+
+
+def planned_trials(stage: StageSpec) -> int:
+    """The stage's trials: each configuration ``repeats`` times."""
+    return configurations(stage) * stage.tune.repeats
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -215,7 +241,14 @@ class TuneSpec(Strict):
     num_samples: int = Field(1, ge=1)
     max_concurrent: int = Field(0, ge=0)  # 0: as many as the cluster fits
     scheduler: Scheduler = "fifo"
-    seed: int = 0  # of the trials' sampling
+    search: Literal["random", "grid", "optuna", "hyperopt"] = "random"  # aavs.orchestrator.experiment.search
+    seed: int = 0  # of the searcher
+    startup_trials: int = Field(10, ge=1)  # optuna, hyperopt: random proposals before the model's
+    repeats: int = Field(1, ge=1)  # trials per configuration, seeds seed, seed + 1, ... (mean ± std)
+
+    @property
+    def scheduler_name(self) -> str:
+        return self.scheduler if isinstance(self.scheduler, str) else next(iter(self.scheduler.model_fields))
 
     @property
     def asha(self) -> AshaConfig | None:
@@ -264,6 +297,9 @@ class StageSpec(Strict):
         if self.prior is not None and not TASKS[self.task].takes_prior:
             takers = [name for name, task in TASKS.items() if task.takes_prior]
             raise Expected(f"a prior only on a stage whose task takes one ({takers})", at=("prior",), got=self.prior)
+        problem = search_problem(self.tune.search, self.params)
+        if problem:
+            raise Expected(problem, at=("tune", "search"), got=self.tune.search)
         defaults = {**Hyperparameters().model_dump(), **task_defaults(self.task)}
         shuffle = defaults.pop("shuffle")
         if "shuffle" not in self.model_fields_set:
@@ -272,12 +308,22 @@ class StageSpec(Strict):
         return self
 
 
+class Tracking(Strict):
+    """Where the trackers of ``loggers`` write (aavs.orchestrator.experiment.trackers)."""
+
+    mlflow_uri: str | None = None  # default: a file store at results/<name>/mlruns
+    wandb_project: str | None = None  # default: the experiment's name
+    wandb_mode: Literal["offline", "online"] = "offline"
+
+
 class ExperimentSpec(Strict):
     name: Name
     data: DataSpec
     model: ModelConfig
     compute: ComputeConfig = ComputeConfig()
     stages: list[StageSpec] = Field(min_length=1)
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = []  # experiment trackers, in both modes
+    tracking: Tracking = Tracking()
 
     @model_validator(mode="after")
     def _stage_references(self) -> ExperimentSpec:

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import re
 import shutil
+import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -53,9 +55,18 @@ from aavs.datasets.errors import InputError
 from aavs.datasets.files import file_sha256
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import lock
-from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec, load_spec, parse_spec, sample_trials, spec_hash
+from aavs.orchestrator.experiment.spec import (
+    TRIAL_INDEX,
+    ExperimentSpec,
+    StageSpec,
+    fixed,
+    load_spec,
+    parse_spec,
+    planned_trials,
+    spec_hash,
+)
 from aavs.orchestrator.recipe import checkpointing
-from aavs.orchestrator.recipe.config import TrainConfig
+from aavs.orchestrator.recipe.config import Hyperparameters, TrainConfig
 from aavs.orchestrator.recipe.output_capture import captured, mark_failed, task_log, trial_log
 from aavs.orchestrator.recipe.threads import cpu_threads
 
@@ -172,7 +183,12 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
-    runner = LocalRunner(quiet, spec.compute.cpus_per_worker) if local else RayRunner(spec, results_dir, quiet)
+    from aavs.orchestrator.experiment.trackers import require_installed
+
+    require_installed(spec)
+    if local:
+        refuse_ray_only_schedulers(spec)
+    runner = LocalRunner(spec, results_dir, quiet) if local else RayRunner(spec, results_dir, quiet)
     bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
     for stage in spec.stages:
@@ -187,13 +203,11 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
             continue
         _supersede_if_changed(stage_dir, digest)
         results.write_inputs(stage_dir, digest, inputs)
-        configs = trial_configs(spec, stage, data_root, cache, stage_dir, bests)
-        pending = {tid: c for tid, c in configs.items() if not results.trial_status(c["trial_dir"]).ended}
-        log.info("stage %s: %d trials (%d to run)", stage.name, len(configs), len(pending))
-        if pending:
-            runner.run_trials(stage, pending)
+        base = base_trial_config(spec, stage, data_root, cache, bests)
+        log.info("stage %s: %d trials (%s search)", stage.name, planned_trials(stage), stage.tune.search)
+        runner.run_search(stage, base, stage_dir)
         write_leaderboard(results_dir)
-        best = pick_best(stage, configs, data_root)
+        best = pick_best(stage, stage_dir, data_root)
         if stage.name in needs_masks:
             best.masks = str(
                 runner.export_masks(
@@ -366,16 +380,11 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
     }
 
 
-def trial_configs(
-    spec: ExperimentSpec,
-    stage: StageSpec,
-    data_root: Path,
-    cache: Path,
-    stage_dir: Path,
-    bests: dict[str, results.BestTrial],
-) -> dict[str, dict[str, Any]]:
-    """Each trial's ``train_func`` config: the stage's, then the sampled parameters."""
-    base = stage_config(
+def base_trial_config(
+    spec: ExperimentSpec, stage: StageSpec, data_root: Path, cache: Path, bests: dict[str, results.BestTrial]
+) -> dict[str, Any]:
+    """What every trial of the stage shares: the stage's config and its fixed parameters (plain JSON)."""
+    config = stage_config(
         spec,
         stage,
         data_root,
@@ -383,28 +392,68 @@ def trial_configs(
         prior=bests[stage.prior].masks if stage.prior else None,
         init_from=bests[stage.init_from].checkpoint if stage.init_from else None,
     )
-    configs = {}
-    for i, params in enumerate(sample_trials(stage.params, stage.tune.num_samples, stage.tune.seed)):
-        trial_id = f"t{i:03d}"
-        trial = {**base, **params, "trial_dir": str(stage_dir / "trials" / trial_id)}
-        configs[trial_id] = TrainConfig.load(trial).to_dict()  # a bad sample fails here, not in a trial
-        results.write_params(stage_dir / "trials" / trial_id, params)
-    return configs
+    config = {**config, "model": spec.model.model_dump(mode="json"), "compute": spec.compute.model_dump(mode="json")}
+    return {**config, **fixed(stage.params)}
 
 
-def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]], data_root: Path) -> results.BestTrial:
-    """The trial with the best value of the stage's metric among those with a best checkpoint."""
+def trial_config(base: Mapping[str, Any], stage_dir: Path, suggestion: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's ``train_func`` config: the stage's, then the searcher's proposal (named ``trial``; a
+    repeat's index under Tune's ``__trial_index__`` adds to the seed). Records ``params.json`` (every
+    hyperparameter, fixed or proposed) first, so a trial's parameters are known from the moment it starts."""
+    params = {k: v for k, v in {**base, **suggestion}.items() if k in Hyperparameters.model_fields}
+    repeat = int(suggestion.get(TRIAL_INDEX, 0))
+    if repeat:
+        params["seed"] = int(params.get("seed", base["seed"])) + repeat
+    trial_dir = stage_dir / "trials" / suggestion["trial"]
+    results.write_params(trial_dir, params)
+    return TrainConfig.load({**base, **params, "trial_dir": str(trial_dir)}).to_dict()
+
+
+def trial_dirs(stage_dir: Path) -> list[Path]:
+    """The stage's trial folders that a searcher proposed (they hold params.json), in name order."""
+    root = stage_dir / "trials"
+    return sorted(p for p in root.iterdir() if (p / "params.json").is_file()) if root.is_dir() else []
+
+
+def last_report(trial_dir: Path) -> dict[str, Any] | None:
+    """What a searcher learns from an ended trial: its last report (None: it failed or never reported)."""
+    status = results.read_status(trial_dir)
+    if status is None or status.status == results.TrialStatus.FAILED:
+        return None
+    rows = results.read_metrics(trial_dir)
+    return rows[-1].model_dump() if rows else None
+
+
+def refuse_ray_only_schedulers(spec: ExperimentSpec) -> None:
+    for i, stage in enumerate(spec.stages):
+        if stage.tune.scheduler != "fifo":
+            raise InputError(
+                f"stages.{i}.tune.scheduler ({stage.name}): {stage.tune.scheduler_name} stops or mutates trials while "
+                "others run, which needs Ray; run without --local, or use scheduler: fifo"
+            )
+
+
+def pick_best(stage: StageSpec, stage_dir: Path, data_root: Path) -> results.BestTrial:
+    """The trial with the best value of the stage's metric among those with a best checkpoint; with
+    ``repeats``, the best seed of the configuration with the best mean."""
     candidates = []
-    for trial_id, config in configs.items():
-        trial_dir = Path(config["trial_dir"])
+    for trial_dir in trial_dirs(stage_dir):
         metrics = results.read_checkpoint_metrics(trial_dir / checkpointing.BEST)
         if metrics and stage.tune.metric in metrics:
-            candidates.append((metrics[stage.tune.metric], trial_id, trial_dir))
+            params = results.read_params(trial_dir) or {}
+            candidates.append((metrics[stage.tune.metric], trial_dir.name, trial_dir, params))
     if not candidates:
         raise StageFailed(f"stage {stage.name}: no trial produced a checkpoint (see the trials' status.json)")
-    reverse = stage.tune.mode == "max"
-    value, trial_id, trial_dir = sorted(candidates, key=lambda c: (-c[0] if reverse else c[0], c[1]))[0]
+    sign = -1.0 if stage.tune.mode == "max" else 1.0
+    groups: dict[str, list[float]] = {}
+    for value, _, _, params in candidates:
+        groups.setdefault(configuration_key(params), []).append(value)
+    mean = {key: statistics.fmean(values) for key, values in groups.items()}
+    value, trial_id, trial_dir, params = min(
+        candidates, key=lambda c: (sign * mean[configuration_key(c[3])], sign * c[0], c[1])
+    )
     checkpoint = trial_dir / checkpointing.BEST
+    repeats = groups[configuration_key(params)]
     return results.BestTrial(
         stage=stage.name,
         trial_id=trial_id,
@@ -413,9 +462,17 @@ def pick_best(stage: StageSpec, configs: dict[str, dict[str, Any]], data_root: P
         value=value,
         checkpoint=str(checkpoint),
         checkpoint_sha256=checkpoint_digest(checkpoint),
-        params=results.read_params(trial_dir) or {},
+        params=params,
         data_root=str(data_root),
+        repeats=len(repeats),
+        configuration_mean=mean[configuration_key(params)],
+        configuration_std=statistics.stdev(repeats) if len(repeats) > 1 else 0.0,
     )
+
+
+def configuration_key(params: Mapping[str, Any]) -> str:
+    """Trials of one configuration (repeats) differ only in their seed."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
 
 
 def checkpoint_digest(checkpoint: Path) -> str:
@@ -496,18 +553,31 @@ class LocalRunner:
     Tasks use ``cpus`` torch threads, as a Ray task given that many CPUs would (``cpu_threads``).
     """
 
-    def __init__(self, quiet: bool = True, cpus: float = 1) -> None:
-        self.quiet, self.cpus = quiet, cpus
+    def __init__(self, spec: ExperimentSpec, results_dir: Path, quiet: bool = True) -> None:
+        self.spec, self.results_dir = spec, results_dir
+        self.quiet, self.cpus = quiet, spec.compute.cpus_per_worker
 
-    def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
+    def run_search(self, stage: StageSpec, base: dict[str, Any], stage_dir: Path) -> None:
+        """The stage's searcher driven here (aavs.orchestrator.experiment.search.drive_locally): the
+        same proposals, in the same order and with the same names, as under Ray with one trial at a time."""
+        from aavs.orchestrator.experiment.search import drive_locally, make_searcher
+        from aavs.orchestrator.experiment.trackers import log_local_trial
         from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
 
-        for trial_id, config in configs.items():
-            log.debug("stage %s: trial %s", stage.name, trial_id)
-            try:
-                _logged_trial(config["trial_dir"], self.quiet, train_func, config)
-            except TrainingDiverged:
-                continue  # status.json says so; the run goes on with the other trials
+        def run(name: str, suggestion: dict[str, Any]) -> dict[str, Any] | None:
+            config = trial_config(base, stage_dir, suggestion)
+            trial_dir = Path(config["trial_dir"])
+            if not results.trial_status(trial_dir).ended:
+                log.debug("stage %s: trial %s", stage.name, name)
+                try:
+                    _logged_trial(str(trial_dir), self.quiet, train_func, config)
+                except TrainingDiverged:
+                    pass  # status.json says so; the search goes on with the other trials
+                log_local_trial(self.spec, stage, self.results_dir, trial_dir)
+            return last_report(trial_dir)
+
+        for _ in drive_locally(make_searcher(stage), run):
+            pass
 
     def export_masks(self, checkpoint, data_root, out, spec, cache, resources=None, log_file=None) -> Path:
         return Path(
@@ -589,8 +659,7 @@ class RayRunner(LocalRunner):
     def __init__(self, spec: ExperimentSpec, results_dir: Path, quiet: bool = True):
         import ray
 
-        super().__init__(quiet, spec.compute.cpus_per_worker)
-        self.spec, self.results_dir = spec, results_dir
+        super().__init__(spec, results_dir, quiet)
         # Tune's console output off (with verbose=0, its new engine still prints a header per
         # stage): the live view (aavs.orchestrator.views.live) shows the trials instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -601,16 +670,22 @@ class RayRunner(LocalRunner):
         c = self.spec.compute
         return {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker, "resources": dict(resources or {})}
 
-    def run_trials(self, stage: StageSpec, configs: dict[str, dict[str, Any]]) -> None:
+    def run_search(self, stage: StageSpec, base: dict[str, Any], stage_dir: Path) -> None:
+        """The stage as one Tune experiment under ``<stage>/tune``; an interrupted one is restored with
+        its searcher's and scheduler's state (``Tuner.restore``): finished trials are not run again,
+        unfinished ones continue from their last epoch (train_func resumes from the trial folder)."""
         from ray import tune
 
-        c, t = self.spec.compute, stage.tune
+        from aavs.orchestrator.experiment.search import make_searcher
+        from aavs.orchestrator.experiment.trackers import tune_callbacks
+
+        c = self.spec.compute
         launch = {
             "workers": c.workers_per_trial,
             "cpus": c.cpus_per_worker,
             "gpus": c.gpus_per_worker,
             "max_failures": c.max_failures,
-            "storage": str(self.results_dir / "ray"),
+            "storage": str(stage_dir / "train"),  # Ray Train runs of multi-worker trials
             "name": f"{stage.name}",
             "resources": stage.resources,
             "quiet": self.quiet,
@@ -624,36 +699,40 @@ class RayRunner(LocalRunner):
             # an empty request, and any CPU held here would be missing from the workers' placement
             # group (a deadlock on a small machine): the trial asks for a token of memory instead.
             trainable = tune.with_resources(tune_trial, {"memory": 1 << 20})
-        scheduler = None
-        if t.asha:
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=stage.epochs,
-                grace_period=t.asha.grace_period,
-                reduction_factor=t.asha.reduction_factor,
+        param_space = {"base": base, "launch": launch, "stage_dir": str(stage_dir)}
+        # Tune saves its experiment state (searcher included) at most this often; a resume restarts
+        # from the last save, so keep it short (the state of a few trials is small).
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        experiment = stage_dir / "tune"
+        if tune.Tuner.can_restore(experiment):
+            log.info("stage %s: restoring the Tune experiment in %s", stage.name, experiment)
+            tuner = tune.Tuner.restore(str(experiment), trainable, param_space=param_space)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(stage),
+                    scheduler=_scheduler(stage),
+                    num_samples=planned_trials(stage),
+                    trial_dirname_creator=_tune_trial_dirname,
+                    trial_name_creator=_tune_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=experiment.name,
+                    storage_path=str(experiment.parent),
+                    callbacks=tune_callbacks(self.spec, stage, self.results_dir),
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=c.max_failures),
+                ),
             )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial_id": tune.grid_search(sorted(configs)), "configs": configs, "launch": launch},
-            tune_config=tune.TuneConfig(
-                metric=t.metric, mode=t.mode, scheduler=scheduler, max_concurrent_trials=t.max_concurrent or None
-            ),
-            run_config=tune.RunConfig(
-                name=stage.name,
-                storage_path=str(self.results_dir / "ray"),
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=c.max_failures),
-            ),
-        )
         with _without_tune_trial_tracebacks(self.quiet):
             tuner.fit()
-        for config in configs.values():  # trials a scheduler stopped early end "stopped", not "running"
-            status = results.read_status(config["trial_dir"])
+        for trial_dir in trial_dirs(stage_dir):  # trials a scheduler stopped early end "stopped", not "running"
+            status = results.read_status(trial_dir)
             if status and status.status == results.TrialStatus.RUNNING:
                 status.status = results.TrialStatus.STOPPED
-                results.write_status(config["trial_dir"], status)
+                results.write_status(trial_dir, status)
 
     def call(
         self,
@@ -689,11 +768,36 @@ def _without_tune_trial_tracebacks(quiet: bool) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+def _scheduler(stage: StageSpec) -> Any:
+    """Tune's trial scheduler for the stage (None: FIFO, every trial runs all its epochs)."""
+    t = stage.tune
+    if t.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            metric=t.metric,
+            mode=t.mode,
+            time_attr="training_iteration",
+            max_t=stage.epochs,
+            grace_period=t.asha.grace_period,
+            reduction_factor=t.asha.reduction_factor,
+        )
+    return None
+
+
+def _tune_trial_dirname(trial: Any) -> str:
+    """Tune's name and folder (under ``<stage>/tune``) of a trial: the searcher's name, ``t000``."""
+    return str(trial.config["trial"])
+
+
 def tune_trial(config: dict[str, Any]) -> None:
-    """A Ray Tune function trial: one ``train_func`` run, direct or through a ``TorchTrainer``, its
-    output in the trial's log."""
-    train_config, launch = config["configs"][config["trial_id"]], config["launch"]
-    _logged_trial(train_config["trial_dir"], launch["quiet"], _run_trial, train_config, launch, config["trial_id"])
+    """A Ray Tune function trial: the searcher's proposal (``config``'s keys other than the stage's
+    ``base``, ``launch`` and ``stage_dir``) made a training config, then one ``train_func`` run,
+    direct or through a ``TorchTrainer``, its output in the trial's log."""
+    launch = config["launch"]
+    suggestion = {k: v for k, v in config.items() if k not in ("base", "launch", "stage_dir")}
+    train_config = trial_config(config["base"], Path(config["stage_dir"]), suggestion)
+    _logged_trial(train_config["trial_dir"], launch["quiet"], _run_trial, train_config, launch, suggestion["trial"])
 
 
 def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: str) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None, append: bool = True) -> None: ...
 
     def status(self, status: TrialStatus, **extra: Any) -> None: ...
 
@@ -40,8 +40,10 @@ class LocalReporter:
         if is_main:
             self.trial_dir.mkdir(parents=True, exist_ok=True)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
-        if not self.is_main:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None, append: bool = True) -> None:
+        """``append`` False: a report already in ``metrics.jsonl`` (a finished trial started again tells
+        Tune its last result; its file stays as the run wrote it)."""
+        if not self.is_main or not append:
             return
         line = dict(metrics, time=time.time())
         if checkpoint is not None:
@@ -64,8 +66,8 @@ class RayReporter(LocalReporter):
     storage is the single source of checkpoints, and a restarted trial resumes from it.
     """
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
-        super().report(metrics, checkpoint)
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None, append: bool = True) -> None:
+        super().report(metrics, checkpoint, append)
         metrics = _ray_safe(metrics)
         if _in_train_worker():
             import ray.train

@@ -68,7 +68,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     state = checkpointing.read_trainer_state(trial_dir)
     if state is not None and state.epoch >= cfg.epochs - 1:
         log.info("%s already finished (best %s = %s)", trial_dir, cfg.metric, state.best_value)
-        reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / checkpointing.BEST)
+        reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / checkpointing.BEST, append=False)
         return state.best_metrics
     if rank == 0:
         if state is None:  # a fresh start: nothing earlier in this folder counts

@@ -26,7 +26,7 @@ from rich.text import Text
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
 from aavs.orchestrator import results
-from aavs.orchestrator.experiment.spec import sample_trials
+from aavs.orchestrator.experiment.spec import StageSpec, planned_trials
 from aavs.orchestrator.results import StageStatus, TrialStatus
 
 FILE = results.LEADERBOARD_FILE
@@ -128,7 +128,7 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
     stage_dir = results_dir / stage["name"]
     metric, mode = stage["tune"]["metric"], stage["tune"]["mode"]
     searched = sorted(k for k, v in stage["params"].items() if isinstance(v, dict))
-    planned = len(sample_trials(stage["params"], stage["tune"]["num_samples"], stage["tune"]["seed"]))
+    planned = planned_trials(StageSpec.model_validate(stage))
     prior_from = _upstream(results_dir, stage.get("prior"))
     init_from = _upstream(results_dir, stage.get("init_from"))
     trials = [
