@@ -17,6 +17,7 @@ them reads and writes it through this module, so its layout is stated once, here
     <stage>/masks/_SUCCESS.json           the mask export task            driver, leaderboard              MasksRecord
     <stage>/trials/<id>/params.json       the trial, as it starts         driver, leaderboard              dict (the search space's keys)
     <stage>/tune/                         Ray Tune (experiment state)     aavs resume (Tuner.restore)      Tune's own
+    <stage>/trials/<id>/schedule.json     the trial, when PBT exploits    leaderboard                      Schedule
     <stage>/trials/<id>/config.json       train_func                      leaderboard                      dict (TrainConfig.to_dict())
     <stage>/trials/<id>/node.json         the trial (rank 0, Ray)         people, tests                    NodeRecord
     <stage>/trials/<id>/status.json       train_func, output_capture,     driver, leaderboard, logs        StatusRecord
@@ -75,6 +76,7 @@ FORMAT_VERSION = 2
 
 FORMAT_FILE = "format.json"
 PROVENANCE_FILE = "provenance.json"
+SCHEDULE_FILE = "schedule.json"
 SPEC_FILE = "spec.json"
 RUN_FILE = "run.json"
 LEADERBOARD_FILE = "leaderboard.json"
@@ -479,6 +481,30 @@ def write_params(trial_dir: str | os.PathLike, params: dict[str, Any]) -> None:
 def read_params(trial_dir: str | os.PathLike) -> dict[str, Any] | None:
     params = _load(Path(trial_dir) / PARAMS_FILE)
     return params if isinstance(params, dict) else None
+
+
+class ScheduleEntry(Record):
+    """One span of a trial's parameters: from which epoch they held, and, after a population-based
+    training exploit, which trial's state (taken after its epoch ``from_epoch - 1``) it continued from."""
+
+    from_epoch: int
+    params: dict[str, Any]
+    exploited: str | None = None
+
+
+class Schedule(Record):
+    """``schedule.json``: what a trial really trained with, in order (format 2; absent: params.json
+    held for the whole run)."""
+
+    spans: list[ScheduleEntry] = Field(default_factory=list)
+
+
+def read_schedule(trial_dir: str | os.PathLike) -> Schedule | None:
+    return _read(Path(trial_dir) / SCHEDULE_FILE, Schedule)
+
+
+def write_schedule(trial_dir: str | os.PathLike, schedule: Schedule) -> None:
+    _write(Path(trial_dir) / SCHEDULE_FILE, schedule)
 
 
 def write_trial_config(trial_dir: str | os.PathLike, config: dict[str, Any]) -> None:

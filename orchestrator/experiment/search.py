@@ -34,7 +34,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher
 from ray.tune.search.variant_generator import generate_variants
 
-from aavs.orchestrator.experiment.spec import StageSpec, planned_trials, searched
+from aavs.orchestrator.experiment.spec import StageSpec, planned_trials, searched, trial_name
 
 
 def tune_space(stage: StageSpec) -> dict[str, Any]:
@@ -64,12 +64,13 @@ def make_searcher(stage: StageSpec) -> Searcher:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials)
-        searcher = OptunaSearch(tune_space(stage), metric=metric, mode=t.mode, sampler=sampler)
+        space = OptunaSearch.convert_search_space(tune_space(stage))
+        searcher = OptunaSearch(space, metric=metric, mode=t.mode, sampler=sampler)
     elif t.search == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
         searcher = HyperOptSearch(
-            tune_space(stage),
+            HyperOptSearch.convert_search_space(tune_space(stage)),
             metric=metric,
             mode=t.mode,
             n_initial_points=t.startup_trials,
@@ -82,10 +83,6 @@ def make_searcher(stage: StageSpec) -> Searcher:
     if t.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max(t.max_concurrent, t.repeats))
     return NumberedSearcher(searcher, total=planned_trials(stage))
-
-
-def trial_name(index: int) -> str:
-    return f"t{index:03d}"
 
 
 class SeededVariants(Searcher):

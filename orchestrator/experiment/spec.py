@@ -134,7 +134,13 @@ Params.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
 
 SEARCHERS = ("random", "grid", "optuna", "hyperopt")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
+CONTINUOUS = ("loguniform", "uniform")
 TRIAL_INDEX = "__trial_index__"  # Tune's Repeater puts the repeat's index under this key
+
+
+def trial_name(index: int) -> str:
+    """A trial's name and folder: ``t000``, ``t001``, ... in the order the stage's searcher proposed it."""
+    return f"t{index:03d}"
 
 
 def searched(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,6 +170,23 @@ def search_problem(search: str, params: Mapping[str, Any]) -> str | None:
             return f"search: {search} proposes values itself; {grids} use grid (use choice, or search: random)"
         if not space:
             return f"search: {search} needs at least one distribution in params (loguniform, uniform or choice)"
+    return None
+
+
+def scheduler_problem(tune: TuneSpec, params: Mapping[str, Any]) -> str | None:
+    """Why a population-based scheduler can't run this stage (None: it can)."""
+    if tune.pbt is None:
+        return None
+    name = tune.scheduler_name
+    if tune.search not in ("random", "grid"):
+        return f"scheduler: {name} explores by perturbing running trials; Tune runs it with random or grid search only"
+    if tune.repeats > 1:
+        return f"scheduler: {name} trains a population that exchanges weights; repeats do not apply"
+    kinds = {k: next(iter(v)) for k, v in searched(params).items()}
+    if name == "pb2" and not any(kind in ("loguniform", "uniform") for kind in kinds.values()):
+        return "scheduler: pb2 needs a continuous distribution (loguniform or uniform) in params to perturb"
+    if not kinds:
+        return f"scheduler: {name} needs a distribution in params to perturb (e.g. lr: {{loguniform: [...]}})"
     return None
 
 
@@ -219,19 +242,51 @@ class Asha(Strict):
     asha: AshaConfig = AshaConfig()
 
 
+class PbtConfig(Strict):
+    """Population-based training: every ``interval`` epochs a trial in the bottom ``quantile`` takes
+    the whole training state of one in the top quantile and perturbs its searched parameters."""
+
+    interval: int = Field(2, ge=1)  # epochs between exploit/explore decisions
+    quantile: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)  # pbt: resample instead of perturbing
+
+
+class Pbt(Strict):
+    pbt: PbtConfig = PbtConfig()
+
+
+class Pb2(Strict):
+    pb2: PbtConfig = PbtConfig()
+
+
+SCHEDULERS = {"asha": Asha, "pbt": Pbt, "pb2": Pb2}
+
+
 def _scheduler_kind(value: Any) -> str | None:
     if value == "fifo":
         return "fifo"
-    return "asha" if isinstance(value, Asha) or isinstance(value, Mapping) and list(value) == ["asha"] else None
+    for name, model in SCHEDULERS.items():
+        if isinstance(value, model) or isinstance(value, Mapping) and list(value) == [name]:
+            return name
+    return None
+
+
+def _bare_scheduler(value: Any) -> Any:
+    """``scheduler: asha`` (or pbt, pb2): that scheduler with its defaults."""
+    return {value: {}} if isinstance(value, str) and value in SCHEDULERS else value
 
 
 Scheduler = Annotated[
-    Annotated[Literal["fifo"], Tag("fifo")] | Annotated[Asha, Tag("asha")],
+    Annotated[Literal["fifo"], Tag("fifo")]
+    | Annotated[Asha, Tag("asha")]
+    | Annotated[Pbt, Tag("pbt")]
+    | Annotated[Pb2, Tag("pb2")],
     Discriminator(
         _scheduler_kind,
         custom_error_type="scheduler",
-        custom_error_message="'fifo' or {asha: {grace_period: ..., reduction_factor: ...}}",
+        custom_error_message="fifo, asha, pbt or pb2, or one of {asha: {...}}, {pbt: {...}}, {pb2: {...}}",
     ),
+    BeforeValidator(_bare_scheduler),
 ]
 
 
@@ -248,7 +303,14 @@ class TuneSpec(Strict):
 
     @property
     def scheduler_name(self) -> str:
-        return self.scheduler if isinstance(self.scheduler, str) else next(iter(self.scheduler.model_fields))
+        return self.scheduler if isinstance(self.scheduler, str) else next(iter(type(self.scheduler).model_fields))
+
+    @property
+    def pbt(self) -> PbtConfig | None:
+        """The population-based training settings of a pbt or pb2 scheduler."""
+        if isinstance(self.scheduler, Pbt):
+            return self.scheduler.pbt
+        return self.scheduler.pb2 if isinstance(self.scheduler, Pb2) else None
 
     @property
     def asha(self) -> AshaConfig | None:
@@ -300,6 +362,9 @@ class StageSpec(Strict):
         problem = search_problem(self.tune.search, self.params)
         if problem:
             raise Expected(problem, at=("tune", "search"), got=self.tune.search)
+        problem = scheduler_problem(self.tune, self.params)
+        if problem:
+            raise Expected(problem, at=("tune", "scheduler"), got=self.tune.scheduler_name)
         defaults = {**Hyperparameters().model_dump(), **task_defaults(self.task)}
         shuffle = defaults.pop("shuffle")
         if "shuffle" not in self.model_fields_set:
@@ -338,6 +403,13 @@ class ExperimentSpec(Strict):
                         f"the name of an earlier stage ({earlier or 'none yet'})", at=("stages", i, key), got=ref
                     )
             earlier.append(stage.name)
+            if stage.tune.pbt and self.compute.workers_per_trial > 1:
+                raise Expected(
+                    "scheduler fifo or asha when compute.workers_per_trial > 1 (population-based training "
+                    "exchanges one-worker trials' states)",
+                    at=("stages", i, "tune", "scheduler"),
+                    got=stage.tune.scheduler_name,
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

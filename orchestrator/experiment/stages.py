@@ -56,6 +56,7 @@ from aavs.datasets.files import file_sha256
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import lock
 from aavs.orchestrator.experiment.spec import (
+    CONTINUOUS,
     TRIAL_INDEX,
     ExperimentSpec,
     StageSpec,
@@ -63,7 +64,9 @@ from aavs.orchestrator.experiment.spec import (
     load_spec,
     parse_spec,
     planned_trials,
+    searched,
     spec_hash,
+    trial_name,
 )
 from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.config import Hyperparameters, TrainConfig
@@ -93,6 +96,7 @@ def run_experiment(
     """Run an experiment file; ``verbose``: trial output also on this terminal, not only in log files;
     ``force``: take over the results folder's lock from another host (aavs.orchestrator.experiment.lock)."""
     spec, _ = load_spec(spec_file, overrides)
+    check_runnable(spec, local)
     results_dir = results_path(results_root) / spec.name
     with lock.held(results_dir, force=force):
         results.open_results(results_dir, "run")
@@ -122,6 +126,7 @@ def resume_experiment(
         spec = parse_spec(raw, str(spec_file))
         if local is None:
             local = started_mode(results_dir) == "local"
+        check_runnable(spec, local)
         log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
         run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
@@ -183,11 +188,6 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
     data_root = prepare_data(spec, results_dir)
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
-    from aavs.orchestrator.experiment.trackers import require_installed
-
-    require_installed(spec)
-    if local:
-        refuse_ray_only_schedulers(spec)
     runner = LocalRunner(spec, results_dir, quiet) if local else RayRunner(spec, results_dir, quiet)
     bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
@@ -422,6 +422,30 @@ def last_report(trial_dir: Path) -> dict[str, Any] | None:
         return None
     rows = results.read_metrics(trial_dir)
     return rows[-1].model_dump() if rows else None
+
+
+def check_runnable(spec: ExperimentSpec, local: bool) -> None:
+    """What the file's schema can't know: the optional packages it asks for are installed, and with
+    ``--local`` no stage needs Ray's schedulers. Before anything is written."""
+    require_optional_packages(spec)
+    if local:
+        refuse_ray_only_schedulers(spec)
+
+
+def require_optional_packages(spec: ExperimentSpec) -> None:
+    """The optional extras the experiment asks for are installed (before any trial starts)."""
+    import importlib.util
+
+    from aavs.orchestrator.experiment.trackers import require_installed
+
+    require_installed(spec)
+    for i, stage in enumerate(spec.stages):
+        missing = [m for m in ("GPy", "sklearn") if importlib.util.find_spec(m) is None]
+        if stage.tune.scheduler_name == "pb2" and missing:
+            raise InputError(
+                f"stages.{i}.tune.scheduler ({stage.name}): pb2 needs {missing}, which are not installed; "
+                "pip install 'aavs[pb2]' (or use scheduler: pbt)"
+            )
 
 
 def refuse_ray_only_schedulers(spec: ExperimentSpec) -> None:
@@ -676,7 +700,7 @@ class RayRunner(LocalRunner):
         unfinished ones continue from their last epoch (train_func resumes from the trial folder)."""
         from ray import tune
 
-        from aavs.orchestrator.experiment.search import make_searcher
+        from aavs.orchestrator.experiment.search import make_searcher, tune_space
         from aavs.orchestrator.experiment.trackers import tune_callbacks
 
         c = self.spec.compute
@@ -699,11 +723,24 @@ class RayRunner(LocalRunner):
             # an empty request, and any CPU held here would be missing from the workers' placement
             # group (a deadlock on a small machine): the trial asks for a token of memory instead.
             trainable = tune.with_resources(tune_trial, {"memory": 1 << 20})
-        param_space = {"base": base, "launch": launch, "stage_dir": str(stage_dir)}
+        param_space: dict[str, Any] = {"base": base, "launch": launch, "stage_dir": str(stage_dir)}
+        if stage.tune.pbt:
+            # Population-based training: Tune takes no searcher with it, so its own variant generator
+            # (seeded) samples the population from the real search space, and every report carries
+            # the trial's training state for the exploits (TrainConfig.report_checkpoints).
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            # States are reported at the exploit interval only and all kept (Tune's num_to_keep deletes
+            # states that an exploit still restores from).
+            param_space.update(base={**base, "report_checkpoints": stage.tune.pbt.interval}, **tune_space(stage))
+            search_alg: Any = BasicVariantGenerator(random_state=stage.tune.seed)
+        else:
+            search_alg = make_searcher(stage)
         # Tune saves its experiment state (searcher included) at most this often; a resume restarts
         # from the last save, so keep it short (the state of a few trials is small).
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         experiment = stage_dir / "tune"
+        callbacks = tune_callbacks(self.spec, stage, self.results_dir)  # (a restored Tuner has its own)
         if tune.Tuner.can_restore(experiment):
             log.info("stage %s: restoring the Tune experiment in %s", stage.name, experiment)
             tuner = tune.Tuner.restore(str(experiment), trainable, param_space=param_space)
@@ -712,16 +749,17 @@ class RayRunner(LocalRunner):
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(stage),
+                    search_alg=search_alg,
                     scheduler=_scheduler(stage),
-                    num_samples=planned_trials(stage),
+                    # Tune's variant generator multiplies its grid by num_samples itself.
+                    num_samples=stage.tune.num_samples if stage.tune.pbt else planned_trials(stage),
                     trial_dirname_creator=_tune_trial_dirname,
                     trial_name_creator=_tune_trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=experiment.name,
                     storage_path=str(experiment.parent),
-                    callbacks=tune_callbacks(self.spec, stage, self.results_dir),
+                    callbacks=callbacks,
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=c.max_failures),
                 ),
@@ -782,22 +820,71 @@ def _scheduler(stage: StageSpec) -> Any:
             grace_period=t.asha.grace_period,
             reduction_factor=t.asha.reduction_factor,
         )
+    if t.pbt and t.scheduler_name == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        from aavs.orchestrator.experiment.search import tune_space
+
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            metric=t.metric,
+            mode=t.mode,
+            perturbation_interval=t.pbt.interval,
+            hyperparam_mutations=tune_space(stage),
+            quantile_fraction=t.pbt.quantile,
+            resample_probability=t.pbt.resample_probability,
+        )
+    if t.pbt:
+        from ray.tune.schedulers.pb2 import PB2
+
+        bounds = {k: next(iter(v.values())) for k, v in searched(stage.params).items() if next(iter(v)) in CONTINUOUS}
+        return PB2(
+            time_attr="training_iteration",
+            metric=t.metric,
+            mode=t.mode,
+            perturbation_interval=t.pbt.interval,
+            hyperparam_bounds=bounds,
+            quantile_fraction=t.pbt.quantile,
+        )
     return None
 
 
 def _tune_trial_dirname(trial: Any) -> str:
-    """Tune's name and folder (under ``<stage>/tune``) of a trial: the searcher's name, ``t000``."""
-    return str(trial.config["trial"])
+    """Tune's name and folder (under ``<stage>/tune``) of a trial: the searcher's name, ``t000``; under
+    Tune's own variant generator (population-based training), from the number it gives each trial."""
+    return str(trial.config.get("trial") or trial_name(int(trial.experiment_tag.split("_", 1)[0])))
 
 
 def tune_trial(config: dict[str, Any]) -> None:
     """A Ray Tune function trial: the searcher's proposal (``config``'s keys other than the stage's
     ``base``, ``launch`` and ``stage_dir``) made a training config, then one ``train_func`` run,
     direct or through a ``TorchTrainer``, its output in the trial's log."""
+    import ray.tune
+
     launch = config["launch"]
     suggestion = {k: v for k, v in config.items() if k not in ("base", "launch", "stage_dir")}
+    suggestion.setdefault("trial", Path(ray.tune.get_context().get_trial_dir()).name)
     train_config = trial_config(config["base"], Path(config["stage_dir"]), suggestion)
     _logged_trial(train_config["trial_dir"], launch["quiet"], _run_trial, train_config, launch, suggestion["trial"])
+
+
+def _continue_from_exchanged_state(trial_dir: Path, checkpoint: Any) -> None:
+    """Population-based training: a trial Tune (re)starts with another trial's checkpoint continues from
+    that trial's whole training state; ``schedule.json`` records from which epoch which parameters held."""
+    params = results.read_params(trial_dir) or {}
+    schedule = results.read_schedule(trial_dir) or results.Schedule()
+    origin = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            origin = checkpointing.adopt_exchanged_state(Path(folder), trial_dir)
+    if origin is not None:
+        schedule.spans.append(
+            results.ScheduleEntry(from_epoch=origin["epoch"] + 1, params=params, exploited=origin["trial"])
+        )
+        log.info("%s continues from %s after its epoch %d", trial_dir.name, origin["trial"], origin["epoch"] + 1)
+    elif not schedule.spans:
+        schedule.spans.append(results.ScheduleEntry(from_epoch=0, params=params))
+    results.write_schedule(trial_dir, schedule)
 
 
 def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: str) -> None:
@@ -805,6 +892,10 @@ def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: s
 
     if launch["workers"] == 1:
         record_node(train_config["trial_dir"])
+        if train_config["report_checkpoints"]:
+            import ray.tune
+
+            _continue_from_exchanged_state(Path(train_config["trial_dir"]), ray.tune.get_checkpoint())
         train_func(train_config)
         return
     import ray.train

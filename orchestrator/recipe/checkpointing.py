@@ -115,3 +115,27 @@ def _drop_model_weights(models: list, weights: list[dict[str, torch.Tensor]], ou
 def _skip_model_weights(models: list, input_dir: str) -> None:
     """load_state hook, the counterpart of :func:`_drop_model_weights`."""
     models.clear()
+
+
+def adopt_exchanged_state(folder: Path, trial_dir: Path) -> dict[str, Any] | None:
+    """Make ``trial_dir`` continue from a training state another trial handed over (population-based
+    training's exploit; the folder is what reporter.exchange_folder wrote): its ``last`` and ``best``
+    replace this trial's, so the next start resumes with the donor's weights, optimizer, phase and
+    phase-A best. Returns the folder's ``origin.json`` ({"trial", "epoch"}), or None when the state is
+    this trial's own (a restart after a failure: the trial folder is already as new)."""
+    origin = json.loads((folder / "origin.json").read_text(encoding="utf-8"))
+    if origin["trial"] == trial_dir.name:
+        return None
+    for name, target in (("last", trial_dir / LAST), ("best", trial_dir / BEST)):
+        if not (folder / name).is_dir():
+            continue
+        staging = target.with_name(f".{target.name}-adopting")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder / name, staging)
+        old = target.with_name(f".{target.name}-replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    return origin

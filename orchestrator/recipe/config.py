@@ -166,6 +166,9 @@ class TrainConfig(Hyperparameters):
     max_videos: int | None = Field(None, ge=1)  # cap on training videos per epoch (smoke tests, demos)
     shuffle: bool = True  # a new order of the training videos every epoch; default: the task's
     compute: ComputeConfig = ComputeConfig()
+    # Under Ray Tune: every this many epochs a report carries the trial's training state as a Tune
+    # checkpoint, for population-based training to hand to other trials (0: never; reporter.py).
+    report_checkpoints: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _task_defaults(self) -> TrainConfig:

@@ -9,10 +9,15 @@ report to ``ray.train.report`` so Ray Tune can schedule and rank trials; in loca
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,9 +39,9 @@ class LocalReporter:
     Only the main process (rank 0) writes, so several workers never interleave lines.
     """
 
-    def __init__(self, trial_dir: str | os.PathLike, is_main: bool = True):
+    def __init__(self, trial_dir: str | os.PathLike, is_main: bool = True, exchange: int = 0):
         self.trial_dir = Path(trial_dir)
-        self.is_main = is_main
+        self.is_main, self.exchange = is_main, exchange
         if is_main:
             self.trial_dir.mkdir(parents=True, exist_ok=True)
 
@@ -73,10 +78,33 @@ class RayReporter(LocalReporter):
             import ray.train
 
             ray.train.report(metrics)
+        elif self.exchange and append and (metrics.get("epoch", -1) + 1) % self.exchange == 0:
+            import ray.tune
+
+            with exchange_folder(self.trial_dir) as folder:
+                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
         else:
             import ray.tune
 
             ray.tune.report(metrics)
+
+
+@contextlib.contextmanager
+def exchange_folder(trial_dir: Path) -> Iterator[Path]:
+    """The trial's whole training state as one folder for Tune to keep (a copy: Tune persists it
+    during the report): ``last/`` (weights, optimizer, RNG, trainer state), ``best/`` (the checkpoint
+    phase B starts from) and ``origin.json`` (which trial, which epoch). See adopt_exchanged_state."""
+    from aavs.orchestrator.recipe import checkpointing
+
+    state = checkpointing.read_trainer_state(trial_dir)
+    with tempfile.TemporaryDirectory(dir=trial_dir, prefix=".exchange-") as tmp:
+        folder = Path(tmp)
+        shutil.copytree(trial_dir / checkpointing.LAST, folder / "last")
+        if (trial_dir / checkpointing.BEST).is_dir():
+            shutil.copytree(trial_dir / checkpointing.BEST, folder / "best")
+        origin = {"trial": trial_dir.name, "epoch": state.epoch if state else -1}
+        (folder / "origin.json").write_text(json.dumps(origin), encoding="utf-8")
+        yield folder
 
 
 def _ray_safe(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -104,9 +132,11 @@ def _in_tune_trial() -> bool:
         return ray.tune.get_context().get_trial_id() is not None
 
 
-def make_reporter(trial_dir: str | os.PathLike, is_main: bool) -> Reporter:
+def make_reporter(trial_dir: str | os.PathLike, is_main: bool, exchange: int = 0) -> Reporter:
+    """``exchange``: every this many epochs a report to Tune carries the training state (population-based
+    training; 0: never)."""
     in_ray = _in_train_worker() or _in_tune_trial()
-    return RayReporter(trial_dir, is_main) if in_ray else LocalReporter(trial_dir, is_main)
+    return RayReporter(trial_dir, is_main, exchange) if in_ray else LocalReporter(trial_dir, is_main)
 
 
 def epoch_line(metrics: dict[str, Any]) -> str:

@@ -63,7 +63,7 @@ def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     trial_dir = Path(cfg.trial_dir)
     rank, world = _rank_and_world()
-    reporter = make_reporter(trial_dir, is_main=rank == 0)
+    reporter = make_reporter(trial_dir, is_main=rank == 0, exchange=cfg.report_checkpoints)
 
     state = checkpointing.read_trainer_state(trial_dir)
     if state is not None and state.epoch >= cfg.epochs - 1:
@@ -112,8 +112,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     _save_best(accelerator.unwrap_model(model), trial_dir, state)
             state.epoch = epoch
             row["best/" + cfg.metric] = state.best_value
-            reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
             checkpointing.save_last(trial_dir, accelerator, model, state, rank)
+            # After the save: a report means this epoch's state is on disk (a scheduler may stop the
+            # trial on it, and population-based training hands that state to another trial).
+            reporter.report(row, checkpoint=trial_dir / checkpointing.BEST)
             reporter.status(
                 TrialStatus.DONE if epoch == cfg.epochs - 1 else TrialStatus.RUNNING,
                 epoch=epoch + 1,
@@ -188,7 +190,12 @@ def _enter_phase(
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
+        rates = [group["lr"] for group in optimizer.param_groups]
         checkpointing.load_last(trial_dir, accelerator)
+        # The config's learning rates, not the saved ones: population-based training resumes a trial
+        # from another's state with perturbed rates (the same rates otherwise).
+        for group, lr_ in zip(optimizer.param_groups, rates):
+            group["lr"] = lr_
         log.info("resumed %s at epoch %d (phase %s)", trial_dir, epoch, phase)
     return model, optimizer, accelerator
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,13 @@ _STAGE_SOURCES = (
     f"masks/{results.MASKS_SUCCESS_FILE}",
     *(
         f"trials/*/{name}"
-        for name in (results.METRICS_FILE, results.STATUS_FILE, results.PARAMS_FILE, results.CONFIG_FILE)
+        for name in (
+            results.METRICS_FILE,
+            results.STATUS_FILE,
+            results.PARAMS_FILE,
+            results.CONFIG_FILE,
+            results.SCHEDULE_FILE,
+        )
     ),
     f"trials/*/best/{results.CHECKPOINT_METRICS_FILE}",
 )  # recipe.checkpointing.BEST (it imports torch)
@@ -136,12 +143,21 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
         for d in sorted((stage_dir / "trials").glob("t*"))
         if d.is_dir()
     ]
+    sign = -1.0 if mode == "max" else 1.0
+    repeats = int(stage["tune"].get("repeats", 1))
+    configurations = _configurations(trials) if repeats > 1 else {}
     ranked = sorted(
         (t for t in trials if t["best"] is not None),
-        key=lambda t: (-t["best"] if mode == "max" else t["best"], t["trial_id"]),
+        key=lambda t: (
+            sign * configurations.get(t["configuration"], {}).get("mean", 0.0),
+            sign * t["best"],
+            t["trial_id"],
+        ),
     )
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
+    for row in trials:  # with repeats: the mean and std over the seeds of the trial's configuration
+        row.update(configurations.get(row["configuration"], {}))
     for row in trials:  # a trial that has not started yet will be fed what the stage feeds now
         if row["fed_by"] is None and (prior_from or init_from):
             row["fed_by"] = {"prior": prior_from, "init": init_from}
@@ -171,6 +187,7 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
         "trial_count": len(trials),
         "searched": searched,
         "fixed": {k: v for k, v in stage["params"].items() if k not in searched},
+        "repeats": repeats,
         "prior_from": prior_from,
         "init_from": init_from,
         "best": _best_summary(best) if best else None,
@@ -205,6 +222,19 @@ def _checkpoint_classes(checkpoint: Path) -> list[str] | None:
     return meta.get("classes")
 
 
+def _configurations(trials: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Per configuration (the trials that differ only in their seed): the mean, standard deviation and
+    number of its trials' best values so far."""
+    values: dict[str, list[float]] = {}
+    for t in trials:
+        if t["best"] is not None:
+            values.setdefault(t["configuration"], []).append(t["best"])
+    return {
+        key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": len(v)}
+        for key, v in values.items()
+    }
+
+
 def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: int) -> dict[str, Any]:
     status_doc = results.read_status(trial_dir)
     config = results.read_trial_config(trial_dir) or {}
@@ -220,6 +250,8 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
     history = {"epoch": [r.epoch for r in rows], "phase": [r.phase for r in rows]}
     for key in dict.fromkeys(("val/miou", "val/fscore", metric)):
         history[key] = [_number(r.get(key)) for r in rows]
+    params = results.read_params(trial_dir) or {}
+    schedule = results.read_schedule(trial_dir)  # population-based training: what held from which epoch
     links = {
         "prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
         "init": _checkpoint_link(results_dir, config.get("init_from")),
@@ -232,7 +264,9 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
         "log": str(trial_dir / "log.txt")
         if (trial_dir / "log.txt").exists()
         else None,  # aavs.orchestrator.recipe.output_capture
-        "params": results.read_params(trial_dir) or {},
+        "params": params,
+        "configuration": json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True),
+        "schedule": [span.model_dump() for span in schedule.spans] if schedule and len(schedule.spans) > 1 else None,
         "epochs_done": len(rows),
         "epochs": int(config.get("epochs", epochs)),
         "best": _number(best_row[metric]) if best_row else None,
@@ -343,6 +377,8 @@ def stage_table(stage: dict[str, Any]) -> Table:
     for p in stage["searched"]:
         table.add_column(p, justify="right")
     table.add_column("ep", justify="right")
+    if stage.get("repeats", 1) > 1:
+        table.add_column("mean ± std", justify="right")
     table.add_column("val mIoU", justify="right")
     table.add_column("val F", justify="right")
     table.add_column("test mIoU/F", justify="right")
@@ -356,6 +392,7 @@ def stage_table(stage: dict[str, Any]) -> Table:
             Text(status_label(row["status"]), style=STATUS_STYLE.get(row["status"], "")),
             *[_fmt_param(row["params"].get(p, "-")) for p in stage["searched"]],
             f"{row['epochs_done']}/{row['epochs']}",
+            *([f"{pct(row.get('mean'))} ± {pct(row.get('std'))}"] if stage.get("repeats", 1) > 1 else []),
             pct(row["val/miou"]),
             pct(row["val/fscore"]),
             f"{pct(test.get('miou'))}/{pct(test.get('fscore'))}" if test else "-",
@@ -367,6 +404,9 @@ def stage_table(stage: dict[str, Any]) -> Table:
     notes = []
     if stage["fixed"]:
         notes.append("fixed: " + ", ".join(f"{k}={_fmt_param(v)}" for k, v in stage["fixed"].items()))
+    if stage.get("repeats", 1) > 1:
+        notes.append(f"ranked by the mean over each configuration's {stage['repeats']} seeds")
+    notes.extend(_schedule_note(t) for t in stage["trials"] if t.get("schedule"))
     hidden = stage["trial_count"] - len(stage["trials"])
     if hidden > 0:
         notes.append(f"{hidden} more trial(s) not shown")
@@ -380,6 +420,18 @@ def stage_table(stage: dict[str, Any]) -> Table:
     if notes:
         table.caption, table.caption_justify = "\n".join(notes), "left"
     return table
+
+
+def _schedule_note(trial: dict[str, Any]) -> str:
+    """``t001: lr 0.00035, from epoch 3 0.0015 (t000's state)``: a PBT trial's parameters over time."""
+    spans = trial["schedule"]
+    changed = sorted({k for span in spans for k, v in span["params"].items() if v != spans[0]["params"].get(k)})
+    parts = []
+    for span in spans:
+        values = " ".join(f"{k} {_fmt_param(span['params'].get(k))}" for k in changed)
+        origin = f" ({span['exploited']}'s state)" if span.get("exploited") else ""
+        parts.append(values if span["from_epoch"] == 0 else f"from epoch {span['from_epoch'] + 1} {values}{origin}")
+    return f"{trial['trial_id']}: " + ", ".join(parts)
 
 
 def summary_text(board: dict[str, Any]) -> str:
