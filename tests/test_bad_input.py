@@ -47,7 +47,7 @@ VALID: dict[str, Any] = {
             "task": "avss-binary",
             "epochs": 2,
             "params": {"lr": {"loguniform": [5.0e-4, 2.0e-3]}, "weight_decay": 0.05, "batch_size": {"choice": [1, 2]}},
-            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 2, "scheduler": {"asha": {"grace_period": 1}}},
+            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 2},
         },
         {
             "name": "semantic",

@@ -24,6 +24,7 @@ from aavs.orchestrator.cli import main
 # Every test here runs on a real local Ray (conftest.py's ray_cluster, one per module).
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
+FIFO = {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2}
 SPEC = {
     "name": "two-stage",
     "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
@@ -155,7 +156,8 @@ def test_local_mode_produces_the_same_layout(ray_run: Path, tmp_path):
     spec = {
         **SPEC,
         "stages": [
-            dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}),
+            # ASHA needs Ray: --local runs the same trials first in, first out
+            dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune=FIFO),
             dict(SPEC["stages"][1], params={"lr": 1.0e-3}),
         ],
     }
@@ -180,7 +182,7 @@ def test_local_mode_produces_the_same_layout(ray_run: Path, tmp_path):
         return {
             str(p.relative_to(root)).replace("t001", "t000").replace("t002", "t000")
             for p in root.rglob("*")
-            if p.name in keep and "superseded" not in str(p) and "/ray/" not in str(p)
+            if p.name in keep and "superseded" not in str(p) and "/tune/" not in str(p)  # Tune's own files
         }
 
     assert layout(local) == layout(ray_run)
@@ -195,7 +197,7 @@ def test_resume_after_kill_during_stage_two(ray_cluster, tmp_path):
         {
             **SPEC,
             "stages": [
-                dict(SPEC["stages"][0], params={"lr": 1.0e-3}),
+                dict(SPEC["stages"][0], params={"lr": 1.0e-3}, tune=FIFO),
                 dict(SPEC["stages"][1], epochs=4, max_videos=6, params={"lr": 1.0e-3}),
             ],
         },

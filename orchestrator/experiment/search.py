@@ -101,7 +101,7 @@ class SeededVariants(Searcher):
         ]
         self._next = 0
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override] # Tune returns its FINISHED sentinel too
         if self._next >= len(self._variants):
             return Searcher.FINISHED
         self._next += 1
@@ -136,7 +136,7 @@ class NumberedSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override] # Tune returns its FINISHED sentinel too
         if self.count >= self.total:
             return Searcher.FINISHED
         config = self.searcher.suggest(trial_id)

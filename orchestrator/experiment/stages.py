@@ -921,7 +921,16 @@ def _run_trial(train_config: dict[str, Any], launch: dict[str, Any], trial_id: s
             callbacks=[TuneReportCallback()],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:
+        # Seen on 2 CPUs: Ray Train's controller actor is destroyed with its placement group after
+        # the workers finished, and fit() raises ActorDiedError although every epoch was trained,
+        # reported and saved. A trial whose status.json says done keeps its results.
+        status = results.read_status(train_config["trial_dir"])
+        if status is None or status.status != results.TrialStatus.DONE:
+            raise
+        log.warning("%s: Ray Train ended with %s after the trial finished; its results are complete", trial_id, err)
 
 
 def _train_func_recording_node(config: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
