@@ -8,6 +8,7 @@ content or the new, never a truncated file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -29,16 +30,47 @@ def _usual_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+class NoSpaceLeft(OSError):
+    """The disk filled up while aavs wrote ``path``; what was there before is intact."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}; what was there before is intact")
+
+
+def _is_no_space(err: BaseException | None) -> bool:
+    """ENOSPC, as an OSError or as the message of a library's own error (torch.save, safetensors)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk while writing ``path`` raises :class:`NoSpaceLeft` naming ``path``."""
+    try:
+        yield
+    except NoSpaceLeft:
+        raise
+    except Exception as err:
+        if _is_no_space(err):
+            raise NoSpaceLeft(path) from err
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming_a_full_disk(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with naming_a_full_disk(path):
+            yield tmp
         _usual_mode(tmp, directory=False)
         os.replace(tmp, path)
     finally:
@@ -52,7 +84,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with naming_a_full_disk(path):
+            yield tmp
         _usual_mode(tmp, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")

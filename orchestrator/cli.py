@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aavs.datasets.atomic import NoSpaceLeft
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import task_names
 
@@ -564,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         sys.stderr.write(f"aavs: error: {err}\n")
         return 2
+    except NoSpaceLeft as err:
+        sys.stderr.write(f"aavs: error: {err.strerror}; free some space, then `aavs resume`\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("aavs: interrupted\n")
         return 130

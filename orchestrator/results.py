@@ -116,6 +116,7 @@ class TrialStatus(StrEnum):
     DONE = "done"
     STOPPED = "stopped"  # a scheduler (ASHA) ended it early
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # (format 2) by its surroundings (a full disk): `aavs resume` continues it
 
     @property
     def ended(self) -> bool:
@@ -462,6 +463,13 @@ class MasksRecord(Record):
     checkpoint_sha256: str
     scores: dict[str, dict[str, float]]
     node_id: str | None = None
+    files: dict[str, int] | None = None  # format 2: every mask file (relative path) and its size
+
+
+def folder_files(folder: str | os.PathLike) -> dict[str, int]:
+    """Every file under ``folder`` (relative paths) with its size: what a complete copy holds."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_masks_success(masks_dir: str | os.PathLike, record: MasksRecord) -> None:
@@ -518,13 +526,16 @@ def read_trial_config(trial_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 class NodeRecord(Record):
-    """``node.json``: the Ray node the trial last ran on (its rank 0); None outside Ray."""
+    """``node.json``: the Ray node the trial last ran on (its rank 0); None outside Ray. Format 2:
+    also the host and process id of that rank (to find it, e.g. to see what the out-of-memory killer took)."""
 
     node_id: str | None
+    host: str | None = None
+    pid: int | None = None
 
 
 def write_node(trial_dir: str | os.PathLike, node_id: str | None) -> None:
-    _write(Path(trial_dir) / NODE_FILE, NodeRecord(node_id=node_id))
+    _write(Path(trial_dir) / NODE_FILE, NodeRecord(node_id=node_id, host=socket.gethostname(), pid=os.getpid()))
 
 
 def read_node(trial_dir: str | os.PathLike) -> NodeRecord | None:

@@ -263,3 +263,13 @@ def test_print_config_shows_the_methods_defaults_and_runs_nothing(tmp_path, caps
     assert shown["model"]["train_base"] is True and "random weights" in shown["notes"][0]
     assert shown["stages"]["localize"]["lr"] == {"loguniform": [5.0e-4, 2.0e-3]}
     assert shown["stages"]["localize"]["lr_b"] == "lr / 10"
+
+
+def test_a_saved_spec_with_a_data_root_reads_back(tmp_path):
+    """spec.yaml writes the unused data source as null; `aavs resume` must read it back as it was
+    (it once read `synthetic: null` as "the synthetic defaults" next to the root, and refused)."""
+    (tmp_path / "data").mkdir()
+    spec = parse_spec({**BASE, "data": {"root": str(tmp_path / "data")}}, "x.yaml")
+    saved = yaml.safe_load(yaml.safe_dump(spec.to_dict()))
+    assert saved["data"] == {"root": str(tmp_path / "data"), "synthetic": None}
+    assert parse_spec(saved, "spec.yaml") == spec

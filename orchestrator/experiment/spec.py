@@ -223,8 +223,12 @@ class DataSpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _synthetic_defaults(cls, data: Any) -> Any:  # ``synthetic:`` alone: the synthetic set's defaults
-        return {**data, "synthetic": {}} if isinstance(data, Mapping) and data.get("synthetic", 0) is None else data
+    def _synthetic_defaults(cls, data: Any) -> Any:
+        """``synthetic:`` alone (no root): the synthetic set's defaults. A saved spec writes the source it
+        does not use as null (``root: ..., synthetic: null``), which stays unused."""
+        if isinstance(data, Mapping) and data.get("synthetic", 0) is None and data.get("root") is None:
+            return {**data, "synthetic": {}}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

@@ -54,7 +54,7 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.datasets.files import file_sha256
 from aavs.orchestrator import results
-from aavs.orchestrator.experiment import lock
+from aavs.orchestrator.experiment import lock, repair
 from aavs.orchestrator.experiment.spec import (
     CONTINUOUS,
     TRIAL_INDEX,
@@ -191,16 +191,45 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
     runner = LocalRunner(spec, results_dir, quiet) if local else RayRunner(spec, results_dir, quiet)
     bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
+
+    def export(stage: StageSpec, best: results.BestTrial) -> str:
+        """The best checkpoint's masks of every split, a later stage's prior (complete or exported again)."""
+        stage_dir = results_dir / stage.name
+        if results.read_masks_success(stage_dir / "masks") is not None:
+            from aavs.orchestrator.experiment.repair import masks_problem
+
+            problem = masks_problem(stage_dir / "masks")
+            if problem:
+                log.warning("%s; exporting the masks again", problem)
+        masks = runner.export_masks(
+            best.checkpoint, data_root, stage_dir / "masks", spec, cache, stage.resources, task_log(stage_dir, "masks")
+        )
+        return str(masks)
+
+    def report(stage: StageSpec) -> None:
+        stage_dir = results_dir / stage.name
+        _write_report(
+            results_dir,
+            lambda fn, *args: runner.call(fn, *args, resources=stage.resources, log_file=task_log(stage_dir, "report")),
+        )
+
+    reported = False
     for stage in spec.stages:
         stage_dir = results_dir / stage.name
         inputs = _stage_inputs(spec, stage, data_root, bests)
         digest = spec_hash(inputs)
+        retrain = repair.repair_stage(stage_dir)  # what an older crash or a bad disk left
         done = results.read_done(stage_dir)
         best = results.read_best(stage_dir)
-        if done and done.inputs_hash == digest and best:
+        if done and done.inputs_hash == digest and best and not retrain:
             log.info("stage %s: unchanged since it completed; skipping", stage.name)
+            if stage.name in needs_masks and not masks_ready(Path(best.masks or stage_dir / "masks"), best.checkpoint):
+                best.masks = export(stage, best)  # a later stage reads them: whole again
+                results.write_best(stage_dir, best)
             bests[stage.name] = best
             continue
+        if retrain:
+            (stage_dir / results.DONE_FILE).unlink(missing_ok=True)
         _supersede_if_changed(stage_dir, digest)
         results.write_inputs(stage_dir, digest, inputs)
         base = base_trial_config(spec, stage, data_root, cache, bests)
@@ -209,17 +238,7 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
         write_leaderboard(results_dir)
         best = pick_best(stage, stage_dir, data_root)
         if stage.name in needs_masks:
-            best.masks = str(
-                runner.export_masks(
-                    best.checkpoint,
-                    data_root,
-                    stage_dir / "masks",
-                    spec,
-                    cache,
-                    stage.resources,
-                    log_file=task_log(stage_dir, "masks"),
-                )
-            )
+            best.masks = export(stage, best)
         best.test = runner.evaluate(
             best.checkpoint,
             data_root,
@@ -234,17 +253,11 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
         results.write_done(stage_dir, digest)
         bests[stage.name] = best
         write_leaderboard(results_dir)
-        # The lambda runs inside _write_report, before the loop moves on (B023: it binds this stage).
-        _write_report(
-            results_dir,
-            lambda fn, *args: runner.call(
-                fn,
-                *args,
-                resources=stage.resources,  # noqa: B023
-                log_file=task_log(stage_dir, "report"),  # noqa: B023
-            ),
-        )
+        report(stage)
+        reported = True
         log.info("stage %s: best trial %s, %s = %.4f", stage.name, best.trial_id, best.metric, best.value)
+    if not reported:  # every stage was complete: bring a report a killed run left half-written up to date
+        report(spec.stages[-1])
     return bests
 
 
@@ -518,8 +531,13 @@ def record_node(trial_dir: str) -> None:
 
 
 def masks_ready(out: Path, checkpoint: str) -> bool:
+    """The masks folder is complete and exported from ``checkpoint`` (else it is exported again)."""
+    from aavs.orchestrator.experiment.repair import masks_problem
+
     done = results.read_masks_success(out)
-    return done is not None and done.checkpoint_sha256 == checkpoint_digest(Path(checkpoint))
+    if done is None or done.checkpoint_sha256 != checkpoint_digest(Path(checkpoint)):
+        return False
+    return masks_problem(out) is None
 
 
 def export_stage_masks(
@@ -531,6 +549,8 @@ def export_stage_masks(
     out_path = Path(out)
     if masks_ready(out_path, checkpoint):
         return out
+    for stale in out_path.parent.glob(f".{out_path.name}.*.tmp"):  # an export killed mid-way (atomic_dir)
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic.atomic_dir(out_path) as tmp:
         scores = export_masks(checkpoint, data_root, tmp, vggish=vggish, vggish_pca=vggish_pca, cache_dir=cache)
         results.write_masks_success(
@@ -540,6 +560,7 @@ def export_stage_masks(
                 scores=scores,
                 node_id=ray_node_id(),
                 checkpoint_sha256=checkpoint_digest(Path(checkpoint)),
+                files=results.folder_files(tmp),
             ),
         )
     return out
@@ -649,6 +670,13 @@ def _logged_call(log_file: str | None, quiet: bool, cpus: float, fn: Callable[..
     """``fn(*args)`` on ``cpus`` torch threads, with its output in ``log_file`` (None: where it goes anyway)."""
     with cpu_threads(cpus), captured(log_file, quiet) if log_file else contextlib.nullcontext():
         return fn(*args)
+
+
+def _retrain(trial_dir: str, config: dict[str, Any], quiet: bool) -> None:
+    from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
+
+    with contextlib.suppress(TrainingDiverged):  # status.json says so
+        _logged_trial(trial_dir, quiet, train_func, config)
 
 
 def _logged_trial(trial_dir: str, quiet: bool, fn: Callable[..., Any], *args: Any, rank: int = 0) -> Any:
@@ -771,6 +799,20 @@ class RayRunner(LocalRunner):
             if status and status.status == results.TrialStatus.RUNNING:
                 status.status = results.TrialStatus.STOPPED
                 results.write_status(trial_dir, status)
+        self._train_repaired_trials(stage, stage_dir, launch)
+
+    def _train_repaired_trials(self, stage: StageSpec, stage_dir: Path, launch: dict[str, Any]) -> None:
+        """Trials Tune had finished whose folder a repair reset (aavs.orchestrator.experiment.repair):
+        trained again with the config they ran with, outside the Tune experiment."""
+        for trial_dir in trial_dirs(stage_dir):
+            config = results.read_trial_config(trial_dir)
+            if config is None or results.trial_status(trial_dir).ended:
+                continue
+            log.info("stage %s: training %s again", stage.name, trial_dir.name)
+            if launch["workers"] == 1:
+                self.call(_retrain, str(trial_dir), config, self.quiet, resources=stage.resources)
+            else:
+                _logged_trial(str(trial_dir), self.quiet, _run_trial, config, launch, trial_dir.name)
 
     def call(
         self,

@@ -70,7 +70,11 @@ def save_last(
     accelerator.wait_for_everyone()
     handle = accelerator.register_save_state_pre_hook(_drop_model_weights)
     try:
-        accelerator.save_state(str(staging), exclude_frozen_parameters=True)  # the kwarg: DeepSpeed's
+        with atomic.naming_a_full_disk(trial_dir / LAST):
+            accelerator.save_state(str(staging), exclude_frozen_parameters=True)  # the kwarg: DeepSpeed's
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a half-written state must not take the disk's last bytes
+        raise
     finally:
         handle.remove()
     accelerator.wait_for_everyone()

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
 from aavs.orchestrator.results import TrialStatus
@@ -151,10 +152,14 @@ def _flush(stream: TextIO | None) -> None:
 
 
 def mark_failed(trial_dir: str | os.PathLike, err: BaseException) -> None:
-    """``status.json`` says failed, with the error and the log's path (the leaderboard shows both)."""
+    """``status.json`` says failed (interrupted, for a full disk), with the error and the log's path
+    (the leaderboard shows both)."""
     status = results.read_status(trial_dir) or results.StatusRecord(status=TrialStatus.PENDING)
     if status.status != TrialStatus.FAILED:  # train_func's own words win (a diverged loss)
-        status.status, status.time = TrialStatus.FAILED, time.time()
+        # A full disk is not the trial's fault: interrupted, so that `aavs resume` continues it.
+        interrupted = isinstance(err, atomic.NoSpaceLeft)
+        status.status = TrialStatus.INTERRUPTED if interrupted else TrialStatus.FAILED
+        status.time = time.time()
         status.error = f"{type(err).__name__}: {err}".splitlines()[0]
     status.log = str(trial_log(trial_dir))
     results.write_status(trial_dir, status)

@@ -69,6 +69,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if state is not None and state.epoch >= cfg.epochs - 1:
         log.info("%s already finished (best %s = %s)", trial_dir, cfg.metric, state.best_value)
         reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / checkpointing.BEST, append=False)
+        if results.read_status(trial_dir) is None:  # removed as unreadable (aavs.orchestrator.experiment.repair)
+            reporter.status(TrialStatus.DONE, epoch=cfg.epochs, epochs=cfg.epochs, best=state.best_metrics)
         return state.best_metrics
     if rank == 0:
         if state is None:  # a fresh start: nothing earlier in this folder counts

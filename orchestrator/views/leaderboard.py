@@ -37,6 +37,7 @@ STATUS_STYLE = {
     TrialStatus.RUNNING: "yellow",
     TrialStatus.STOPPED: "magenta",
     TrialStatus.FAILED: "bold red",
+    TrialStatus.INTERRUPTED: "red",
     TrialStatus.PENDING: "dim",
 }
 BEST_STYLE = "bold green"
@@ -413,7 +414,7 @@ def stage_table(stage: dict[str, Any]) -> Table:
     notes.extend(
         f"{t['trial_id']} failed: {t['error'] or 'see its log'}" + (f" (log: {t['log']})" if t.get("log") else "")
         for t in stage["trials"]
-        if t["status"] == TrialStatus.FAILED
+        if t["status"] in (TrialStatus.FAILED, TrialStatus.INTERRUPTED)
     )
     if not stage["trials"]:
         notes.append(f"{stage['planned_trials']} trial(s) planned, none started")

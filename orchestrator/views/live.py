@@ -286,7 +286,7 @@ def _trial_ended(prefix: str, stage: str, trial: dict[str, Any]) -> list[Event]:
         f"{prefix} {stage} {trial['trial_id']} {status_label(trial['status'])}"
         f" after {trial['epochs_done']}/{trial['epochs']} epochs"
     )
-    if trial["status"] != TrialStatus.FAILED:
+    if trial["status"] not in (TrialStatus.FAILED, TrialStatus.INTERRUPTED):
         return [Event(head)]
     events = [Event(f"{head}: {trial['error'] or 'see its log'}", logging.ERROR)]
     if trial.get("log"):

@@ -1,0 +1,222 @@
+"""The fault matrix of docs/reliability.md that does not need a second node: damaged files left by an
+older crash or a bad disk, and the driver killed while it exports masks, evaluates on the test split
+or draws the report. Each ends, after `aavs resume`, with the uninterrupted run's best.json values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aavs.orchestrator.cli import main
+from aavs.orchestrator.experiment.repair import masks_problem
+
+pytestmark = [pytest.mark.slow]
+
+SPEC = {
+    "name": "faults",
+    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
+    "model": {"preset": "tiny"},
+    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
+    "stages": [
+        {
+            "name": "localize",
+            "task": "avss-binary",
+            "epochs": 2,
+            "max_videos": 2,
+            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
+        },
+        {
+            "name": "semantic",
+            "task": "avss",
+            "prior": "localize",
+            "init_from": "localize",
+            "epochs": 2,
+            "max_videos": 2,
+            "params": {"lr": 1.0e-3},
+        },
+    ],
+}
+
+
+def best_values(folder: Path) -> dict[str, tuple]:
+    out = {}
+    for stage in ("localize", "semantic"):
+        best = json.loads((folder / stage / "best.json").read_text())
+        out[stage] = (best["trial_id"], best["value"], best["checkpoint_sha256"], best["test"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted --local run of SPEC; read-only."""
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    assert main(["run", str(folder / "faults.yaml"), "--local", "--results", str(folder / "results")]) == 0
+    return folder / "results" / "faults"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_files_are_found_repaired_and_said(reference: Path, tmp_path, caplog):
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    assert main(["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(tmp_path)]) == 0
+    folder = tmp_path / "faults"  # (results folders hold absolute paths: damaged in place, not copied)
+    trials = folder / "localize" / "trials"
+    truncate(trials / "t000" / "best" / "model.safetensors")  # the lost best checkpoint: t000 trains again
+    truncate(trials / "t001" / "checkpoints" / "last" / "model" / "model.safetensors")  # finished: results stand
+    with open(trials / "t001" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "val/mi')  # a torn last line
+    (folder / "semantic" / "trials" / "t000" / "status.json").write_text("garbage{")
+    masks = sorted(p for p in (folder / "localize" / "masks").rglob("*.png"))
+    masks[len(masks) // 2].unlink()
+    (folder / "semantic" / "done.json").unlink()  # stage two had not finished
+
+    with caplog.at_level(logging.WARNING):
+        assert main(["resume", str(folder)]) == 0
+    said = caplog.text
+    assert f"{trials / 't000' / 'best' / 'model.safetensors'}: " in said and "trains again" in said
+    assert f"{trials / 't001' / 'checkpoints' / 'last' / 'model' / 'model.safetensors'}: " in said
+    assert "its results stand" in said
+    assert f"{trials / 't001' / 'metrics.jsonl'}: 1 torn line(s) dropped, 2 report(s) kept" in said
+    assert f"{folder / 'semantic' / 'trials' / 't000' / 'status.json'}: unreadable" in said
+    assert f"{masks[len(masks) // 2]}: missing; exporting the masks again" in said
+
+    assert best_values(folder) == best_values(reference)
+    assert masks_problem(folder / "localize" / "masks") is None
+    assert [json.loads(line)["epoch"] for line in (trials / "t001" / "metrics.jsonl").read_text().splitlines()] == [
+        0,
+        1,
+    ]
+    assert json.loads((folder / "semantic" / "trials" / "t000" / "status.json").read_text())["status"] == "done"
+    assert list((trials / "t000").glob(".damaged-*/best/model.safetensors"))  # kept for a post-mortem
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("task", ["masks", "test", "report"])
+def test_driver_killed_during_a_stage_task_resumes_to_the_same_results(reference: Path, tmp_path, task):
+    """SIGKILL as stage one's mask export, test evaluation or report starts; `aavs resume` finishes
+    with the uninterrupted run's values and never uses a half-written masks folder."""
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(tmp_path / "faults.yaml"), "--local"]
+        + ["--results", str(results)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    started = results / "faults" / "localize" / f"{task}.log.txt"
+    deadline = time.time() + 600
+    while time.time() < deadline and not started.exists():
+        assert proc.poll() is None, "the run ended before the task started"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the task
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (results / "faults" / "semantic" / "done.json").exists()
+
+    assert main(["resume", str(results / "faults")]) == 0
+    folder = results / "faults"
+    assert best_values(folder) == best_values(reference)
+    assert masks_problem(folder / "localize" / "masks") is None
+    assert not list((folder / "localize").glob(".masks.*.tmp"))
+    for stage in ("localize", "semantic"):
+        assert (folder / "report" / stage / "predictions.json").is_file()
+
+
+ONE_TRIAL = {
+    **SPEC,
+    "name": "one-trial",
+    "compute": {**SPEC["compute"], "max_failures": 1},
+    "stages": [dict(SPEC["stages"][0], epochs=4, params={"lr": 1.0e-3})],  # phase A: epochs 1 and 2
+}
+
+
+@pytest.mark.ray
+def test_a_trial_worker_killed_under_ray_is_retried_from_its_last_epoch(ray_cluster, tmp_path):
+    """The trial's process SIGKILLed after its first epoch (as the out-of-memory killer would): Tune
+    retries it (compute.max_failures), train_func resumes from checkpoints/last (not from scratch),
+    and the trial ends with the numbers of an uninterrupted run."""
+    import threading
+
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(ONE_TRIAL, sort_keys=False))
+    assert main(["run", str(tmp_path / "one.yaml"), "--local", "--results", str(tmp_path / "reference")]) == 0
+    trial = tmp_path / "results" / "one-trial" / "localize" / "trials" / "t000"
+    killed = []
+
+    def kill_after_first_epoch() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if (trial / "metrics.jsonl").is_file() and (trial / "node.json").is_file():
+                os.kill(json.loads((trial / "node.json").read_text())["pid"], signal.SIGKILL)
+                killed.append(True)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_first_epoch)
+    killer.start()
+    assert main(["run", str(tmp_path / "one.yaml"), "--results", str(tmp_path / "results")]) == 0
+    killer.join()
+    assert killed
+    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
+    reference = tmp_path / "reference" / "one-trial" / "localize" / "trials" / "t000"
+    assert [r["val/miou"] for r in rows] == [
+        json.loads(line)["val/miou"] for line in (reference / "metrics.jsonl").read_text().splitlines()
+    ]
+    best = json.loads((tmp_path / "results" / "one-trial" / "localize" / "best.json").read_text())
+    ref_best = json.loads((tmp_path / "reference" / "one-trial" / "localize" / "best.json").read_text())
+    assert (best["value"], best["checkpoint_sha256"]) == (ref_best["value"], ref_best["checkpoint_sha256"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs: a tiny trial's first epoch fits (best/ 6 MB, checkpoints/last/ 19 MB), the
+    second's staged state does not. Skips where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_path(synth_root, small_disk, tmp_path, capsys):
+    from aavs.orchestrator.experiment.repair import folder_problem
+
+    raw = {**ONE_TRIAL, "data": {"root": str(synth_root)}, "stages": [dict(ONE_TRIAL["stages"][0], epochs=2)]}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["run", str(tmp_path / "one.yaml"), "--local", "--results", str(small_disk)]) == 1
+    err = capsys.readouterr().err
+    trial = small_disk / "one-trial" / "localize" / "trials" / "t000"
+    assert "aavs: error: no space left on device while writing " in err and str(trial) in err
+    assert json.loads((trial / "status.json").read_text())["status"] == "interrupted"  # resume continues it
+    assert "no space left on device" in json.loads((trial / "status.json").read_text())["error"]
+    assert folder_problem(trial / "checkpoints" / "last") is None  # the first epoch's state, whole
+    assert json.loads((trial / "checkpoints" / "last" / "trainer.json").read_text())["state"]["epoch"] == 0
+    assert not [p for p in trial.rglob(".*") if p.name != ".damaged"]  # no staging or temporary left
+
+    # With room again, `aavs resume` continues from that state and ends as an uninterrupted run.
+    roomy = tmp_path / "roomy"
+    shutil.copytree(small_disk / "one-trial", roomy / "one-trial")
+    assert main(["resume", str(roomy / "one-trial")]) == 0
+    assert main(["run", str(tmp_path / "one.yaml"), "--local", "--results", str(tmp_path / "reference")]) == 0
+    resumed, reference = (
+        json.loads((root / "one-trial" / "localize" / "best.json").read_text())
+        for root in (roomy, tmp_path / "reference")
+    )
+    assert (resumed["value"], resumed["checkpoint_sha256"]) == (reference["value"], reference["checkpoint_sha256"])
