@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aavs.datasets.atomic import NoSpaceLeft
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import task_names
+from aavs.orchestrator.experiment.stopping import ExperimentStopped
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -254,6 +255,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.experiment.stages import results_path
+    from aavs.orchestrator.experiment.stopping import request_stop
+
+    sys.stdout.write(request_stop(results_path(args.results_dir)) + "\n")
+    return 0
+
+
 @contextlib.contextmanager
 def _run_console() -> Iterator[Console]:
     """The console of ``aavs run``/``resume``, on a duplicate of stdout's descriptor: a ``--local``
@@ -482,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("stop", help="ask a running experiment to stop (`aavs resume` continues it)")
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_stop)
+
     p = sub.add_parser("submit", help="run an experiment on a Ray cluster (Ray job submission)")
     p.add_argument("experiment", help="experiment file inside the working directory")
     p.add_argument("--address", default=DEFAULT_JOB_API, help=f"the cluster's job API (default: {DEFAULT_JOB_API})")
@@ -565,6 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         sys.stderr.write(f"aavs: error: {err}\n")
         return 2
+    except ExperimentStopped as err:
+        sys.stderr.write(f"aavs: {err}\n")
+        return 130
     except NoSpaceLeft as err:
         sys.stderr.write(f"aavs: error: {err.strerror}; free some space, then `aavs resume`\n")
         return 1

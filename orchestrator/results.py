@@ -10,6 +10,7 @@ them reads and writes it through this module, so its layout is stated once, here
     spec.json                             run (stages._save_spec)         leaderboard, report, predict,    SpecRecord
                                                                            logs
     run.json                              run                             resume (started_mode)            RunRecord
+    stop.json                             aavs stop, Ctrl-C               the driver, --local trials       StopRequest
     leaderboard.json                      the driver's live view          leaderboard, --watch, report     Leaderboard
     <stage>/inputs.json                   the driver, at a stage's start  the driver (supersede)           InputsRecord
     <stage>/best.json                     the driver, at a stage's end    driver, leaderboard, predict     BestTrial
@@ -79,6 +80,7 @@ PROVENANCE_FILE = "provenance.json"
 SCHEDULE_FILE = "schedule.json"
 SPEC_FILE = "spec.json"
 RUN_FILE = "run.json"
+STOP_FILE = "stop.json"
 LEADERBOARD_FILE = "leaderboard.json"
 INPUTS_FILE = "inputs.json"
 BEST_FILE = "best.json"
@@ -363,6 +365,29 @@ def write_run(results_dir: str | os.PathLike, mode: Literal["local", "ray"]) -> 
 
 def read_run(results_dir: str | os.PathLike) -> RunRecord | None:
     return _read(Path(results_dir) / RUN_FILE, RunRecord)
+
+
+class StopRequest(Record):
+    """``stop.json`` (format 2): ``aavs stop`` or Ctrl-C asked the running experiment to stop; the
+    run or resume that starts next removes it."""
+
+    time: float
+    host: str
+    pid: int
+    reason: str
+
+
+def write_stop(results_dir: str | os.PathLike, reason: str) -> None:
+    request = StopRequest(time=time.time(), host=socket.gethostname(), pid=os.getpid(), reason=reason)
+    _write(Path(results_dir) / STOP_FILE, request)
+
+
+def read_stop(results_dir: str | os.PathLike) -> StopRequest | None:
+    return _read(Path(results_dir) / STOP_FILE, StopRequest)
+
+
+def clear_stop(results_dir: str | os.PathLike) -> None:
+    (Path(results_dir) / STOP_FILE).unlink(missing_ok=True)
 
 
 class Progress(Record):

@@ -220,3 +220,69 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_path(synth_root, sm
         for root in (roomy, tmp_path / "reference")
     )
     assert (resumed["value"], resumed["checkpoint_sha256"]) == (reference["value"], reference["checkpoint_sha256"])
+
+
+def first_report(folder: Path) -> Path:
+    return folder / "localize" / "trials" / "t000" / "metrics.jsonl"
+
+
+@pytest.mark.parametrize("mode", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_aavs_stop_ends_the_run_resumably(reference: Path, tmp_path, capsys, mode, request):
+    """`aavs stop` from another terminal (here a thread) once the first epoch is reported: the run
+    ends with exit status 130 and says how to continue; `aavs resume` ends as an uninterrupted run."""
+    import threading
+
+    from aavs.orchestrator.experiment.stopping import request_stop
+
+    if mode == "ray":
+        request.getfixturevalue("ray_cluster")
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    folder = tmp_path / "results" / "faults"
+    said = []
+
+    def stop_after_first_epoch() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not first_report(folder).is_file():
+            time.sleep(0.02)
+        said.append(request_stop(folder))  # what `aavs stop` prints (a --local trial holds this stdout)
+
+    stopper = threading.Thread(target=stop_after_first_epoch)
+    stopper.start()
+    args = ["run", str(tmp_path / "faults.yaml"), "--results", str(tmp_path / "results")]
+    assert main(args + (["--local"] if mode == "local" else [])) == 130
+    stopper.join()
+    out = capsys.readouterr()
+    assert len(said) == 1 and said[0].endswith("to stop; running trials finish their current step")
+    assert f"aavs: stopped; `aavs resume {folder}` continues where it stopped" in out.err
+    statuses = [json.loads(p.read_text())["status"] for p in folder.glob("localize/trials/*/status.json")]
+    assert "interrupted" in statuses and not (folder / "localize" / "done.json").exists()
+
+    assert main(["resume", str(folder)]) == 0
+    assert best_values(folder) == best_values(reference)
+    assert not (folder / "stop.json").exists()
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_stops_after_the_step_and_resume_continues(reference: Path, tmp_path):
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    folder = tmp_path / "results" / "faults"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(tmp_path / "faults.yaml"), "--local"]
+        + ["--results", str(tmp_path / "results")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and not first_report(folder).is_file():
+        assert proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert f"aavs: stopped; `aavs resume {folder}` continues where it stopped" in err
+    said = err + (folder / "localize" / "trials" / "t000" / "log.txt").read_text()  # (--local: the trial's log)
+    assert "stopping: running trials finish their current step" in said
+    assert json.loads((folder / "localize" / "trials" / "t000" / "status.json").read_text())["status"] == "interrupted"
+    assert main(["resume", str(folder)]) == 0
+    assert best_values(folder) == best_values(reference)

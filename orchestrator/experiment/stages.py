@@ -54,7 +54,7 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.datasets.files import file_sha256
 from aavs.orchestrator import results
-from aavs.orchestrator.experiment import lock, repair
+from aavs.orchestrator.experiment import lock, repair, stopping
 from aavs.orchestrator.experiment.spec import (
     CONTINUOUS,
     TRIAL_INDEX,
@@ -100,9 +100,11 @@ def run_experiment(
     results_dir = results_path(results_root) / spec.name
     with lock.held(results_dir, force=force):
         results.open_results(results_dir, "run")
+        results.clear_stop(results_dir)
         _save_spec(results_dir, spec)
         results.write_run(results_dir, "local" if local else "ray")
-        run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
+        with stopping.stop_on_ctrl_c(results_dir):
+            run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
@@ -127,8 +129,10 @@ def resume_experiment(
         if local is None:
             local = started_mode(results_dir) == "local"
         check_runnable(spec, local)
+        results.clear_stop(results_dir)
         log.info("resuming %s %s", results_dir, "in this process (--local)" if local else "on Ray")
-        run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
+        with stopping.stop_on_ctrl_c(results_dir):
+            run_stages(spec, results_dir, local=local, console=console, verbose=verbose)
     return results_dir
 
 
@@ -607,7 +611,9 @@ class LocalRunner:
         same proposals, in the same order and with the same names, as under Ray with one trial at a time."""
         from aavs.orchestrator.experiment.search import drive_locally, make_searcher
         from aavs.orchestrator.experiment.trackers import log_local_trial
-        from aavs.orchestrator.recipe.train import TrainingDiverged, train_func
+        from aavs.orchestrator.recipe.train import TrainingDiverged, TrialStopped, train_func
+
+        base = {**base, "stop_file": str(self.results_dir / results.STOP_FILE)}
 
         def run(name: str, suggestion: dict[str, Any]) -> dict[str, Any] | None:
             config = trial_config(base, stage_dir, suggestion)
@@ -618,6 +624,8 @@ class LocalRunner:
                     _logged_trial(str(trial_dir), self.quiet, train_func, config)
                 except TrainingDiverged:
                     pass  # status.json says so; the search goes on with the other trials
+                except TrialStopped:
+                    raise stopping.ExperimentStopped(self.results_dir) from None
                 log_local_trial(self.spec, stage, self.results_dir, trial_dir)
             return last_report(trial_dir)
 
@@ -792,8 +800,15 @@ class RayRunner(LocalRunner):
                     failure_config=tune.FailureConfig(max_failures=c.max_failures),
                 ),
             )
-        with _without_tune_trial_tracebacks(self.quiet):
+        with _without_tune_trial_tracebacks(self.quiet), stopping.interrupting_tune_on_request(self.results_dir):
             tuner.fit()
+        if results.read_stop(self.results_dir) is not None:  # Tune ended the running trials: resumable
+            for trial_dir in trial_dirs(stage_dir):
+                status = results.read_status(trial_dir)
+                if status and status.status == results.TrialStatus.RUNNING:
+                    status.status, status.error = results.TrialStatus.INTERRUPTED, "stopped on request"
+                    results.write_status(trial_dir, status)
+            raise stopping.ExperimentStopped(self.results_dir)
         for trial_dir in trial_dirs(stage_dir):  # trials a scheduler stopped early end "stopped", not "running"
             status = results.read_status(trial_dir)
             if status and status.status == results.TrialStatus.RUNNING:

@@ -169,6 +169,9 @@ class TrainConfig(Hyperparameters):
     # Under Ray Tune: every this many epochs a report carries the trial's training state as a Tune
     # checkpoint, for population-based training to hand to other trials (0: never; reporter.py).
     report_checkpoints: int = Field(0, ge=0)
+    # --local: a file whose appearance (``aavs stop``, Ctrl-C) ends the trial after its current step
+    # (aavs.orchestrator.experiment.stopping); under Ray, Tune ends trials itself.
+    stop_file: str | None = None
 
     @model_validator(mode="after")
     def _task_defaults(self) -> TrainConfig:

@@ -155,7 +155,7 @@ def mark_failed(trial_dir: str | os.PathLike, err: BaseException) -> None:
     """``status.json`` says failed (interrupted, for a full disk), with the error and the log's path
     (the leaderboard shows both)."""
     status = results.read_status(trial_dir) or results.StatusRecord(status=TrialStatus.PENDING)
-    if status.status != TrialStatus.FAILED:  # train_func's own words win (a diverged loss)
+    if status.status not in (TrialStatus.FAILED, TrialStatus.INTERRUPTED):  # train_func's own words win
         # A full disk is not the trial's fault: interrupted, so that `aavs resume` continues it.
         interrupted = isinstance(err, atomic.NoSpaceLeft)
         status.status = TrialStatus.INTERRUPTED if interrupted else TrialStatus.FAILED

@@ -53,6 +53,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial stops and keeps its last good checkpoint."""
 
 
+class TrialStopped(Exception):
+    """``--local``: the trial ended on a stop request (``aavs stop``, Ctrl-C) after its current step;
+    ``aavs resume`` trains the epoch in progress again (aavs.orchestrator.experiment.stopping)."""
+
+
 def train_func(config: Mapping[str, Any]) -> dict[str, Any]:
     """Train one stage of one trial; returns the best metrics (also in ``status.json``)."""
     cfg = TrainConfig.load(config)
@@ -126,6 +131,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             )
     except TrainingDiverged as err:
         reporter.status(TrialStatus.FAILED, error=str(err))
+        raise
+    except TrialStopped as err:  # resumable: `aavs resume` trains the epoch in progress again
+        reporter.status(TrialStatus.INTERRUPTED, epoch=state.epoch + 1, epochs=cfg.epochs, error=str(err))
         raise
     finally:
         if accelerator is not None:
@@ -288,6 +296,8 @@ def _train_one_epoch(
         losses.append(value)
         frames += batch["pixel_values"].shape[0]
         t_ready = time.perf_counter()
+        if cfg.stop_file and os.path.exists(cfg.stop_file):
+            raise TrialStopped(f"stopped on request after epoch {epoch + 1}'s step {step + 1}")
     elapsed = time.perf_counter() - t_epoch
     return {
         "train/loss": float(np.mean(losses)) if losses else float("nan"),
