@@ -32,7 +32,7 @@ SPEC = {
             "name": "localize",
             "task": "avss-binary",
             "epochs": 2,
-            "max_videos": 2,
+            "max_videos": 1,
             "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
         },
         {
@@ -41,7 +41,7 @@ SPEC = {
             "prior": "localize",
             "init_from": "localize",
             "epochs": 2,
-            "max_videos": 2,
+            "max_videos": 1,
             "params": {"lr": 1.0e-3},
         },
     ],
@@ -104,31 +104,36 @@ def test_damaged_files_are_found_repaired_and_said(reference: Path, tmp_path, ca
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("task", ["masks", "test", "report"])
-def test_driver_killed_during_a_stage_task_resumes_to_the_same_results(reference: Path, tmp_path, task):
-    """SIGKILL as stage one's mask export, test evaluation or report starts; `aavs resume` finishes
-    with the uninterrupted run's values and never uses a half-written masks folder."""
+def test_driver_killed_during_each_stage_task_resumes_to_the_same_results(reference: Path, tmp_path):
+    """SIGKILL as stage one's mask export starts, then (resumed) as its test evaluation starts, then
+    (resumed again) as its report starts; the last `aavs resume` finishes with the uninterrupted run's
+    values and never uses a half-written masks folder."""
     (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     results = tmp_path / "results"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(tmp_path / "faults.yaml"), "--local"]
-        + ["--results", str(results)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    started = results / "faults" / "localize" / f"{task}.log.txt"
-    deadline = time.time() + 600
-    while time.time() < deadline and not started.exists():
-        assert proc.poll() is None, "the run ended before the task started"
-        time.sleep(0.02)
-    time.sleep(0.5)  # into the task
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert not (results / "faults" / "semantic" / "done.json").exists()
-
-    assert main(["resume", str(results / "faults")]) == 0
     folder = results / "faults"
+    commands = {
+        "masks": ["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(results)],
+        "test": ["resume", str(folder)],
+        "report": ["resume", str(folder)],
+    }
+    for task, command in commands.items():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aavs.orchestrator.cli", *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started = folder / "localize" / f"{task}.log.txt"
+        deadline = time.time() + 600
+        while time.time() < deadline and not started.exists():
+            assert proc.poll() is None, f"the run ended before the {task} task started"
+            time.sleep(0.02)
+        time.sleep(0.5)  # into the task
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert not (folder / "semantic" / "done.json").exists()
+
+    assert main(["resume", str(folder)]) == 0
     assert best_values(folder) == best_values(reference)
     assert masks_problem(folder / "localize" / "masks") is None
     assert not list((folder / "localize").glob(".masks.*.tmp"))
@@ -226,16 +231,15 @@ def first_report(folder: Path) -> Path:
     return folder / "localize" / "trials" / "t000" / "metrics.jsonl"
 
 
-@pytest.mark.parametrize("mode", ["local", pytest.param("ray", marks=pytest.mark.ray)])
-def test_aavs_stop_ends_the_run_resumably(reference: Path, tmp_path, capsys, mode, request):
+@pytest.mark.ray
+def test_aavs_stop_ends_a_ray_run_resumably(reference: Path, ray_cluster, tmp_path, capsys):
     """`aavs stop` from another terminal (here a thread) once the first epoch is reported: the run
-    ends with exit status 130 and says how to continue; `aavs resume` ends as an uninterrupted run."""
+    ends with exit status 130 and says how to continue; `aavs resume` ends as an uninterrupted run.
+    (--local's stop goes through the same request: test_ctrl_c_stops_after_the_step_and_resume_continues.)"""
     import threading
 
     from aavs.orchestrator.experiment.stopping import request_stop
 
-    if mode == "ray":
-        request.getfixturevalue("ray_cluster")
     (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     folder = tmp_path / "results" / "faults"
     said = []
@@ -244,12 +248,12 @@ def test_aavs_stop_ends_the_run_resumably(reference: Path, tmp_path, capsys, mod
         deadline = time.time() + 600
         while time.time() < deadline and not first_report(folder).is_file():
             time.sleep(0.02)
-        said.append(request_stop(folder))  # what `aavs stop` prints (a --local trial holds this stdout)
+        said.append(request_stop(folder))  # what `aavs stop` prints
 
     stopper = threading.Thread(target=stop_after_first_epoch)
     stopper.start()
     args = ["run", str(tmp_path / "faults.yaml"), "--results", str(tmp_path / "results")]
-    assert main(args + (["--local"] if mode == "local" else [])) == 130
+    assert main(args) == 130
     stopper.join()
     out = capsys.readouterr()
     assert len(said) == 1 and said[0].endswith("to stop; running trials finish their current step")
@@ -286,3 +290,85 @@ def test_ctrl_c_stops_after_the_step_and_resume_continues(reference: Path, tmp_p
     assert json.loads((folder / "localize" / "trials" / "t000" / "status.json").read_text())["status"] == "interrupted"
     assert main(["resume", str(folder)]) == 0
     assert best_values(folder) == best_values(reference)
+
+
+def test_the_leaderboard_never_fails_on_files_being_replaced(tiny_results: Path, tmp_path):
+    """What `aavs leaderboard --watch` reads while a run writes: status.json, best/metrics.json and
+    leaderboard.json replaced (atomically, as aavs writes them) and metrics.jsonl appended in pieces
+    (as a killed or slow writer leaves it) in a loop, while the leaderboard is loaded and drawn."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from aavs.datasets import atomic
+    from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard, write_leaderboard
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_results, folder)
+    trial = folder / "localize" / "trials" / "t000"
+    originals = {p: p.read_bytes() for p in (trial / "status.json", trial / "best" / "metrics.json")}
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            for path, data in originals.items():
+                atomic.write_bytes(path, data)
+            with open(trial / "metrics.jsonl", "a") as f:  # one report, written in two pieces
+                f.write('{"epoch": 9, "val/miou": 0.')
+                f.flush()
+                f.write(f"{n % 10}}}\n")
+            write_leaderboard(folder)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline, reads = time.time() + 3, 0
+        while time.time() < deadline:
+            board = load_leaderboard(folder)
+            Console(file=io.StringIO(), width=120).print(render_leaderboard(board))
+            assert [s["name"] for s in board["stages"]] == ["localize", "semantic"]
+            reads += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 10
+
+
+@pytest.mark.ray
+def test_one_of_two_ddp_workers_killed_restarts_the_train_run_from_its_last_epoch(ray_cluster, tmp_path):
+    """A two-worker DDP trial, one worker process SIGKILLed after the first epoch: Ray Train restarts
+    the worker group (compute.max_failures) and train_func resumes from checkpoints/last."""
+    import threading
+
+    from ray.util.state import list_actors
+
+    raw = {
+        **ONE_TRIAL,
+        "name": "ddp-kill",
+        "compute": {**ONE_TRIAL["compute"], "workers_per_trial": 2, "strategy": "ddp"},
+        "stages": [dict(ONE_TRIAL["stages"][0], max_videos=2)],
+    }
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    trial = tmp_path / "results" / "ddp-kill" / "localize" / "trials" / "t000"
+    killed = []
+
+    def kill_a_worker_after_the_first_epoch() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (trial / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        killed.append(workers[-1].pid)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_epoch)
+    killer.start()
+    assert main(["run", str(tmp_path / "ddp.yaml"), "--results", str(tmp_path / "results")]) == 0
+    killer.join()
+    assert killed
+    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
+    assert json.loads((trial / "status.json").read_text())["status"] == "done"
