@@ -257,12 +257,12 @@ def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
 
 
 # A shortened demo: two stage-one trials, one stage-two trial, FIFO, so that --local and Ray run the same trials.
-SHORT_DEMO = {
+SHORT_DEMO = {  # one video a step per epoch: what is compared is determinism, not learning
     **SPEC,
     "name": "short-demo",
     "stages": [
-        dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}),
-        dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1}),
+        dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}, max_videos=1),
+        dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1}, max_videos=1),
     ],
 }
 

@@ -48,9 +48,9 @@ SPEC = {
 }
 
 
-def best_values(folder: Path) -> dict[str, tuple]:
+def best_values(folder: Path, stages: tuple[str, ...] = ("localize", "semantic")) -> dict[str, tuple]:
     out = {}
-    for stage in ("localize", "semantic"):
+    for stage in stages:
         best = json.loads((folder / stage / "best.json").read_text())
         out[stage] = (best["trial_id"], best["value"], best["checkpoint_sha256"], best["test"])
     return out
@@ -240,7 +240,8 @@ def test_aavs_stop_ends_a_ray_run_resumably(reference: Path, ray_cluster, tmp_pa
 
     from aavs.orchestrator.experiment.stopping import request_stop
 
-    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    stage_one = {**SPEC, "stages": SPEC["stages"][:1]}  # stage one alone: its results are the reference's
+    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(stage_one, sort_keys=False))
     folder = tmp_path / "results" / "faults"
     said = []
 
@@ -262,7 +263,7 @@ def test_aavs_stop_ends_a_ray_run_resumably(reference: Path, ray_cluster, tmp_pa
     assert "interrupted" in statuses and not (folder / "localize" / "done.json").exists()
 
     assert main(["resume", str(folder)]) == 0
-    assert best_values(folder) == best_values(reference)
+    assert best_values(folder, ("localize",)) == best_values(reference, ("localize",))
     assert not (folder / "stop.json").exists()
 
 
