@@ -157,6 +157,11 @@ def _is_distribution(value: Any) -> bool:
     return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
 
 
+def configuration_key(params: Mapping[str, Any]) -> str:
+    """One configuration's trials (``repeats``) differ only in their seed: this is what they share."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
+
+
 def search_problem(search: str, params: Mapping[str, Any]) -> str | None:
     """Why ``params`` can't be searched with ``search`` (None: they can); checked when the file is read."""
     space = searched(params)

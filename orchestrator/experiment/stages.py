@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import re
@@ -60,6 +59,7 @@ from aavs.orchestrator.experiment.spec import (
     TRIAL_INDEX,
     ExperimentSpec,
     StageSpec,
+    configuration_key,
     fixed,
     load_spec,
     parse_spec,
@@ -370,13 +370,13 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
             prior=f"<masks of {stage.prior}'s best trial>" if stage.prior else None,
             init_from=f"<best checkpoint of {stage.init_from}>" if stage.init_from else None,
         )
-        fixed = {k: v for k, v in stage.params.items() if not isinstance(v, dict)}
-        resolved = TrainConfig.load({**config, **fixed, "trial_dir": "<trial folder>"})
+        given = fixed(stage.params)
+        resolved = TrainConfig.load({**config, **given, "trial_dir": "<trial folder>"})
         # The search spaces as written; model and compute are the experiment's, shown once below.
         shown = {**resolved.model_dump(mode="json", exclude={"trial_dir", "model", "compute"}), **stage.params}
         if stage.params["lr_b"] is None:
-            shown["lr_b"] = resolved.learning_rate_b if "lr" in fixed else "lr / 10"
-        if "adapter_warmup" in fixed:
+            shown["lr_b"] = resolved.learning_rate_b if "lr" in given else "lr / 10"
+        if "adapter_warmup" in given:
             shown["phase_b_from_epoch"] = resolved.phase_a_epochs
         stages[stage.name] = {**shown, "num_samples": stage.tune.num_samples}
     notes = []
@@ -509,11 +509,6 @@ def pick_best(stage: StageSpec, stage_dir: Path, data_root: Path) -> results.Bes
         configuration_mean=mean[configuration_key(params)],
         configuration_std=statistics.stdev(repeats) if len(repeats) > 1 else 0.0,
     )
-
-
-def configuration_key(params: Mapping[str, Any]) -> str:
-    """Trials of one configuration (repeats) differ only in their seed."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
 
 
 def checkpoint_digest(checkpoint: Path) -> str:
@@ -803,17 +798,9 @@ class RayRunner(LocalRunner):
         with _without_tune_trial_tracebacks(self.quiet), stopping.interrupting_tune_on_request(self.results_dir):
             tuner.fit()
         if results.read_stop(self.results_dir) is not None:  # Tune ended the running trials: resumable
-            for trial_dir in trial_dirs(stage_dir):
-                status = results.read_status(trial_dir)
-                if status and status.status == results.TrialStatus.RUNNING:
-                    status.status, status.error = results.TrialStatus.INTERRUPTED, "stopped on request"
-                    results.write_status(trial_dir, status)
+            _end_running_trials(stage_dir, results.TrialStatus.INTERRUPTED, "stopped on request")
             raise stopping.ExperimentStopped(self.results_dir)
-        for trial_dir in trial_dirs(stage_dir):  # trials a scheduler stopped early end "stopped", not "running"
-            status = results.read_status(trial_dir)
-            if status and status.status == results.TrialStatus.RUNNING:
-                status.status = results.TrialStatus.STOPPED
-                results.write_status(trial_dir, status)
+        _end_running_trials(stage_dir, results.TrialStatus.STOPPED)  # what a scheduler stopped early
         self._train_repaired_trials(stage, stage_dir, launch)
 
     def _train_repaired_trials(self, stage: StageSpec, stage_dir: Path, launch: dict[str, Any]) -> None:
@@ -841,6 +828,15 @@ class RayRunner(LocalRunner):
 
         task = ray.remote(_logged_call).options(**self._task_options(resources))
         return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args))
+
+
+def _end_running_trials(stage_dir: Path, status: results.TrialStatus, error: str | None = None) -> None:
+    """After Tune's run: the trials whose status.json still says running end ``status``."""
+    for trial_dir in trial_dirs(stage_dir):
+        record = results.read_status(trial_dir)
+        if record and record.status == results.TrialStatus.RUNNING:
+            record.status, record.error = status, error or record.error
+            results.write_status(trial_dir, record)
 
 
 class _TrialTaskFailed(logging.Filter):

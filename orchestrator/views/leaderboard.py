@@ -27,7 +27,7 @@ from rich.text import Text
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
 from aavs.orchestrator import results
-from aavs.orchestrator.experiment.spec import StageSpec, planned_trials
+from aavs.orchestrator.experiment.spec import StageSpec, configuration_key, fixed, planned_trials, searched
 from aavs.orchestrator.results import StageStatus, TrialStatus
 
 FILE = results.LEADERBOARD_FILE
@@ -135,7 +135,7 @@ def _epochs_done(stage: dict[str, Any]) -> int:
 def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
     stage_dir = results_dir / stage["name"]
     metric, mode = stage["tune"]["metric"], stage["tune"]["mode"]
-    searched = sorted(k for k, v in stage["params"].items() if isinstance(v, dict))
+    searched_keys = sorted(searched(stage["params"]))
     planned = planned_trials(StageSpec.model_validate(stage))
     prior_from = _upstream(results_dir, stage.get("prior"))
     init_from = _upstream(results_dir, stage.get("init_from"))
@@ -186,8 +186,8 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
         "status": status,
         "planned_trials": max(planned, len(trials)),
         "trial_count": len(trials),
-        "searched": searched,
-        "fixed": {k: v for k, v in stage["params"].items() if k not in searched},
+        "searched": searched_keys,
+        "fixed": fixed(stage["params"]),
         "repeats": repeats,
         "prior_from": prior_from,
         "init_from": init_from,
@@ -266,7 +266,7 @@ def _trial(results_dir: Path, trial_dir: Path, metric: str, mode: str, epochs: i
         if (trial_dir / "log.txt").exists()
         else None,  # aavs.orchestrator.recipe.output_capture
         "params": params,
-        "configuration": json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True),
+        "configuration": configuration_key(params),
         "schedule": [span.model_dump() for span in schedule.spans] if schedule and len(schedule.spans) > 1 else None,
         "epochs_done": len(rows),
         "epochs": int(config.get("epochs", epochs)),
