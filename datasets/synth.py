@@ -164,6 +164,18 @@ def _png(class_map: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def still_image(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """One still image of 2-4 objects with *every* object labelled by its class: (RGB image, class map
+    ``[S, S]`` int64). Images, not videos, and no audio: the stand-in for the image segmentation data
+    set a Mask2Former base is pre-trained on (ADE20k for the method), from which the tiny preset learns
+    what the objects look like but never which of them sounds (aavs.models.base_pretraining)."""
+    order = rng.permutation(len(SYNTH_CLASSES))
+    visible = [SYNTH_CLASSES[i] for i in order[: int(rng.integers(2, 5))]]
+    objects = _place_objects(rng, visible)
+    jpeg, class_map = _render_frame(rng, _background(rng), objects, {c.name for c in visible})
+    return Image.open(io.BytesIO(jpeg)).convert("RGB"), class_map
+
+
 # ------------------------------------------------------------------------------------------- audio
 def _tone(cls: SynthClass, n: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / SAMPLE_RATE
@@ -242,16 +254,27 @@ def _write_video(folder: Path, record: VideoRecord, rng: np.random.Generator) ->
     return sorted({c.name for second in sources for c in second})
 
 
-def write_synthetic_avsbench(out: str | os.PathLike, videos_per_split: int = 8, seed: int = 0) -> Path:
-    """Write the synthetic set to ``out`` (replacing it as a whole, atomically); returns ``out``."""
-    if videos_per_split < 1:
-        raise ValueError(f"videos_per_split must be >= 1, got {videos_per_split}")
+def write_synthetic_avsbench(
+    out: str | os.PathLike, videos_per_split: int = 8, seed: int = 0, eval_videos_per_split: int | None = None
+) -> Path:
+    """Write the synthetic set to ``out`` (replacing it as a whole, atomically); returns ``out``.
+
+    ``videos_per_split`` videos of each subset in each split; ``eval_videos_per_split``, when given, in
+    val and test instead (AVSBench's own val and test are far smaller than its train split). Video k of
+    a subset and split is the same whatever the counts.
+    """
+    counts = {split: videos_per_split for split in SPLITS}
+    if eval_videos_per_split is not None:
+        counts.update({split: eval_videos_per_split for split in SPLITS if split != "train"})
+    for key, value in (("videos_per_split", videos_per_split), ("eval_videos_per_split", eval_videos_per_split)):
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
     out = Path(out)
     rows = []
     with atomic_dir(out) as tmp:
         for s, subset in enumerate(SUBSETS):
             for p, split in enumerate(SPLITS):
-                for k in range(videos_per_split):
+                for k in range(counts[split]):
                     record = VideoRecord(uid=f"syn-{subset}-{split}-{k:04d}", subset=subset, split=split)
                     rng = np.random.default_rng([seed, s, p, k])
                     audible = _write_video(record.video_dir(tmp), record, rng)

@@ -713,7 +713,9 @@ def build_model(
     **overrides: Any,
 ) -> AAVS:
     """An AAVS network for ``task`` (s4, ms3, avss-binary: stage one; avss: stage two) on a preset
-    architecture (random weights) or a local pre-trained Mask2Former folder, in phase A.
+    architecture (random weights), a local pre-trained Mask2Former folder, or both: the preset's
+    architecture with its base weights from a folder pre-trained for it
+    (:mod:`aavs.models.base_pretraining`), frozen as the method keeps its pre-trained base. In phase A.
 
     ``classes`` are the semantic network's class names in index order, background first: the data's
     label2idx.json (:func:`aavs.datasets.layout.class_names`), AVSBench's 71 by default; the binary
@@ -721,23 +723,43 @@ def build_model(
     ``adapter_reduction`` or any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
     """
     get_task(task)
-    if (preset is None) == (pretrained is None):
-        raise InputError("give exactly one of a model preset (tiny, swin-base) or a pretrained Mask2Former folder")
+    if preset is None and pretrained is None:
+        raise InputError("give a model preset (tiny, swin-base), a pretrained Mask2Former folder, or both")
     if preset is not None:
         m2f_config, image_size = preset_config(preset, task, classes)
         base = preset
+        if pretrained is not None:  # the preset's network on a base pre-trained for it (base_pretraining)
+            base = str(check_base_dir(pretrained))
+            _check_preset_architecture(preset, m2f_config, load_base_config(Path(base)), Path(base))
     else:
         folder = check_base_dir(pretrained)
         m2f_config, image_size = load_base_config(folder), DEFAULT_IMAGE_SIZE
         for key, value in task_sizes(task, classes=classes).items():
             setattr(m2f_config, key, value)
         base = str(folder)
-    fields: dict[str, Any] = {"image_size": image_size, "train_base": preset == "tiny"}
+    # Only a preset's random base trains: a pre-trained one stays frozen, as the method keeps ADE20k's.
+    fields: dict[str, Any] = {"image_size": image_size, "train_base": preset == "tiny" and pretrained is None}
     _apply_overrides(m2f_config, fields, overrides)
     return build_from_config(AAVSConfig(task=task, base=base, mask2former=m2f_config, **fields))
 
 
 # ------------------------------------------------------------------------------------ helpers
+_ARCHITECTURE_FIELDS = ("hidden_dim", "feature_size", "mask_feature_size", "encoder_layers", "decoder_layers")
+_BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "patch_size")
+
+
+def _check_preset_architecture(preset: str, ours: Mask2FormerConfig, given: Mask2FormerConfig, folder: Path) -> None:
+    """A base folder given with a preset must hold that preset's architecture (its weights load into it)."""
+    pairs = [(f, getattr(ours, f), getattr(given, f, None)) for f in _ARCHITECTURE_FIELDS]
+    pairs += [
+        (f"backbone_config.{f}", getattr(ours.backbone_config, f), getattr(given.backbone_config, f, None))
+        for f in _BACKBONE_FIELDS
+    ]
+    wrong = [f"{name} {theirs!r} (the preset has {mine!r})" for name, mine, theirs in pairs if mine != theirs]
+    if wrong:
+        raise InputError(f"{folder / 'config.json'}: not the {preset} preset's architecture: {', '.join(wrong)}")
+
+
 @torch.no_grad()
 def copy_state(own: dict[str, Tensor], given: dict[str, Tensor], strict: bool, what: str) -> None:
     """Copy ``given`` into the tensors of ``own`` (a state dict of live tensors) after checking it all:

@@ -59,7 +59,12 @@ def _console():
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from aavs.datasets.synth import write_synthetic_avsbench
 
-    root = write_synthetic_avsbench(args.out, videos_per_split=args.videos_per_split, seed=args.seed)
+    root = write_synthetic_avsbench(
+        args.out,
+        videos_per_split=args.videos_per_split,
+        seed=args.seed,
+        eval_videos_per_split=args.eval_videos_per_split,
+    )
     log.info("wrote a synthetic AVSBench data set to %s", root)
     return 0
 
@@ -382,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write a small learnable AVSBench-format data set")
     p.add_argument("out")
     p.add_argument("--videos-per-split", type=int, default=8)
+    p.add_argument(
+        "--eval-videos-per-split", type=int, help="videos of each subset in val and test (default: as train)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth)
     p = data.add_parser("check", help="validate a data root and report every problem")

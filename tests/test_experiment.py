@@ -257,12 +257,18 @@ def test_two_worker_trial_through_ray_train(ray_cluster, tmp_path, strategy):
 
 
 # A shortened demo: two stage-one trials, one stage-two trial, FIFO, so that --local and Ray run the same trials.
-SHORT_DEMO = {  # one video a step per epoch: what is compared is determinism, not learning
+SHORT_DEMO = {  # the demo's shape, one video a step per epoch: what is compared is determinism, not learning
     **SPEC,
     "name": "short-demo",
+    "model": {"preset": "tiny", "pretrain": {"steps": 2, "images_per_step": 2}},
     "stages": [
         dict(SPEC["stages"][0], params={"lr": {"grid": [1.0e-3, 3.0e-3]}}, tune={"num_samples": 1}, max_videos=1),
-        dict(SPEC["stages"][1], params={"lr": 1.0e-3}, tune={"num_samples": 1}, max_videos=1),
+        {
+            **{k: v for k, v in SPEC["stages"][1].items() if k != "init_from"},  # from the base, as the demo
+            "params": {"lr": 1.0e-3},
+            "tune": {"num_samples": 1},
+            "max_videos": 1,
+        },
     ],
 }
 
@@ -284,10 +290,17 @@ def trial_numbers(results: Path) -> dict[str, list[float]]:
 def test_local_and_ray_give_the_same_numbers_and_a_resumed_run_ends_the_same(ray_cluster, tmp_path):
     """One-worker trials compute the same numbers in --local and under Ray (same thread count per trial,
     two trials at once on Ray); a Ray run killed in stage one and resumed (in the mode it started in)
-    ends with the uninterrupted run's values."""
+    ends with the uninterrupted run's values. The pre-trained base is the same in both modes, every
+    trial starts from it, and a resume reuses it."""
     spec_file = write_spec(tmp_path, SHORT_DEMO)
     assert main(["run", str(spec_file), "--local", "--results", str(tmp_path / "local")]) == 0
     assert main(["run", str(spec_file), "--results", str(tmp_path / "ray")]) == 0
+    bases = [tmp_path / mode / "short-demo" / "base" for mode in ("local", "ray")]
+    assert len({hashlib.sha256((b / "model.safetensors").read_bytes()).hexdigest() for b in bases}) == 1
+    for base in bases:
+        configs = sorted(base.parent.glob("*/trials/*/config.json"))
+        assert len(configs) == 3
+        assert {json.loads(c.read_text())["model"]["pretrained"] for c in configs} == {str(base.resolve())}
     local = trial_numbers(tmp_path / "local" / "short-demo")
     assert set(local) == {
         "localize/trials/t000",
@@ -313,5 +326,8 @@ def test_local_and_ray_give_the_same_numbers_and_a_resumed_run_ends_the_same(ray
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (killed / "short-demo" / "localize" / "done.json").exists()
+    record = killed / "short-demo" / "base" / "pretraining.json"
+    pretrained_at = record.stat().st_mtime_ns
     assert main(["resume", str(killed / "short-demo")]) == 0  # on Ray, as it was started
+    assert record.stat().st_mtime_ns == pretrained_at  # the base is not trained again
     assert trial_numbers(killed / "short-demo") == local

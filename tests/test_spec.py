@@ -147,7 +147,12 @@ def test_schema_is_printed_and_names_every_key(capsys):
             "compute.workers_per_trial=2",
             "x.yaml: compute.strategy: expected 'ddp' or 'deepspeed' when workers_per_trial > 1, got 'plain'",
         ),
-        ("model.pretrained=/somewhere", "x.yaml: model: expected exactly one of 'preset' or 'pretrained'"),
+        ("model={}", "x.yaml: model: expected 'preset', 'pretrained' or both"),
+        (
+            "model={pretrained: /somewhere, pretrain: {steps: 3}}",
+            "x.yaml: model: expected 'pretrain' with a 'preset' and no 'pretrained'",
+        ),
+        ("model.pretrain={steps: 0}", "x.yaml: model.pretrain.steps: expected"),
         ("name=../escape", "x.yaml: name: expected a plain name"),
         (
             "stages.0.prior=localize",
@@ -260,7 +265,7 @@ def test_print_config_shows_the_methods_defaults_and_runs_nothing(tmp_path, caps
 
     assert main(["run", str(REPO / "experiments" / "demo.yaml"), "--print-config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["model"]["train_base"] is True and "random weights" in shown["notes"][0]
+    assert shown["model"]["train_base"] is False and "pre-trained on synthetic still images" in shown["notes"][0]
     assert shown["stages"]["localize"]["lr"] == {"loguniform": [5.0e-4, 2.0e-3]}
     assert shown["stages"]["localize"]["lr_b"] == "lr / 10"
 

@@ -29,6 +29,8 @@ VENV_BIN = Path(sys.executable).parent
 # The demo made tiny: one trial per stage, one epoch, two videos per subset and split.
 SHORT = [
     "data.synthetic.videos_per_split=2",
+    "model.pretrain.steps=2",
+    "model.pretrain.images_per_step=2",
     "stages.localize.epochs=1",
     "stages.localize.tune.num_samples=1",
     "stages.localize.max_videos=2",

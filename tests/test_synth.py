@@ -128,3 +128,15 @@ def test_random_vggish_separates_the_classes(synth_root):
 def test_videos_per_split_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="videos_per_split"):
         write_synthetic_avsbench(tmp_path / "x", videos_per_split=0)
+    with pytest.raises(ValueError, match="eval_videos_per_split must be >= 1, got 0"):
+        write_synthetic_avsbench(tmp_path / "x", videos_per_split=1, eval_videos_per_split=0)
+
+
+def test_val_and_test_can_be_smaller_and_keep_their_videos(tmp_path):
+    same = _files(write_synthetic_avsbench(tmp_path / "same", videos_per_split=2, seed=3))
+    small = _files(write_synthetic_avsbench(tmp_path / "small", videos_per_split=2, seed=3, eval_videos_per_split=1))
+    rows = read_metadata(tmp_path / "small")
+    counts = {(r.subset, r.split): sum(1 for o in rows if (o.subset, o.split) == (r.subset, r.split)) for r in rows}
+    assert counts == {(s, p): 2 if p == "train" else 1 for s in ("v1s", "v1m", "v2") for p in ("train", "val", "test")}
+    assert {k for k in small if k != "metadata.csv"} < set(same)  # video k is the same video in both
+    assert all(small[k] == same[k] for k in small if k != "metadata.csv")

@@ -216,8 +216,9 @@ def planned_trials(stage: StageSpec) -> int:
 
 # ------------------------------------------------------------------------------------- sections
 class SyntheticData(Strict):
-    videos_per_split: int = Field(8, ge=1)
+    videos_per_split: int = Field(8, ge=1)  # of each subset in each split
     seed: int = Field(0, ge=0)
+    eval_videos_per_split: int | None = Field(None, ge=1)  # in val and test instead, when given
 
 
 class DataSpec(Strict):

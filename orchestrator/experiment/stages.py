@@ -10,6 +10,7 @@ goes under ``results/<name>/``::
     run.json                        how it was started (--local or Ray); `aavs resume` continues so
     lock.json                       while a run or resume is at work: who (aavs.orchestrator.experiment.lock)
     data/                           the synthetic data set (when the spec asks for one)
+    base/, base.log.txt             the preset's pre-trained base (with model.pretrain) and its output
     cache/                          audio embeddings, computed once for all trials and nodes
     <stage>/inputs.json             what the stage was run from (its hash decides "unchanged")
     <stage>/trials/t000/ ...        each trial's folder (train_func's metrics, checkpoints, status)
@@ -72,6 +73,8 @@ from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.config import Hyperparameters, TrainConfig
 from aavs.orchestrator.recipe.output_capture import captured, mark_failed, task_log, trial_log
 from aavs.orchestrator.recipe.threads import cpu_threads
+
+BASE_DIR = "base"  # model.pretrain's output under the results folder
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -193,6 +196,7 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
     cache = results_dir / "cache"
     _precompute_embeddings(spec, data_root, cache)
     runner = LocalRunner(spec, results_dir, quiet) if local else RayRunner(spec, results_dir, quiet)
+    inputs_spec, spec = spec, prepare_base(spec, results_dir, runner)  # stage inputs name the pretrain settings
     bests: dict[str, results.BestTrial] = {}
     needs_masks = {s.prior for s in spec.stages if s.prior}
 
@@ -220,7 +224,7 @@ def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: boo
     reported = False
     for stage in spec.stages:
         stage_dir = results_dir / stage.name
-        inputs = _stage_inputs(spec, stage, data_root, bests)
+        inputs = _stage_inputs(inputs_spec, stage, data_root, bests)
         digest = spec_hash(inputs)
         retrain = repair.repair_stage(stage_dir)  # what an older crash or a bad disk left
         done = results.read_done(stage_dir)
@@ -291,6 +295,48 @@ def prepare_data(spec: ExperimentSpec, results_dir: Path) -> Path:
     return root
 
 
+def prepare_base(spec: ExperimentSpec, results_dir: Path, runner: LocalRunner) -> ExperimentSpec:
+    """With ``model.pretrain``: the preset's base pre-trained once into ``<results>/base`` (again only when
+    its settings change), and the spec the trials get, whose model names that folder as ``pretrained``."""
+    from aavs.models.base_pretraining import pretrain_base, read_record
+
+    settings = spec.model.pretrain
+    if settings is None:
+        return spec
+    folder = results_dir / BASE_DIR
+    wanted = {"preset": spec.model.preset, **settings.model_dump()}
+    record = read_record(folder)
+    if record is None or {k: record.get(k) for k in wanted} != wanted:
+        if record is not None:
+            log.warning("model.pretrain changed: pre-training the base in %s again", folder)
+        log.info(
+            "pre-training the %s base: %d steps of %d synthetic images",
+            spec.model.preset,
+            settings.steps,
+            settings.images_per_step,
+        )
+        # It runs alone, before any trial: on every CPU of a machine (with one worker's GPUs, if any).
+        record = runner.call(
+            pretrain_base,
+            spec.model.preset,
+            str(folder),
+            settings.steps,
+            settings.images_per_step,
+            settings.lr,
+            settings.seed,
+            log_file=task_log(results_dir, "base"),
+            cpus=runner.node_cpus(),
+        )
+        log.info(
+            "base pre-trained in %.0f s: loss %.2f -> %.2f",
+            record["seconds"],
+            record["loss_first"],
+            record["loss_last"],
+        )
+    model = spec.model.model_copy(update={"pretrained": str(folder.resolve()), "pretrain": None})
+    return spec.model_copy(update={"model": model})
+
+
 def _precompute_embeddings(spec: ExperimentSpec, data_root: Path, cache: Path) -> None:
     """All audio embeddings once, here, before any trial starts (trials then only read the cache)."""
     from aavs.datasets.audio_features import embed_videos
@@ -311,9 +357,13 @@ def _stage_inputs(
     c = spec.compute
     return {
         "stage": stage.model_dump(mode="json", exclude=set(placement)),
-        "model": spec.model.model_dump(mode="json"),
+        # Keys added since a format's first release are left out while unset, so that a stage that
+        # completed before them stays complete.
+        "model": _without_unset(spec.model.model_dump(mode="json"), "pretrain"),
         "data": str(data_root),
-        "synthetic": spec.data.synthetic.model_dump() if spec.data.synthetic else None,
+        "synthetic": _without_unset(spec.data.synthetic.model_dump(), "eval_videos_per_split")
+        if spec.data.synthetic
+        else None,
         "compute": {
             "strategy": c.strategy,
             "zero_stage": c.deepspeed.zero_stage,
@@ -323,6 +373,10 @@ def _stage_inputs(
         "prior": upstream(stage.prior),
         "init_from": upstream(stage.init_from),
     }
+
+
+def _without_unset(values: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if not (k in keys and v is None)}
 
 
 def _supersede_if_changed(stage_dir: Path, digest: str) -> None:
@@ -380,11 +434,17 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
             shown["phase_b_from_epoch"] = resolved.phase_a_epochs
         stages[stage.name] = {**shown, "num_samples": stage.tune.num_samples}
     notes = []
-    train_base = spec.model.overrides.get("train_base", spec.model.preset == "tiny")
+    train_base = spec.model.trains_base
     if train_base:
         notes.append(
             f"model.preset {spec.model.preset} has random weights: its whole Mask2Former trains too "
             "(train_base), where the method keeps a pre-trained base frozen (docs/method.md §8)"
+        )
+    if spec.model.pretrain:
+        notes.append(
+            f"model.pretrain: the {spec.model.preset} preset's base is first pre-trained on synthetic still "
+            f"images ({results_dir / BASE_DIR}), the stand-in for the method's "
+            "ADE20k base; the stages keep it frozen (docs/method.md §8)"
         )
     if spec.compute.mixed_precision != "no":
         notes.append(f"compute.mixed_precision {spec.compute.mixed_precision}: the paper trains in fp32")
@@ -664,9 +724,15 @@ class LocalRunner:
         *args: Any,
         resources: dict[str, float] | None = None,
         log_file: Path | None = None,
+        cpus: float | None = None,
     ) -> Any:
-        """``fn(*args)`` where this runner runs its tasks (here: in this process), output in ``log_file``."""
-        return _logged_call(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args)
+        """``fn(*args)`` where this runner runs its tasks (here: in this process), output in ``log_file``,
+        on ``cpus`` (default: one worker's)."""
+        return _logged_call(str(log_file) if log_file else None, self.quiet, cpus or self.cpus, fn, *args)
+
+    def node_cpus(self) -> float:
+        """The CPUs of the largest machine a task can run on (here: this one)."""
+        return float(os.cpu_count() or 1)
 
 
 def _logged_call(log_file: str | None, quiet: bool, cpus: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -822,12 +888,25 @@ class RayRunner(LocalRunner):
         *args: Any,
         resources: dict[str, float] | None = None,
         log_file: Path | None = None,
+        cpus: float | None = None,
     ) -> Any:
-        """``fn(*args)`` as one Ray task with the resources of one worker, output in ``log_file``."""
+        """``fn(*args)`` as one Ray task with the resources of one worker (or ``cpus`` CPUs), output in
+        ``log_file``."""
         import ray
 
-        task = ray.remote(_logged_call).options(**self._task_options(resources))
-        return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, self.cpus, fn, *args))
+        options = self._task_options(resources)
+        if cpus:
+            options["num_cpus"] = cpus
+        task = ray.remote(_logged_call).options(**options)
+        return ray.get(task.remote(str(log_file) if log_file else None, self.quiet, cpus or self.cpus, fn, *args))
+
+    def node_cpus(self) -> float:
+        """The CPUs of the largest alive node that also has one worker's GPUs."""
+        import ray
+
+        gpus = self.spec.compute.gpus_per_worker
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) >= gpus]
+        return max((float(r.get("CPU", 0)) for r in nodes), default=0.0) or float(self.cpus)
 
 
 def _end_running_trials(stage_dir: Path, status: results.TrialStatus, error: str | None = None) -> None:

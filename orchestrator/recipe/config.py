@@ -80,22 +80,50 @@ LocalPath = Annotated[str, AfterValidator(_local_path)]
 Metric = Annotated[str, AfterValidator(_validation_metric)]
 
 
+class BasePretraining(Strict):
+    """Pre-train the preset's Mask2Former before the first stage, on synthetic still images with every
+    object labelled (:mod:`aavs.models.base_pretraining`): the stand-in for the ADE20k base a preset lacks.
+    The stages then start from it and keep it frozen, as the method keeps its pre-trained base."""
+
+    steps: int = Field(600, ge=1)
+    images_per_step: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
 class ModelConfig(Strict):
-    """The network: a registered ``type`` on a ``preset`` (random weights) or a local Hugging Face
-    Mask2Former folder (``pretrained``), plus the audio front end's VGGish files."""
+    """The network: a registered ``type`` on a ``preset`` (random weights), a local Hugging Face
+    Mask2Former folder (``pretrained``), or both (the preset's architecture on a folder pre-trained for
+    it); plus the audio front end's VGGish files.
+
+    ``pretrain`` (experiment files only, with a preset) makes that folder first: the run pre-trains the
+    preset into ``<results>/<name>/base`` and hands it to every trial as ``pretrained``."""
 
     type: Annotated[str, AfterValidator(_registered_model_type)] = DEFAULT_TYPE
     preset: Literal["tiny", "swin-base"] | None = None
     pretrained: LocalPath | None = None
+    pretrain: BasePretraining | None = None
     vggish: LocalPath | None = None  # None: random VGGish weights (a warning says so)
     vggish_pca: LocalPath | None = None  # AudioSet PCA on top of the raw embeddings (docs/method.md §2)
     overrides: dict[str, Any] = {}  # the network's configuration fields, e.g. {num_queries: 7}
 
     @model_validator(mode="after")
     def _one_base(self) -> ModelConfig:
-        if (self.preset is None) == (self.pretrained is None):
-            raise Expected("exactly one of 'preset' or 'pretrained'", got=self.model_dump(exclude_defaults=True))
+        if self.preset is None and self.pretrained is None:
+            raise Expected("'preset', 'pretrained' or both", got=self.model_dump(exclude_defaults=True))
+        if self.pretrain is not None and (self.preset is None or self.pretrained is not None):
+            raise Expected(
+                "'pretrain' with a 'preset' and no 'pretrained' (it pre-trains the preset's own base)",
+                got=self.model_dump(exclude_defaults=True),
+            )
         return self
+
+    @property
+    def trains_base(self) -> bool:
+        """Whether the whole Mask2Former trains: only a preset's random one (without ``pretrain``)."""
+        return bool(
+            self.overrides.get("train_base", self.preset == "tiny" and not self.pretrained and not self.pretrain)
+        )
 
 
 class DeepSpeedConfig(Strict):
