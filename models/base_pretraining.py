@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import Mask2FormerForUniversalSegmentation
 
 from aavs.datasets.atomic import atomic_dir
 from aavs.datasets.progress import track
 from aavs.datasets.synth import CLASS_NAMES, still_image
 from aavs.datasets.transforms import normalize_frames
+from aavs.models.modeling_aavs import frame_targets, resize_labels
 from aavs.models.presets import preset_config
 
 log = logging.getLogger(__name__)
@@ -40,21 +40,12 @@ RECORD = "pretraining.json"  # the settings and loss curve, written last: a fold
 _STREAM = 0x5EED  # the still images' own random stream, apart from every data set video's
 
 
-def _batch(rng: np.random.Generator, images: int, size: int) -> dict[str, Any]:
+def _batch(rng: np.random.Generator, images: int, size: int, num_labels: int) -> dict[str, Any]:
     """``images`` still images as Mask2Former's training inputs: one binary mask per present class."""
-    pictures, mask_labels, class_labels = [], [], []
-    for _ in range(images):
-        picture, class_map = still_image(rng)
-        small = np.asarray(Image.fromarray(class_map.astype(np.uint8)).resize((size, size), Image.NEAREST))
-        classes = np.unique(small)  # [K] present classes, background (0) included
-        pictures.append(picture)
-        class_labels.append(torch.from_numpy(classes.astype(np.int64)))
-        mask_labels.append(torch.from_numpy(small[None] == classes[:, None, None]).float())  # [K, s, s]
-    return {
-        "pixel_values": normalize_frames(pictures, size),
-        "mask_labels": mask_labels,
-        "class_labels": class_labels,
-    }
+    pictures, class_maps = zip(*(still_image(rng) for _ in range(images)))
+    labels = resize_labels(torch.from_numpy(np.stack(class_maps)), size)  # [B, size, size], as AAVS's loss
+    mask_labels, class_labels = frame_targets(labels, num_labels)
+    return {"pixel_values": normalize_frames(pictures, size), "mask_labels": mask_labels, "class_labels": class_labels}
 
 
 def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -91,7 +82,7 @@ def pretrain_base(
         model = Mask2FormerForUniversalSegmentation(config).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
         for step in track(range(steps), f"pre-training the {preset} base"):
-            batch = _batch(rng, images_per_step, size)
+            batch = _batch(rng, images_per_step, size, config.num_labels)
             loss = model(
                 pixel_values=batch["pixel_values"].to(device),
                 mask_labels=[m.to(device) for m in batch["mask_labels"]],
