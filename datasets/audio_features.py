@@ -34,6 +34,15 @@ from aavs.datasets.atomic import atomic_path
 from aavs.datasets.errors import InputError
 from aavs.datasets.files import file_sha256
 from aavs.datasets.layout import VideoRecord, read_metadata
+from aavs.datasets.progress import track
+from aavs.models.vggish import (
+    RANDOM_INIT_IDENTITY,
+    build_vggish,
+    feature_mode,
+    random_vggish,
+    warn_random_init,
+    weights_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +175,6 @@ class _LazyModel:
     """Loads VGGish only when a clip misses the cache (the identity is needed for every lookup)."""
 
     def __init__(self, vggish: str | os.PathLike | None, vggish_pca: str | os.PathLike | None) -> None:
-        from aavs.models.vggish import feature_mode, weights_identity
-
         self.identity = weights_identity(vggish, vggish_pca)  # also refuses PCA without weights up front
         self.mode = feature_mode(vggish_pca)
         self._files = (vggish, vggish_pca)
@@ -175,8 +182,6 @@ class _LazyModel:
 
     @property
     def model(self) -> torch.nn.Module:
-        from aavs.models.vggish import build_vggish, random_vggish
-
         if self._model is None:
             weights, pca = self._files
             self._model = random_vggish().eval() if weights is None else build_vggish(weights, pca)
@@ -190,9 +195,6 @@ def _embed_all(
     vggish_pca: str | os.PathLike | None,
     cache_dir: str | os.PathLike | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from aavs.datasets.progress import track
-    from aavs.models.vggish import RANDOM_INIT_IDENTITY, warn_random_init
-
     lazy = _LazyModel(vggish, vggish_pca)
     if lazy.identity == RANDOM_INIT_IDENTITY:
         warn_random_init()  # cached or not, these embeddings are not VGGish's

@@ -28,6 +28,7 @@ from aavs.datasets.audio_features import align_to_frames, embed_videos
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import VideoRecord, select_videos
 from aavs.datasets.masks import first_missing, read_binary_masks, read_colour, read_sounding
+from aavs.datasets.progress import track
 from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE, normalize_resized, resize_frame
 
@@ -177,8 +178,6 @@ class AVSBenchDataset(Dataset):
         return per_frame * sum(r.num_frames for r in self.records)
 
     def _load_all(self) -> list[dict[str, np.ndarray]]:
-        from aavs.datasets.progress import track
-
         arrays = [self._load_arrays(record) for record in track(self.records, f"decoding {self.task}/{self.split}")]
         log.debug("%s/%s: %d videos decoded into memory", self.task, self.split, len(self.records))
         return arrays

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from PIL import Image
+from rich.console import Console
+from rich.table import Table
 
 from aavs.datasets.layout import LABEL2IDX, MAX_CLASSES, VideoRecord, label2idx_problems, parse_metadata
 from aavs.datasets.palette import unknown_colours
+from aavs.datasets.progress import track
 
 # Audio more than this much shorter than the clip (one second per frame) is reported.
 MAX_AUDIO_SHORTFALL_S = 1.0
@@ -61,8 +64,6 @@ def _check_label2idx(path: Path) -> tuple[list[Problem], int]:
 
 
 def _check_videos(root: Path, records: list[VideoRecord], num_classes: int) -> list[Problem]:
-    from aavs.datasets.progress import track
-
     problems: list[Problem] = []
     for record in track(records, "checking videos"):
         problems += check_video(root, record, num_classes)
@@ -156,10 +157,8 @@ def _check_audio(path: Path, frames: int) -> list[Problem]:
     return []
 
 
-def render_problems(console, root: str | os.PathLike, problems: list[Problem]) -> None:
+def render_problems(console: Console, root: str | os.PathLike, problems: list[Problem]) -> None:
     """A rich table of the problems, or a green line saying the root is clean."""
-    from rich.table import Table
-
     if not problems:
         console.print(f"[green]{root}: clean, no problems found[/green]")
         return

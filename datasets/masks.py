@@ -82,7 +82,7 @@ def read_gray(path: Path, resample: Literal["bilinear", "nearest"] = "bilinear")
         image = image.convert("L")
     values = np.asarray(image.convert("F"), dtype=np.float32)
     if values.shape != (MASK_SIZE, MASK_SIZE):
-        method = Image.BILINEAR if resample == "bilinear" else Image.NEAREST
+        method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
         values = np.asarray(Image.fromarray(values, mode="F").resize((MASK_SIZE, MASK_SIZE), method))
     return np.clip(values / 255.0, 0.0, 1.0).astype(np.float32)
 

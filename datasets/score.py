@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import MAX_CLASSES, class_names, select_videos
@@ -37,7 +39,7 @@ def score_predictions(
     for record in records:
         frames = record.annotated_frames
         target = np.stack([read_colour(record.mask_path(data_root, i), num_classes) for i in frames])  # [t, 224, 224]
-        if binary:
+        if isinstance(metric, BinaryMetric):  # the task is binary
             prob = read_binary_masks(pred_root, record, frames, resample="nearest")  # [t, 224, 224]
             metric.update(prob >= 0.5, prob, target != 0)
         else:
@@ -45,10 +47,8 @@ def score_predictions(
     return metric.compute()
 
 
-def render_scores(console, scores: dict[str, float], title: str) -> None:
+def render_scores(console: Console, scores: dict[str, float], title: str) -> None:
     """The scores as a rich table, in percent."""
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value (%)", justify="right")

@@ -168,7 +168,8 @@ def still_image(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
     """One still image of 2-4 objects with *every* object labelled by its class: (RGB image, class map
     ``[S, S]`` int64). Images, not videos, and no audio: the stand-in for the image segmentation data
     set a Mask2Former base is pre-trained on (ADE20k for the method), from which the tiny preset learns
-    what the objects look like but never which of them sounds (aavs.models.base_pretraining)."""
+    what the objects look like but never which of them sounds
+    (aavs.orchestrator.recipe.base_pretraining)."""
     order = rng.permutation(len(SYNTH_CLASSES))
     visible = [SYNTH_CLASSES[i] for i in order[: int(rng.integers(2, 5))]]
     objects = _place_objects(rng, visible)

@@ -34,7 +34,7 @@ def resize_frame(frame: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """One RGB frame resized (PIL bilinear) to ``[size, size, 3]`` uint8."""
     image = _as_image(frame)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -56,7 +56,7 @@ def resize_mask(mask: np.ndarray, size: int = MASK_SIZE) -> np.ndarray:
     if mask.shape == (size, size):
         return mask
     image = Image.fromarray(mask.astype(np.int32), mode="I")
-    return np.asarray(image.resize((size, size), Image.NEAREST)).astype(mask.dtype)
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)).astype(mask.dtype)
 
 
 # OpenCV's uint8 arithmetic, reproduced so that the binary training targets match the reference's

@@ -27,9 +27,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from aavs.datasets.audio_features import (
     EXAMPLE_FRAMES,
@@ -44,6 +46,7 @@ from aavs.datasets.audio_features import (
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import FRAMES_PER_SUBSET
 from aavs.datasets.transforms import resize_frame
+from aavs.models.vggish import feature_mode, load_vggish, weights_identity
 
 if TYPE_CHECKING:  # imported when first needed (_av), named in annotations
     import av
@@ -70,8 +73,9 @@ def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------- opening
-def _av():
-    import av
+def _av() -> ModuleType:
+    """PyAV, imported on first use."""
+    import av  # here, not at the top: PyAV loads FFmpeg's libraries, which only video input needs
 
     return av
 
@@ -87,7 +91,8 @@ def open_video(path: str | os.PathLike) -> Iterator[av.container.InputContainer]
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as err:
         raise InputError(
-            f"{path}: not a readable video (empty, truncated or not a media file: {err.strerror or err})"
+            f"{path}: not a readable video (empty, truncated or not a media file: "
+            f"{getattr(err, 'strerror', None) or err})"
         ) from None
     try:
         if not container.streams.video:
@@ -100,13 +105,21 @@ def open_video(path: str | os.PathLike) -> Iterator[av.container.InputContainer]
         container.close()
 
 
-def _start(stream) -> Fraction:
-    return Fraction(stream.start_time or 0) * stream.time_base
+def _time_base(timed: av.stream.Stream | av.frame.Frame) -> Fraction:
+    """The time base of a demuxed stream or a decoded frame, which FFmpeg always sets (PyAV's types
+    allow None)."""
+    if timed.time_base is None:
+        raise InputError(f"{timed}: no time base (not a timed media stream)")
+    return timed.time_base
 
 
-def _declared_seconds(container, stream) -> float | None:
+def _start(stream: av.video.stream.VideoStream) -> Fraction:
+    return Fraction(stream.start_time or 0) * _time_base(stream)
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
     if stream.duration:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * _time_base(stream))
     return container.duration / 1e6 if container.duration else None
 
 
@@ -155,7 +168,7 @@ def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fract
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
-            time_s = Fraction(frame.pts) * frame.time_base - origin
+            time_s = Fraction(frame.pts) * _time_base(frame) - origin
             if previous is not None:
                 yield previous[0], time_s, previous[1]
             previous = (time_s, frame)
@@ -170,9 +183,9 @@ def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fract
             )
 
 
-def _frame_duration(frame: av.VideoFrame, stream) -> Fraction:
+def _frame_duration(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> Fraction:
     if frame.duration:
-        return Fraction(frame.duration) * frame.time_base
+        return Fraction(frame.duration) * _time_base(frame)
     rate = stream.average_rate or stream.guessed_rate
     return Fraction(1) / Fraction(rate) if rate else Fraction(0)
 
@@ -260,15 +273,11 @@ class WindowEmbedder:
         vggish_pca: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        from aavs.models.vggish import feature_mode, weights_identity
-
         self._files = (vggish, vggish_pca)
         self.cache = EmbeddingCache(weights_identity(vggish, vggish_pca), feature_mode(vggish_pca), cache_dir)
-        self._model = None
+        self._model: torch.nn.Module | None = None
 
-    def _network(self):
-        from aavs.models.vggish import load_vggish
-
+    def _network(self) -> torch.nn.Module:
         if self._model is None:
             self._model = load_vggish(*self._files)[0]
         return self._model
@@ -285,7 +294,7 @@ class WindowEmbedder:
         return align_to_frames(embedding, num_frames)
 
 
-def _examples(samples: np.ndarray, rate: int):
+def _examples(samples: np.ndarray, rate: int) -> torch.Tensor:
     examples = waveform_to_examples(samples, rate)
     if len(examples) == 0:
         padded = np.zeros(math.ceil(EXAMPLE_SAMPLES * rate / SAMPLE_RATE) + 1)
@@ -358,11 +367,13 @@ def write_video(
             container.mux(stream.encode(frame))
         if stream is not None:
             container.mux(stream.encode(None))
-        if sound is not None:
+        if sound is not None and audio is not None:
             _write_audio(sound, container, audio[0])
 
 
-def _write_audio(stream, container, samples: np.ndarray) -> None:
+def _write_audio(
+    stream: av.audio.stream.AudioStream, container: av.container.OutputContainer, samples: np.ndarray
+) -> None:
     av = _av()
     frame = av.AudioFrame.from_ndarray(np.asarray(samples, dtype=np.int16)[None, :], format="s16", layout="mono")
     frame.sample_rate, frame.pts = stream.rate, 0

@@ -20,8 +20,6 @@ _EXPORTS = {
     "build_model": "modeling_aavs",
     "set_phase": "modeling_aavs",
     "phase_parameter_groups": "modeling_aavs",
-    "sounding_probability": "modeling_aavs",
-    "predicted_labels": "modeling_aavs",
     "AAVSConfig": "configuration_aavs",
     "SegmentationModel": "protocol",
     "save_checkpoint": "checkpoint",

@@ -16,7 +16,7 @@ names and values, so base checkpoints load unchanged, and the adapter appears as
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import torch
 from torch import nn
@@ -45,11 +45,15 @@ class BottleneckAdapter(nn.Sequential):
         hidden = dim // reduction
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
+    def _linears(self) -> tuple[nn.Linear, nn.Linear]:
+        """The down and the up projection (``nn.Sequential`` indexes as plain modules)."""
+        return cast(nn.Linear, self[0]), cast(nn.Linear, self[2])
+
     @torch.no_grad()
     def normal_(self, std: float) -> BottleneckAdapter:
         """Weights N(0, std), biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
         Linear inside the pixel-level module (Swin and pixel decoder) that the checkpoint lacked."""
-        for layer in (self[0], self[2]):
+        for layer in self._linears():
             nn.init.normal_(layer.weight, mean=0.0, std=std)
             nn.init.zeros_(layer.bias)
         return self
@@ -58,7 +62,7 @@ class BottleneckAdapter(nn.Sequential):
     def xavier_uniform_(self, gain: float = 1.0) -> BottleneckAdapter:
         """Xavier-uniform weights, biases zero: what transformers 4.35's Mask2Former ``_init_weights`` gave a
         Linear inside a masked-attention decoder layer that the checkpoint lacked."""
-        for layer in (self[0], self[2]):
+        for layer in self._linears():
             nn.init.xavier_uniform_(layer.weight, gain=gain)
             nn.init.zeros_(layer.bias)
         return self

@@ -41,6 +41,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -297,7 +298,7 @@ def import_released(
         raise InputError(
             f"{path} predicts {released_classes} classes but {which} has {describe_classes(list(labels.values()))}"
         )
-    sizes = {"num_queries": state[_QUERY_FEATURES].shape[0]}
+    sizes: dict[str, Any] = {"num_queries": state[_QUERY_FEATURES].shape[0]}
     if base in PRESETS:
         model = build_model(task, preset=base, classes=classes, **sizes)
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from transformers import Mask2FormerConfig
 
@@ -78,13 +78,19 @@ class AAVSConfig:
         return get_task(self.task).takes_prior
 
     @property
+    def id2label(self) -> dict[int, str]:
+        """The Mask2Former config's id2label, which a config always has (two labels by default) and whose
+        keys it makes ints; its annotation allows None and str keys."""
+        return cast(dict[int, str], self.mask2former.id2label)
+
+    @property
     def num_labels(self) -> int:
-        return self.mask2former.num_labels
+        return len(self.id2label)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """The network's classes in index order, background first (its id2label)."""
-        return tuple(self.mask2former.id2label[i] for i in range(self.num_labels))
+        return tuple(self.id2label[i] for i in range(self.num_labels))
 
     @property
     def num_queries(self) -> int:
@@ -107,7 +113,8 @@ class AAVSConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AAVSConfig:
+    def from_dict(cls, data: Any) -> AAVSConfig:
+        """The config of ``to_dict``'s dict; an InputError for anything else (its keys are checked here)."""
         expected = {"task", "base", "image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction", "mask2former"}
         optional = {"train_base"}
         if not isinstance(data, dict) or not expected <= set(data) <= expected | optional:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
+from transformers import SwinConfig
 
 from aavs.models.adapters import AdaptedLinear
 from aavs.models.modeling_aavs import PARTS, build_model, phase_parts
@@ -25,7 +26,7 @@ def model_info(
     config = model.config
     parts = {part: sum(p.numel() for _, p in params) for part, params in model.parameter_parts().items()}
     m2f = config.mask2former
-    swin = m2f.backbone_config
+    swin = cast(SwinConfig, m2f.backbone_config)  # AAVS builds on Swin only (its adapters are Swin's)
     return {
         "task": config.task,
         "base": config.base,

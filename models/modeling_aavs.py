@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,14 +49,14 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskedAttentionDecoder,
     Mask2FormerMaskPredictor,
 )
-from transformers.models.swin.modeling_swin import SwinBackbone, SwinDropPath
+from transformers.models.swin.modeling_swin import SwinBackbone, SwinDropPath, SwinLayer
 from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE, normalize_frames
-from aavs.models.adapters import AdaptedLinear, attach_adapter, promote
+from aavs.models.adapters import AdaptedLinear, AdapterMode, attach_adapter, promote
 from aavs.models.configuration_aavs import AAVSConfig
 from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
 
@@ -120,6 +120,12 @@ class AAVSOutput(ModelOutput):
     masks_queries_logits: Tensor | None = None
     auxiliary_logits: list[dict[str, Tensor]] | None = None
 
+    def logits(self) -> tuple[Tensor, Tensor]:
+        """``(masks_queries_logits, class_queries_logits)``, which every forward pass sets."""
+        if self.masks_queries_logits is None or self.class_queries_logits is None:
+            raise ValueError("this output holds no mask and class logits")
+        return self.masks_queries_logits, self.class_queries_logits
+
 
 @dataclass
 class DecoderConditioning:
@@ -167,7 +173,9 @@ class AAVSMaskPredictor(Mask2FormerMaskPredictor):
 
     pending_attention_mask: Tensor | None
 
-    def forward(self, outputs: Tensor, pixel_embeddings: Tensor, attention_mask_target_size: Any = None):
+    def forward(
+        self, outputs: Tensor, pixel_embeddings: Tensor, attention_mask_target_size: Any = None
+    ) -> tuple[Tensor, Tensor]:
         predicted_mask, attention_mask = super().forward(outputs, pixel_embeddings, attention_mask_target_size)
         if self.pending_attention_mask is not None:
             attention_mask, self.pending_attention_mask = self.pending_attention_mask, None
@@ -184,22 +192,32 @@ class AAVSMaskedAttentionDecoder(Mask2FormerMaskedAttentionDecoder):
 
     conditioning: DecoderConditioning | None
     prior_embeddings: nn.Embedding | None
+    mask_predictor: AAVSMaskPredictor  # promoted with the decoder (AAVS.__init__)
 
+    # transformers annotates the two per-level arguments as one Tensor; its transformer module passes lists.
     def forward(
         self,
         inputs_embeds: Tensor | None = None,  # [Q, N, D] query features F
-        multi_stage_positional_embeddings: list[Tensor] | None = None,  # per level [h*w, N, D]
+        multi_stage_positional_embeddings: list[Tensor] | None = None,  # type: ignore[override]  # per level [h*w, N, D]
         pixel_embeddings: Tensor | None = None,  # [N, D_mask, S/4, S/4] mask features
-        encoder_hidden_states: list[Tensor] | None = None,
+        encoder_hidden_states: list[Tensor] | None = None,  # type: ignore[override]
         query_position_embeddings: Tensor | None = None,  # [Q, N, D] query position embeddings E
-        feature_size_list: list | None = None,  # per level (h, w)
+        feature_size_list: list[Sequence[int]] | None = None,  # per level (h, w)
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ):
+    ) -> Any:
         conditioning = self.conditioning
         if conditioning is None:
             raise RuntimeError("the AAVS decoder needs the frames' audio: call the AAVS module, not its Mask2Former")
+        if (
+            inputs_embeds is None
+            or multi_stage_positional_embeddings is None
+            or pixel_embeddings is None
+            or query_position_embeddings is None
+            or feature_size_list is None
+        ):
+            raise ValueError("the AAVS decoder needs the query, position and pixel embeddings and the feature sizes")
         inputs_embeds = adaptive_query_features(inputs_embeds, query_position_embeddings, conditioning.audio)
         prior = conditioning.prior
         if prior is not None:
@@ -215,9 +233,9 @@ class AAVSMaskedAttentionDecoder(Mask2FormerMaskedAttentionDecoder):
         try:
             return super().forward(
                 inputs_embeds=inputs_embeds,
-                multi_stage_positional_embeddings=multi_stage_positional_embeddings,
+                multi_stage_positional_embeddings=multi_stage_positional_embeddings,  # type: ignore[arg-type]
                 pixel_embeddings=pixel_embeddings,
-                encoder_hidden_states=encoder_hidden_states,
+                encoder_hidden_states=encoder_hidden_states,  # type: ignore[arg-type]
                 query_position_embeddings=query_position_embeddings,
                 feature_size_list=feature_size_list,
                 output_attentions=output_attentions,
@@ -254,6 +272,13 @@ class AAVS(nn.Module):
         )
         self.model = mask2former
         self._add_adapters()
+        # Risk: private transformers API. The promotions below swap the class of two internal Mask2Former
+        # modules in place, so they rely on what no release promises: the attribute paths
+        # (transformer_module.decoder, decoder.mask_predictor), the two internal classes and their
+        # forward signatures (our overrides call super().forward by keyword), and the decoder taking
+        # each layer's attention mask from its mask predictor. tests/test_private_apis.py pins the
+        # signatures (transformers < 6); a release that changes the rest changes the outputs, which
+        # tests/test_reference_parity.py compares with the reference's.
         decoder = promote(mask2former.model.transformer_module.decoder, AAVSMaskedAttentionDecoder)
         decoder.conditioning = None
         decoder.prior_embeddings = nn.Embedding(3, hidden) if config.takes_prior else None
@@ -264,18 +289,19 @@ class AAVS(nn.Module):
         self.phase: str | None = None
         set_phase(self, "A")
 
-    def _swin_blocks(self) -> list[nn.Module]:
+    def _swin_blocks(self) -> list[SwinLayer]:
+        """Every Swin block, stage by stage (``modules()`` walks depth first, in order)."""
         backbone = self.model.model.pixel_level_module.encoder
         if not isinstance(backbone, SwinBackbone):
             raise InputError(f"AAVS needs a Swin backbone, the Mask2Former config has {type(backbone).__name__}")
-        return [block for stage in backbone.swin.encoder.layers for block in stage.blocks]
+        return [block for block in backbone.swin.encoder.layers.modules() if isinstance(block, SwinLayer)]
 
     def _add_adapters(self) -> None:
         reduction = self.config.adapter_reduction
         for block in self._swin_blocks():
             attach_adapter(block.attention.o_proj, "residual", reduction)
             attach_adapter(block.mlp.fc2, "residual", reduction)
-        mode = "follow" if self.config.semantic else "replace"
+        mode: AdapterMode = "follow" if self.config.semantic else "replace"
         for layer in self.model.model.pixel_level_module.decoder.encoder.layers:
             attach_adapter(layer.self_attn.output_proj, mode, reduction)
         for layer in self.model.model.transformer_module.decoder.layers:
@@ -358,7 +384,7 @@ class AAVS(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """:func:`aavs.models.checkpoint.save_checkpoint` of this network."""
-        from aavs.models.checkpoint import save_checkpoint  # checkpoint.py builds on this module
+        from aavs.models.checkpoint import save_checkpoint  # here, not at the top: checkpoint.py imports this module
 
         return save_checkpoint(self, folder)
 
@@ -418,15 +444,18 @@ class AAVS(nn.Module):
         mask_labels, class_labels = frame_targets(
             resize_labels(targets, self.config.image_size), self.config.num_labels
         )
-        index = index.to(output.masks_queries_logits.device)
+        masks_logits, class_logits = output.logits()
+        index = index.to(masks_logits.device)
         # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
-        # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them.
+        # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them. transformers
+        # annotates the targets and auxiliary predictions as one Tensor (one dict); they are per-frame
+        # (per-layer) lists.
         loss_dict = self.model.get_loss_dict(
-            masks_queries_logits=output.masks_queries_logits[index].float(),
-            class_queries_logits=output.class_queries_logits[index].float(),
-            mask_labels=[m.float() for m in mask_labels],
-            class_labels=class_labels,
-            auxiliary_predictions=[
+            masks_queries_logits=masks_logits[index].float(),
+            class_queries_logits=class_logits[index].float(),
+            mask_labels=[m.float() for m in mask_labels],  # type: ignore[arg-type]
+            class_labels=class_labels,  # type: ignore[arg-type]
+            auxiliary_predictions=[  # type: ignore[arg-type]
                 {k: v[index].float() for k, v in aux.items()} for aux in output.auxiliary_logits or []
             ],
         )
@@ -441,7 +470,7 @@ class AAVS(nn.Module):
         """
         size = (self.config.image_size, self.config.image_size)
         scores = []
-        for masks, classes in zip(output.masks_queries_logits, output.class_queries_logits):
+        for masks, classes in zip(*output.logits()):
             masks = F.interpolate(masks.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]  # [Q, S, S]
             probs = classes.softmax(-1)[:, :-1]  # [Q, C]
             frame = torch.einsum("qc,qhw->chw", probs, masks.sigmoid())  # [C, S, S]
@@ -497,17 +526,7 @@ class AAVS(nn.Module):
         return torch.cat(scores)
 
 
-# ------------------------------------------------------------------------------ score helpers
-def sounding_probability(scores: Tensor) -> Tensor:
-    """Binary networks: ``[N, 2, H, W]`` scores -> ``sigmoid(2 * s1 - s0)`` ``[N, H, W]`` (the F-score's probability)."""
-    return torch.sigmoid(2 * scores[:, 1] - scores[:, 0])
-
-
-def predicted_labels(scores: Tensor) -> Tensor:
-    """``[N, C, H, W]`` scores -> ``[N, H, W]`` int64 argmax class (binary: 1 = sounding)."""
-    return scores.argmax(1)
-
-
+# ----------------------------------------------------------------------------- loss targets
 def resize_labels(labels: Tensor, size: int) -> Tensor:
     """Label maps ``[N, H, W]`` -> ``[N, size, size]`` by nearest neighbour at pixel centres (source
     index ``floor((i + 0.5) * H / size)``, PIL's NEAREST rule): the reference's loss targets are its
@@ -662,7 +681,7 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
     folder = check_base_dir(config.base)
     try:
         with _quiet_transformers():  # its load report and progress bar; we log what matters below
-            mask2former, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+            loaded = Mask2FormerForUniversalSegmentation.from_pretrained(
                 str(folder),
                 config=config.mask2former,
                 local_files_only=True,
@@ -672,6 +691,8 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
             )
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         raise InputError(f"{folder}: could not load the Mask2Former weights ({type(err).__name__}: {err})") from err
+    # output_loading_info=True: (model, info), which from_pretrained's annotation does not say.
+    mask2former, info = cast(tuple[Mask2FormerForUniversalSegmentation, dict[str, Any]], loaded)
     resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
     if resized:
         log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))
@@ -715,7 +736,8 @@ def build_model(
     """An AAVS network for ``task`` (s4, ms3, avss-binary: stage one; avss: stage two) on a preset
     architecture (random weights), a local pre-trained Mask2Former folder, or both: the preset's
     architecture with its base weights from a folder pre-trained for it
-    (:mod:`aavs.models.base_pretraining`), frozen as the method keeps its pre-trained base. In phase A.
+    (:mod:`aavs.orchestrator.recipe.base_pretraining`), frozen as the method keeps its pre-trained base.
+    In phase A.
 
     ``classes`` are the semantic network's class names in index order, background first: the data's
     label2idx.json (:func:`aavs.datasets.layout.class_names`), AVSBench's 71 by default; the binary
@@ -723,20 +745,20 @@ def build_model(
     ``adapter_reduction`` or any Mask2Former config field (``num_queries``, ``train_num_points``, ...).
     """
     get_task(task)
-    if preset is None and pretrained is None:
-        raise InputError("give a model preset (tiny, swin-base), a pretrained Mask2Former folder, or both")
     if preset is not None:
         m2f_config, image_size = preset_config(preset, task, classes)
         base = preset
         if pretrained is not None:  # the preset's network on a base pre-trained for it (base_pretraining)
             base = str(check_base_dir(pretrained))
             _check_preset_architecture(preset, m2f_config, load_base_config(Path(base)), Path(base))
-    else:
+    elif pretrained is not None:
         folder = check_base_dir(pretrained)
         m2f_config, image_size = load_base_config(folder), DEFAULT_IMAGE_SIZE
         for key, value in task_sizes(task, classes=classes).items():
             setattr(m2f_config, key, value)
         base = str(folder)
+    else:
+        raise InputError("give a model preset (tiny, swin-base), a pretrained Mask2Former folder, or both")
     # Only a preset's random base trains: a pre-trained one stays frozen, as the method keeps ADE20k's.
     fields: dict[str, Any] = {"image_size": image_size, "train_base": preset == "tiny" and pretrained is None}
     _apply_overrides(m2f_config, fields, overrides)

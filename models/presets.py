@@ -26,8 +26,9 @@ from transformers import Mask2FormerConfig, SwinConfig
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
 from aavs.models.configuration_aavs import task_labels
+from aavs.models.registry import model_presets
 
-PRESETS = ("tiny", "swin-base")
+PRESETS = model_presets("aavs")  # listed once, in the registry's entry (the CLI reads it without transformers)
 SWIN_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 DEFAULT_IMAGE_SIZE = 384  # docs/method.md §1: frames go into the network at 384 x 384
 
@@ -63,7 +64,7 @@ def _swin_base() -> tuple[Mask2FormerConfig, int]:
         window_size=12,
         mlp_ratio=4.0,
         drop_path_rate=0.3,
-        out_features=SWIN_STAGES,
+        out_features=SWIN_STAGES,  # type: ignore[call-arg]  # a keyword of SwinConfig.__post_init__
     )
     config = Mask2FormerConfig(
         backbone_config=backbone,
@@ -90,7 +91,7 @@ def _tiny() -> tuple[Mask2FormerConfig, int]:
         window_size=4,
         mlp_ratio=2.0,
         drop_path_rate=0.0,
-        out_features=SWIN_STAGES,
+        out_features=SWIN_STAGES,  # type: ignore[call-arg]  # a keyword of SwinConfig.__post_init__
     )
     config = Mask2FormerConfig(
         backbone_config=backbone,

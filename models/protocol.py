@@ -15,10 +15,12 @@ only records the name and ``phase_parameter_groups`` returns every trainable par
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 
 @runtime_checkable
@@ -86,3 +88,18 @@ class SegmentationModel(Protocol):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write a checkpoint folder that the registry's ``load`` reads back."""
+
+    # What the recipe and evaluation use of ``nn.Module`` itself.
+    training: bool
+
+    def train(self, mode: bool = True) -> Any:
+        """``nn.Module.train``."""
+
+    def eval(self) -> Any:
+        """``nn.Module.eval``."""
+
+    def to(self, device: torch.device | str) -> Any:
+        """``nn.Module.to``: the network on ``device``."""
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """``nn.Module.parameters``."""

@@ -8,7 +8,14 @@ does not import torch or transformers. A type's functions:
   classes: the data's label2idx.json names for a semantic task, else None), in phase A;
 - ``load(path, base=None, task=None)``: a network from a checkpoint folder its ``save_pretrained``
   wrote (the type may also accept other formats: AAVS reads released ``.pth`` files);
-- ``read_weights(folder)``: a checkpoint folder's tensors without building a network.
+- ``read_weights(folder)``: a checkpoint folder's tensors without building a network;
+- optional, for the command line: ``info(*, preset, pretrained, task, classes)`` (a dict; ``aavs
+  model-info --json`` prints its ``total_params``, ``trainable_params`` and ``adapter_params``),
+  ``render_info(console, info)`` (its rich tables), and ``import_released(released, *, base, task, out,
+  classes)`` (``aavs import-checkpoint``: a released checkpoint converted to a folder ``load`` reads).
+
+An entry also lists its ``presets``: the built-in architectures ``model.preset`` may name, known
+without importing the model.
 
 The networks implement :class:`aavs.models.protocol.SegmentationModel`, whose ``config.model_type``
 is the entry's name. Adding a model: its module(s), and one :func:`register` call below.
@@ -17,6 +24,7 @@ is the entry's name. Adding a model: its module(s), and one :func:`register` cal
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +49,16 @@ class ModelType:
     build: str
     load: str
     read_weights: str
+    presets: tuple[str, ...] = ()
+    info: str = ""
+    render_info: str = ""
+    import_released: str = ""
 
     def function(self, role: str) -> Callable[..., Any]:
-        """The function registered for ``role`` (``build``, ``load`` or ``read_weights``), imported now."""
+        """The function registered for ``role`` (``build``, ``load``, ``read_weights``, ``info``,
+        ``render_info`` or ``import_released``), imported now; an InputError if the type has none."""
+        if not getattr(self, role):
+            raise InputError(f"model type {self.name!r} has no {role} function")
         module, attribute = getattr(self, role).split(":")
         return getattr(importlib.import_module(module), attribute)
 
@@ -69,6 +84,11 @@ def get_model_type(name: str) -> ModelType:
     if entry is None:
         raise InputError(f"model.type {name!r} is not a known model type: expected one of {', '.join(_TYPES)}")
     return entry
+
+
+def model_presets(model_type: str = DEFAULT_TYPE) -> tuple[str, ...]:
+    """The preset names ``model_type`` builds (``model.preset``, ``aavs model-info --preset``)."""
+    return get_model_type(model_type).presets
 
 
 def build(
@@ -98,6 +118,18 @@ def read_weights(folder: str | Path, model_type: str = DEFAULT_TYPE) -> dict[str
     return get_model_type(model_type).function("read_weights")(folder)
 
 
+def read_checkpoint_classes(checkpoint_dir: str | Path) -> list[str] | None:
+    """The class names, in index order, that a checkpoint folder records in its ``aavs.json``
+    (aavs.models.checkpoint's META_FILE); None when it records none or cannot be read. Reads that file
+    only, so a view of a results folder (the leaderboard) shows them without importing torch."""
+    try:
+        meta = json.loads((Path(checkpoint_dir) / "aavs.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
 register(
     ModelType(
         name="aavs",
@@ -105,5 +137,9 @@ register(
         build="aavs.models.modeling_aavs:build_model",
         load="aavs.models.checkpoint:load_model",
         read_weights="aavs.models.checkpoint:read_weights",
+        presets=("tiny", "swin-base"),
+        info="aavs.models.info:model_info",
+        render_info="aavs.models.info:render_model_info",
+        import_released="aavs.models.checkpoint:import_released_checkpoint",
     )
 )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from aavs.datasets.errors import InputError
+from aavs.datasets.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ class VGGish(nn.Module):
         return torch.round((x - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_tensors(path: Path, expected: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"{path}: VGGish file missing (expected {expected})")
@@ -163,7 +156,8 @@ def random_vggish() -> VGGish:
             for layer in model.modules():
                 if isinstance(layer, (nn.Conv2d, nn.Linear)):
                     nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                    nn.init.zeros_(layer.bias)
+                    if layer.bias is not None:  # always: both are built with biases
+                        nn.init.zeros_(layer.bias)
     return model
 
 
@@ -180,7 +174,7 @@ def weights_identity(weights: str | os.PathLike | None = None, pca: str | os.Pat
             continue
         if not Path(path).is_file():
             raise InputError(f"{path}: VGGish {label} file missing")
-        digest.update(f"{label}:{_sha256(Path(path))};".encode())
+        digest.update(f"{label}:{file_sha256(path)};".encode())
     return f"sha256-{digest.hexdigest()}"
 
 

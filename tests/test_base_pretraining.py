@@ -12,8 +12,11 @@ from safetensors.torch import load_file
 
 from aavs.datasets import synth
 from aavs.datasets.errors import InputError
-from aavs.models.base_pretraining import RECORD, pretrain_base, read_record
 from aavs.models.modeling_aavs import build_model
+from aavs.orchestrator.experiment.preparation import prepare_base
+from aavs.orchestrator.experiment.runners.local import LocalRunner
+from aavs.orchestrator.experiment.spec import parse_spec
+from aavs.orchestrator.recipe.base_pretraining import RECORD, pretrain_base, read_record
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,6 @@ def test_a_base_of_another_architecture_is_refused_naming_the_field(base, tmp_pa
 
 
 def test_an_experiment_pretrains_its_base_once_and_again_only_when_the_settings_change(tmp_path, caplog):
-    from aavs.orchestrator.experiment.spec import parse_spec
-    from aavs.orchestrator.experiment.stages import LocalRunner, prepare_base
-
     raw = {
         "name": "with-base",
         "data": {"synthetic": {"videos_per_split": 1}},

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from aavs.datasets.errors import InputError
-from aavs.models import build_model, phase_parameter_groups, set_phase, sounding_probability
+from aavs.datasets.layout import AVSBENCH_CLASSES, class_names
+from aavs.models import build_model, phase_parameter_groups, set_phase
 from aavs.models.adapters import AdaptedLinear
 from aavs.models.modeling_aavs import AAVSOutput, frame_targets
 
@@ -90,11 +91,6 @@ def test_class_scores_are_query_sums_of_class_probability_times_mask():
     # two queries add up
     out2 = AAVSOutput(class_queries_logits=torch.zeros(1, 2, 3), masks_queries_logits=masks.repeat(1, 2, 1, 1))
     assert torch.allclose(model.class_scores(out2), 2 * scores, atol=1e-6)
-
-
-def test_sounding_probability():
-    scores = torch.tensor([[[[0.2]], [[0.7]]]])  # s0 = 0.2, s1 = 0.7
-    assert torch.allclose(sounding_probability(scores), torch.sigmoid(torch.tensor([[[1.2]]])))
 
 
 def test_bad_inputs_are_named():
@@ -384,8 +380,6 @@ def test_no_selected_frame_gives_a_zero_loss_with_a_graph():
 # ------------------------------------------------------------------------------------ classes
 def test_the_semantic_head_has_the_data_classes(synth_root):
     """A data root's label2idx.json of N classes gives an N-class head (N + 1 with no-object)."""
-    from aavs.datasets.layout import AVSBENCH_CLASSES, class_names
-
     classes = class_names(synth_root)
     assert len(classes) == 9
     torch.manual_seed(0)

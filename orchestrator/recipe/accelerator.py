@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
@@ -21,6 +22,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.recipe.config import ComputeConfig
+from aavs.orchestrator.recipe.device import pick_device
 
 
 def _free_port() -> int:
@@ -45,10 +47,10 @@ def _ensure_single_process_env() -> None:
 
 def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float | None, micro_batch: int) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
-    use_cpu = compute.cpu or not torch.cuda.is_available()
+    use_cpu = pick_device(compute.cpu).type == "cpu"
     if compute.mixed_precision == "fp16" and use_cpu:
         raise InputError("compute.mixed_precision: fp16 needs a GPU; use 'bf16' or 'no' on the CPU")
-    kwargs = dict(mixed_precision=compute.mixed_precision, gradient_accumulation_steps=grad_accum)
+    kwargs: dict[str, Any] = dict(mixed_precision=compute.mixed_precision, gradient_accumulation_steps=grad_accum)
     if compute.strategy == "deepspeed":
         _ensure_single_process_env()
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(

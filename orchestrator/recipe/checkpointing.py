@@ -32,9 +32,8 @@ from accelerate import Accelerator
 from accelerate.checkpointing import load_accelerator_state
 
 from aavs.datasets import atomic
+from aavs.orchestrator.results import BEST, LAST, load_json
 
-LAST = "checkpoints/last"
-BEST = "best"
 STATE = "accelerate"  # the Accelerator.save_state folder inside LAST
 
 
@@ -48,10 +47,9 @@ class TrainerState:
 
 
 def read_trainer_state(trial_dir: Path) -> TrainerState | None:
-    path = trial_dir / LAST / "trainer.json"
-    if not path.exists():
-        return None
-    return TrainerState(**json.loads(path.read_text())["state"])
+    """The state ``checkpoints/last`` was saved with; None before the first epoch ended."""
+    saved = load_json(trial_dir / LAST / "trainer.json")
+    return None if saved is None else TrainerState(**saved["state"])
 
 
 def save_last(

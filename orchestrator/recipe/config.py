@@ -82,8 +82,9 @@ Metric = Annotated[str, AfterValidator(_validation_metric)]
 
 class BasePretraining(Strict):
     """Pre-train the preset's Mask2Former before the first stage, on synthetic still images with every
-    object labelled (:mod:`aavs.models.base_pretraining`): the stand-in for the ADE20k base a preset lacks.
-    The stages then start from it and keep it frozen, as the method keeps its pre-trained base."""
+    object labelled (:mod:`aavs.orchestrator.recipe.base_pretraining`): the stand-in for the ADE20k base
+    a preset lacks. The stages then start from it and keep it frozen, as the method keeps its pre-trained
+    base."""
 
     steps: int = Field(600, ge=1)
     images_per_step: int = Field(8, ge=1)

@@ -26,6 +26,7 @@ from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 from aavs.datasets.tasks import MASK_EXPORT_TASK, Task, get_task, same_kind
 from aavs.models import registry
 from aavs.models.protocol import SegmentationModel
+from aavs.orchestrator.recipe.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch
     return inputs
 
 
-def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+def weights_dtype(model: torch.nn.Module | SegmentationModel) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
@@ -121,7 +122,7 @@ def accumulate(
         out = model(**model_inputs(batch, device, dtype))
         scores = model.class_scores(out).float().cpu()  # [T, C, 224, 224]
         ann = batch["annotated"]
-        if binary:
+        if isinstance(metric, BinaryMetric):  # the task is binary
             pred = scores[:, 1] > scores[:, 0]
             prob = torch.sigmoid(2 * scores[:, 1] - scores[:, 0])
             if ann.any():
@@ -174,10 +175,6 @@ def check_classes(model: SegmentationModel, checkpoint: str | Path, data: str | 
         raise InputError(problem)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -193,7 +190,7 @@ def evaluate_checkpoint(
     """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
     model = registry.load(checkpoint, base=base, task=task)
     check_classes(model, checkpoint, data)
-    model.to(_device())
+    model.to(pick_device())
     task = task or model.config.task
     if get_task(model.config.task).takes_prior and prior is None:
         log.warning("evaluating a stage-two network without --prior: it runs as the stage-one AAVS")
@@ -207,7 +204,7 @@ def evaluate_checkpoint(
         vggish_pca=vggish_pca,
         cache_dir=cache_dir,
     )
-    return evaluate(model, dataset, task, _device(), save_masks=save_masks)
+    return evaluate(model, dataset, task, pick_device(), save_masks=save_masks)
 
 
 def export_masks(
@@ -223,7 +220,7 @@ def export_masks(
 
     Returns the metrics of each split as a by-product (the masks and the metrics come from one pass).
     """
-    model = registry.load(checkpoint).to(_device())
+    model = registry.load(checkpoint).to(pick_device())
     if get_task(model.config.task).semantic:
         raise InputError(
             f"{checkpoint}: mask export needs a binary (stage-one) network, this one is {model.config.task}"
@@ -239,5 +236,5 @@ def export_masks(
             vggish_pca=vggish_pca,
             cache_dir=cache_dir,
         )
-        scores[split] = evaluate(model, dataset, MASK_EXPORT_TASK, _device(), save_masks=out)
+        scores[split] = evaluate(model, dataset, MASK_EXPORT_TASK, pick_device(), save_masks=out)
     return scores

@@ -39,11 +39,10 @@ from typing import NamedTuple, TextIO
 from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
-from aavs.orchestrator.results import TrialStatus
+from aavs.orchestrator.results import TRIAL_LOG, TrialStatus
 
 log = logging.getLogger(__name__)
 
-TRIAL_LOG = "log.txt"
 TASK_LOGS = ("masks", "test", "report")  # <stage>/<task>.log.txt
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

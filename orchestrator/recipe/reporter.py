@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aavs.orchestrator import results
+from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.results import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class RayReporter(LocalReporter):
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None, append: bool = True) -> None:
         super().report(metrics, checkpoint, append)
         metrics = _ray_safe(metrics)
+        # ray here, not at the top: a --local trial never imports it (seconds of start-up).
         if _in_train_worker():
             import ray.train
 
@@ -94,8 +96,6 @@ def exchange_folder(trial_dir: Path) -> Iterator[Path]:
     """The trial's whole training state as one folder for Tune to keep (a copy: Tune persists it
     during the report): ``last/`` (weights, optimizer, RNG, trainer state), ``best/`` (the checkpoint
     phase B starts from) and ``origin.json`` (which trial, which epoch). See adopt_exchanged_state."""
-    from aavs.orchestrator.recipe import checkpointing
-
     state = checkpointing.read_trainer_state(trial_dir)
     with tempfile.TemporaryDirectory(dir=trial_dir, prefix=".exchange-") as tmp:
         folder = Path(tmp)
@@ -113,7 +113,7 @@ def _ray_safe(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _in_train_worker() -> bool:
     try:
-        import ray.train
+        import ray.train  # here, not at the top: ray (see RayReporter.report)
 
         ray.train.get_context().get_world_rank()
         return True
@@ -124,7 +124,7 @@ def _in_train_worker() -> bool:
 def _in_tune_trial() -> bool:
     """Inside a Tune trial: Tune's public context knows the trial's id (outside one it warns and says None)."""
     try:
-        import ray.tune
+        import ray.tune  # here, not at the top: ray (see RayReporter.report)
     except ImportError:
         return False
     with warnings.catch_warnings():

@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from aavs.datasets import atomic
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
+from aavs.datasets.layout import class_names
 from aavs.datasets.tasks import get_task
 from aavs.models import registry
 from aavs.models.protocol import SegmentationModel
@@ -88,7 +90,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     start = 0 if state is None else state.epoch + 1
     state = state or checkpointing.TrainerState()
-    accelerator = optimizer = train_set = val_set = None
+    accelerator: Accelerator | None = None
+    data: tuple[AVSBenchDataset, AVSBenchDataset] | None = None  # train and val
     try:
         for epoch in range(start, cfg.epochs):
             phase = cfg.phase_of(epoch)
@@ -98,8 +101,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 resumed = epoch == start and start > 0
                 model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
                 state.phase = phase
-            if train_set is None:  # the network decides the input size
-                train_set, val_set = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
+            if data is None:  # the network decides the input size
+                data = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
+            train_set, val_set = data
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
             metrics = evaluate(
                 accelerator.unwrap_model(model),
@@ -110,7 +114,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 world=world,
                 num_workers=cfg.compute.loader_workers,
             )
-            row = {"epoch": epoch, "phase": phase, **train_stats, **{f"val/{k}": v for k, v in metrics.items()}}
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "phase": phase,
+                **train_stats,
+                **{f"val/{k}": v for k, v in metrics.items()},
+            }
             improved = _is_better(row[cfg.metric], state.best_value, cfg.mode)
             if improved:
                 state.best_value, state.best_epoch = float(row[cfg.metric]), epoch
@@ -144,7 +153,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- phases
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
     """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
-    common = dict(
+    common: dict[str, Any] = dict(
         image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca, cache_dir=cfg.audio_cache
     )
     train = AVSBenchDataset(
@@ -156,8 +165,6 @@ def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBe
 def _build(cfg: TrainConfig) -> SegmentationModel:
     """The stage's network, of the registered ``model.type``; a semantic task's predicts the data's
     classes (its label2idx.json)."""
-    from aavs.datasets.layout import class_names
-
     spec = cfg.model
     classes = class_names(cfg.data_root) if get_task(cfg.task).semantic else None
     return registry.build(
@@ -167,8 +174,9 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
 
 def _enter_phase(
     cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str, epoch: int, resumed: bool
-):
-    """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights.
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Accelerator]:
+    """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights; the
+    model and optimizer as ``accelerator.prepare`` wrapped them (DDP, DeepSpeed's engine).
 
     - a resumed run: the weights, optimizer state and RNG of ``checkpoints/last``; resumed right after
       the last epoch of the previous phase: as the uninterrupted run entered this one, from those RNG states;
@@ -216,7 +224,7 @@ def _load_weights(folder: Path, model: SegmentationModel) -> dict[str, torch.Ten
     return {k: v for k, v in registry.read_weights(folder, model.config.model_type).items() if k in trainable}
 
 
-def _init_from(model, checkpoint: str) -> None:
+def _init_from(model: SegmentationModel, checkpoint: str) -> None:
     """Copy every trainable tensor of ``checkpoint`` whose name and shape match (stage one -> two)."""
     source = _load_weights(Path(checkpoint), model)
     target = model.trainable_state_dict()
@@ -232,7 +240,7 @@ def _init_from(model, checkpoint: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one epoch
-def epoch_videos(cfg: TrainConfig, dataset, epoch: int, world: int, rank: int) -> list[int]:
+def epoch_videos(cfg: TrainConfig, dataset: Dataset[Any], epoch: int, world: int, rank: int) -> list[int]:
     """The dataset indices this worker trains on in ``epoch``, in order; a function of the seed and the
     epoch only, so a resumed run sees the same videos.
 
@@ -240,7 +248,9 @@ def epoch_videos(cfg: TrainConfig, dataset, epoch: int, world: int, rank: int) -
     each in metadata order, as the reference trains it). Workers take interleaved shares, so each keeps
     the order and their steps together walk it. ``max_videos`` caps the epoch.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed
+    )
     sampler.set_epoch(epoch)
     indices = list(sampler)
     if cfg.max_videos:
@@ -249,7 +259,14 @@ def epoch_videos(cfg: TrainConfig, dataset, epoch: int, world: int, rank: int) -
 
 
 def _train_one_epoch(
-    cfg: TrainConfig, model, optimizer, accelerator, dataset, epoch: int, world: int, rank: int
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    dataset: Dataset[Any],
+    epoch: int,
+    world: int,
+    rank: int,
 ) -> dict[str, float]:
     """One pass over this worker's videos; an optimiser step per ``grad_accum`` batches, except where
     no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`)."""
@@ -308,7 +325,7 @@ def _train_one_epoch(
     }
 
 
-def _step_outcome(value: float, window_counts: bool, accelerator, epoch: int, step: int) -> bool:
+def _step_outcome(value: float, window_counts: bool, accelerator: Accelerator, epoch: int, step: int) -> bool:
     """Whether any worker's accumulation window so far has a frame that counts in the loss; raises
     :class:`TrainingDiverged` on a NaN or infinite loss on any worker.
 
@@ -327,7 +344,9 @@ def _step_outcome(value: float, window_counts: bool, accelerator, epoch: int, st
     return counts
 
 
-def _skip_step(cfg: TrainConfig, loss: torch.Tensor, optimizer, accelerator) -> None:
+def _skip_step(
+    cfg: TrainConfig, loss: torch.Tensor, optimizer: torch.optim.Optimizer, accelerator: Accelerator
+) -> None:
     """End an accumulation window in which no worker had a frame that counts, without an optimiser
     step: no momentum, no weight decay, no step count (the reference's all-empty MS3 video).
 

@@ -33,6 +33,8 @@ from aavs.datasets.synth import CLASS_NAMES, still_image
 from aavs.datasets.transforms import normalize_frames
 from aavs.models.modeling_aavs import frame_targets, resize_labels
 from aavs.models.presets import preset_config
+from aavs.orchestrator.recipe.device import pick_device
+from aavs.orchestrator.results import load_json
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,7 @@ def _batch(rng: np.random.Generator, images: int, size: int, num_labels: int) ->
 
 def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The folder's pre-training record, or None when the folder is missing or incomplete."""
-    try:
-        record = json.loads((Path(folder) / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    record = load_json(Path(folder) / RECORD)
     return record if isinstance(record, dict) else None
 
 
@@ -73,16 +72,18 @@ def pretrain_base(
     """
     settings = {"preset": preset, "steps": steps, "images_per_step": images_per_step, "lr": lr, "seed": seed}
     config, size = preset_config(preset, "avss", classes=CLASS_NAMES)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    num_labels = len(CLASS_NAMES)  # the config's labels: these classes, background first
+    device: torch.device = pick_device()
     rng = np.random.default_rng([seed, _STREAM])
     losses: list[float] = []
     started = time.monotonic()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Mask2FormerForUniversalSegmentation(config).to(device).train()
+        # transformers wraps PreTrainedModel.to in functools.wraps, which mypy reads as an unbound function.
+        model = Mask2FormerForUniversalSegmentation(config).to(device).train()  # type: ignore[arg-type]
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
         for step in track(range(steps), f"pre-training the {preset} base"):
-            batch = _batch(rng, images_per_step, size, config.num_labels)
+            batch = _batch(rng, images_per_step, size, num_labels)
             loss = model(
                 pixel_values=batch["pixel_values"].to(device),
                 mask_labels=[m.to(device) for m in batch["mask_labels"]],
