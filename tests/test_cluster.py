@@ -16,7 +16,8 @@ import tomllib
 import yaml
 
 from aavs.datasets.errors import InputError
-from aavs.orchestrator.cli import build_parser, cmd_run, main
+from aavs.orchestrator.cli import build_parser, main
+from aavs.orchestrator.cli.experiment import cmd_run
 from aavs.orchestrator.experiment.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_stage_resources_are_validated(resources, message):
 
 
 def test_results_storage_uris():
-    from aavs.orchestrator.experiment.stages import results_path
+    from aavs.orchestrator.results import results_path
 
     assert results_path("file:///mnt/shared/my%20results") == Path("/mnt/shared/my results")
     for uri in ("s3://bucket/results", "gs://bucket/results", "file://host/results"):
