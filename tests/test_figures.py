@@ -1,5 +1,6 @@
-"""``results/<name>/report/`` of a real tiny run (the session's ``tiny_run`` of conftest.py, which
-``aavs run`` reported at the end of each stage), and ``aavs report`` on copies of it."""
+"""``results/<name>/report/`` of a real tiny run (the session's ``tiny_run`` of conftest.py) and
+``aavs report`` on copies of it. The report draws what each stage's test evaluation left in
+``<stage>/test/`` (aavs.orchestrator.recipe.test_outputs) and runs no network itself."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from aavs.datasets.avsbench import read_class_map, read_frames
 from aavs.datasets.layout import VideoRecord, class_names
 from aavs.datasets.masks import read_binary_masks
 from aavs.datasets.palette import encode_class_map, palette
+from aavs.models import registry
+from aavs.orchestrator import results
 from aavs.orchestrator.cli import main
+from aavs.orchestrator.recipe.test_outputs import evaluate_test_split
 from aavs.orchestrator.views import figures
 
 CELL, HEADER = 224, 28
+STAGES = {"localize": "avss-binary", "semantic": "avss"}
 
 
 def picture(path: Path) -> np.ndarray:
@@ -33,7 +38,51 @@ def cell(grid: np.ndarray, row: int, column: int) -> np.ndarray:
     return grid[top : top + CELL, column * CELL : (column + 1) * CELL]
 
 
-def test_pictures_exist_open_and_have_the_expected_size(tiny_results: Path):
+def run_test_evaluations(results_dir: Path, cache: Path) -> dict[str, dict[str, float]]:
+    """Each stage's test evaluation as the driver runs it (the best checkpoint; stage two with stage
+    one's masks as its prior), writing ``<stage>/test/``; its metrics per stage."""
+    model = results.require_spec(results_dir).spec["model"]
+    found = {}
+    for stage, task in STAGES.items():
+        best = results.read_best(results_dir / stage)
+        prior = results.read_best(results_dir / "localize").masks if stage == "semantic" else None
+        found[stage] = evaluate_test_split(
+            best.checkpoint,
+            best.checkpoint_sha256,
+            best.data_root,
+            task,
+            results.stage_test_dir(results_dir / stage),
+            prior=prior,
+            vggish=model.get("vggish"),
+            vggish_pca=model.get("vggish_pca"),
+            cache_dir=cache,
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of the tiny run whose stages' test evaluations ran here, then ``aavs report`` (on a fresh
+    report folder); and the metrics those evaluations returned."""
+    copy = copy_results(tiny_run[0], tmp_path_factory.mktemp("evaluated"))
+    shutil.rmtree(copy / results.REPORT_DIR, ignore_errors=True)
+    metrics = run_test_evaluations(copy, tiny_run[0] / results.CACHE_DIR)
+    assert main(["report", str(copy)]) == 0
+    return copy, metrics
+
+
+@pytest.fixture
+def reported(evaluated: tuple[Path, dict]) -> Path:
+    return evaluated[0]
+
+
+def test_the_test_evaluation_gives_best_json_test_metrics(tiny_results: Path, evaluated: tuple[Path, dict]):
+    for stage in STAGES:
+        test = read(tiny_results / stage / "best.json")["test"]
+        assert evaluated[1][stage] == pytest.approx(test, abs=1e-9)  # one pass: the stage's test metrics
+
+
+def test_pictures_exist_open_and_have_the_expected_size(reported: Path):
     expected = {
         "localize": {"curves.png": (800, 450), "samples.png": (3 * CELL, 4 * CELL + HEADER)},
         "semantic": {
@@ -43,7 +92,7 @@ def test_pictures_exist_open_and_have_the_expected_size(tiny_results: Path):
         },
     }  # + stage one's prior column
     for stage, files in expected.items():
-        folder = tiny_results / "report" / stage
+        folder = reported / "report" / stage
         assert sorted(p.name for p in folder.glob("*.png")) == sorted(files)
         for name, size in files.items():
             with Image.open(folder / name) as image:
@@ -52,9 +101,10 @@ def test_pictures_exist_open_and_have_the_expected_size(tiny_results: Path):
             assert picture(folder / name).std() > 0  # something was drawn
 
 
-def test_per_class_scores_are_those_of_the_best_checkpoint_on_test(tiny_results: Path):
-    best = read(tiny_results / "semantic" / "best.json")
-    found = read(tiny_results / "report" / "semantic" / "predictions.json")
+def test_per_class_scores_are_those_of_the_best_checkpoint_on_test(reported: Path, tiny_results: Path):
+    best = read(reported / "semantic" / "best.json")
+    found = read(reported / "report" / "semantic" / "predictions.json")
+    assert found == read(reported / "semantic" / "test" / "predictions.json")  # drawn from the test evaluation's
     assert found["checkpoint_sha256"] == best["checkpoint_sha256"]
     iou, fscore = np.asarray(found["per_class"]["iou"]), np.asarray(found["per_class"]["fscore"])
     # One score per class of the data's label2idx.json (the synthetic set's 9), named as it names them.
@@ -64,16 +114,16 @@ def test_per_class_scores_are_those_of_the_best_checkpoint_on_test(tiny_results:
     assert iou.mean() == pytest.approx(best["test"]["miou"], abs=1e-12)
     assert fscore.mean() == pytest.approx(best["test"]["fscore"], abs=1e-12)
     assert found["per_class"]["present"][0] and sum(found["per_class"]["present"]) > 1
-    assert read(tiny_results / "report" / "localize" / "predictions.json")["per_class"] is None  # binary stage
+    assert read(reported / "report" / "localize" / "predictions.json")["per_class"] is None  # binary stage
 
 
-def test_sample_grid_shows_frame_truth_prediction_and_prior(tiny_results: Path):
+def test_sample_grid_shows_frame_truth_prediction_and_prior(reported: Path, tiny_results: Path):
     data = tiny_results / "data"
     colours = {tuple(c) for c in palette(9)}  # the synthetic data's classes only
-    prior = read(tiny_results / "localize" / "best.json")["masks"]
-    for stage in ("localize", "semantic"):
-        grid = picture(tiny_results / "report" / stage / "samples.png")
-        samples = read(tiny_results / "report" / stage / "predictions.json")["samples"]
+    prior = read(reported / "localize" / "best.json")["masks"]
+    for stage in STAGES:
+        grid = picture(reported / "report" / stage / "samples.png")
+        samples = read(reported / "report" / stage / "predictions.json")["samples"]
         assert len(samples) == 4 and len({s["uid"] for s in samples}) == 4
         for row, sample in enumerate(samples):
             record = VideoRecord(sample["uid"], sample["subset"], "val")
@@ -96,38 +146,47 @@ def test_sample_grid_shows_frame_truth_prediction_and_prior(tiny_results: Path):
                 assert (cell(grid, row, 3) == grey).all(axis=-1).mean() > 0.995
 
 
-def test_aavs_report_computes_predictions_once_per_checkpoint(tiny_results: Path, tmp_path: Path, monkeypatch):
-    copy = copy_results(tiny_results, tmp_path)
+def test_aavs_report_draws_what_is_new_and_runs_no_network(reported: Path, tmp_path: Path, monkeypatch):
+    copy = Path(shutil.copytree(reported, tmp_path / "tiny"))
+    monkeypatch.setattr(registry, "load", lambda *args, **kwargs: pytest.fail("the report loaded a network"))
     (copy / "report" / "semantic" / "samples.png").unlink()
     old_curves = (copy / "report" / "localize" / "curves.png").stat().st_mtime_ns
-    calls = []
-    predict = figures.stage_predictions
-
-    def counted(*args):
-        calls.append(args[2])
-        return predict(*args)
-
-    monkeypatch.setattr(figures, "stage_predictions", counted)
+    kept = (copy / "report" / "localize" / "samples.png").stat().st_mtime_ns
     assert main(["report", str(copy)]) == 0
-    assert calls == ["avss"]  # stage one's pictures were there for its checkpoint already
     assert (copy / "report" / "semantic" / "samples.png").is_file()
     assert (copy / "report" / "localize" / "curves.png").stat().st_mtime_ns != old_curves  # curves always redrawn
+    assert (copy / "report" / "localize" / "samples.png").stat().st_mtime_ns == kept  # current: not drawn again
+
+
+def test_a_stage_without_its_test_predictions_gets_curves_only(reported: Path, tmp_path: Path):
+    copy = Path(shutil.copytree(reported, tmp_path / "tiny"))
+    shutil.rmtree(copy / "report")
+    shutil.rmtree(copy / "semantic" / "test")  # an older folder, or a test evaluation of another checkpoint
     assert main(["report", str(copy)]) == 0
-    assert calls == ["avss"]
+    assert sorted(p.name for p in (copy / "report" / "semantic").iterdir()) == ["curves.png"]
+    assert (copy / "report" / "localize" / "samples.png").is_file()
 
 
-def test_report_of_a_run_with_failed_and_running_trials(tiny_results: Path, tmp_path: Path, monkeypatch):
-    copy = make_unfinished(tiny_results, tmp_path)
+def test_report_of_a_run_with_failed_and_running_trials(reported: Path, tmp_path: Path):
+    copy = make_unfinished(reported, tmp_path)
     shutil.rmtree(copy / "report" / "semantic")
-    monkeypatch.setattr(
-        figures, "stage_predictions", lambda *args: pytest.fail("no new best checkpoint to predict with")
-    )
     assert main(["report", str(copy)]) == 0
     assert sorted(p.name for p in (copy / "report" / "semantic").iterdir()) == ["curves.png"]  # no best yet
     with Image.open(copy / "report" / "semantic" / "curves.png") as image:
         assert image.size == (800, 450)
     curves = json.loads((copy / "report" / "localize" / "predictions.json").read_text())
     assert curves["checkpoint_sha256"] == read(copy / "localize" / "best.json")["checkpoint_sha256"]
+
+
+def test_the_run_left_each_stage_its_test_predictions_and_pictures(tiny_results: Path):
+    """``aavs run`` itself: each stage's test evaluation wrote ``<stage>/test/`` for its best checkpoint,
+    and the report at the stage's end drew it."""
+    for stage in STAGES:
+        best = read(tiny_results / stage / "best.json")
+        found = results.read_test_predictions(results.stage_test_dir(tiny_results / stage))
+        assert found is not None and found.checkpoint_sha256 == best["checkpoint_sha256"]
+        assert results.read_predictions(tiny_results / "report" / stage) == found
+        assert (tiny_results / "report" / stage / "samples.png").is_file()
 
 
 def test_per_class_chart_names_and_colours_the_data_classes():

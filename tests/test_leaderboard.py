@@ -18,8 +18,16 @@ from pathlib import Path
 from rich.console import Console
 
 from aavs.datasets.layout import class_names
+from aavs.orchestrator import results
 from aavs.orchestrator.cli import main
-from aavs.orchestrator.views.leaderboard import BEST_STYLE, FILE, load_leaderboard, render_leaderboard, stage_table
+from aavs.orchestrator.views.leaderboard import (
+    BEST_STYLE,
+    FILE,
+    build_leaderboard,
+    load_leaderboard,
+    render_leaderboard,
+    stage_table,
+)
 from aavs.orchestrator.views.live import LiveView, watch
 
 ROW = re.compile(r"^\s*(\d+|-)\s+(t\d{3})\s+(done|running|failed|pending|stopped early)\s+(.*)$")
@@ -195,8 +203,9 @@ def test_failed_stopped_and_running_trials_render(tiny_results: Path, tmp_path: 
 
 # ------------------------------------------------------------------------------------ live view
 def append_epoch(trial: Path, epoch: int, miou: float) -> None:
-    with open(trial / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"epoch": epoch, "phase": "B", "val/miou": miou, "val/fscore": 0.5}) + "\n")
+    """The trial reports an epoch that improved its best checkpoint (train_func: best/ first, then the report)."""
+    results.write_checkpoint_metrics(trial / results.BEST, {"val/miou": miou, "val/fscore": 0.5, "epoch": epoch})
+    results.append_metrics(trial, {"epoch": epoch, "phase": "B", "val/miou": miou, "val/fscore": 0.5})
 
 
 def wait_for(condition, timeout: float = 10.0) -> None:
@@ -278,3 +287,82 @@ def test_ablation_compares_stepping_stones_with_end_to_end():
         "end-to-end (end-to-end, 12 epochs) test mIoU/F 20.00/25.00"
     )
     assert ablation({"stages": board["stages"][:2]}) == []  # one arm only: nothing to compare
+
+
+# ------------------------------------------------------------------------------ one ranking rule
+def test_leaderboard_and_driver_rank_alike_after_a_pbt_exploit(tmp_path: Path, capsys):
+    """A population-based training exploit replaces a trial's best/ with the state it took over, but
+    not the reports in its metrics.jsonl: the leaderboard, its --json and the driver's best trial all
+    rank by the best checkpoint (results.rank_trials)."""
+    from aavs.orchestrator.experiment.selection import pick_best
+    from aavs.orchestrator.experiment.spec import parse_spec
+
+    raw = {
+        "name": "pbt",
+        "data": {"synthetic": {}},
+        "model": {"preset": "tiny"},
+        "stages": [
+            {
+                "name": "search",
+                "task": "s4",
+                "epochs": 4,
+                "params": {"lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+                "tune": {"num_samples": 3, "scheduler": {"pbt": {"interval": 2}}},
+            }
+        ],
+    }
+    spec = parse_spec(raw, "test")
+    folder = tmp_path / "pbt"
+    results.write_spec(folder, spec.to_dict(), "h")
+    stage_dir = folder / "search"
+    # t000 reported 0.9 at epoch 2, then took t002's weaker state at epoch 3: its best/ holds 0.5 now.
+    # t001 is between: 0.7 in both files. t002 is last either way.
+    trials = {
+        "t000": (0.001, [0.3, 0.9, 0.4, 0.5], (0.5, 3)),
+        "t001": (0.002, [0.5, 0.7, 0.6, 0.65], (0.7, 1)),
+        "t002": (0.003, [0.2, 0.3, 0.35, 0.4], (0.4, 3)),
+    }
+    for name, (lr, values, (best, best_epoch)) in trials.items():
+        trial = stage_dir / "trials" / name
+        results.write_params(trial, {"lr": lr})
+        for epoch, value in enumerate(values):
+            results.append_metrics(trial, {"epoch": epoch, "phase": "A", "val/miou": value, "val/fscore": value})
+        results.write_checkpoint_metrics(
+            trial / results.BEST, {"val/miou": best, "val/fscore": best, "epoch": best_epoch}
+        )
+        (trial / results.BEST / "model.safetensors").write_bytes(name.encode())  # the weights' digest
+        results.write_status(trial, results.StatusRecord(status=results.TrialStatus.DONE, epoch=4, epochs=4))
+    results.write_schedule(
+        stage_dir / "trials" / "t000",
+        results.Schedule(
+            spans=[
+                results.ScheduleEntry(from_epoch=0, params={"lr": 0.001}),
+                results.ScheduleEntry(from_epoch=3, params={"lr": 0.004}, exploited="t002"),
+            ]
+        ),
+    )
+    ranked = results.rank_trials(stage_dir, "val/miou", "max")
+    assert [r.trial_id for r in ranked] == ["t001", "t000", "t002"]
+    board = build_leaderboard(folder)
+    rows = board["stages"][0]["trials"]
+    assert [(t["trial_id"], t["rank"], t["best"]) for t in rows] == [
+        ("t001", 1, 0.7),
+        ("t000", 2, 0.5),
+        ("t002", 3, 0.4),
+    ]
+    assert rows[1]["val/miou"] == 0.5 and rows[1]["best_epoch"] == 3  # its checkpoint's, not its best report
+    assert rows[1]["history"]["val/miou"] == [0.3, 0.9, 0.4, 0.5]  # the curve: every report
+    assert [t["trial_id"] for t in rows if t["leader"]] == [ranked[0].trial_id]  # the star, while no best.json
+    text, _ = render(board)
+    assert [r[:2] for r in table_rows(text, "search")] == [("1", "t001"), ("2", "t000"), ("3", "t002")]
+    assert "t000: lr 0.001, from epoch 4 lr 0.004 (t002's state)" in " ".join(text.split())
+    assert main(["leaderboard", str(folder), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["stages"][0]["trials"]
+    assert (listed[0]["trial_id"], listed[0]["rank"]) == (ranked[0].trial_id, 1)
+    best = pick_best(spec.stages[0], stage_dir, tmp_path / "data")
+    assert (best.trial_id, best.value) == (ranked[0].trial_id, ranked[0].value)
+    results.write_best(stage_dir, best)
+    results.write_done(stage_dir, "h")
+    board = build_leaderboard(folder)
+    assert board["stages"][0]["best"]["trial_id"] == board["stages"][0]["trials"][0]["trial_id"] == "t001"
+    assert [t["trial_id"] for t in board["stages"][0]["trials"] if t["leader"]] == ["t001"]

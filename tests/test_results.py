@@ -8,6 +8,7 @@ import math
 import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -280,10 +281,98 @@ def test_open_results_records_format_and_provenance(tmp_path: Path):
     assert set(run.packages) == {"torch", "transformers", "ray", "accelerate", "deepspeed"}
     assert run.packages["torch"] and run.packages["ray"]  # installed here
     assert isinstance(run.accelerators, list) and all(isinstance(a, str) for a in run.accelerators)
-    repo = Path(results.__file__).resolve().parent.parent
+    repo = Path(results.__file__).resolve().parents[2]  # <checkout>/orchestrator/results/__init__.py
     if (repo / ".git").exists():
         assert run.git_commit and len(run.git_commit) == 40
     else:
         assert run.git_commit is None
     on_disk = json.loads((folder / results.PROVENANCE_FILE).read_text())
     assert set(on_disk["runs"][0]) >= {"aavs_version", "git_commit", "packages", "accelerators", "hostname", "python"}
+
+
+# ------------------------------------------------------------------------------------ ranking
+def _ranked_trial(stage: Path, name: str, params: dict, value: float | None, metric: str = "val/miou") -> None:
+    trial = stage / "trials" / name
+    results.write_params(trial, params)
+    if value is not None:
+        results.write_checkpoint_metrics(trial / results.BEST, {metric: value, "epoch": 1})
+
+
+def test_trials_rank_by_their_best_checkpoint_and_configurations_by_their_mean(tmp_path: Path):
+    stage = tmp_path / "s"
+    # Two configurations of two seeds each: lr 0.1 has the best single trial, lr 0.2 the best mean.
+    _ranked_trial(stage, "t000", {"lr": 0.1, "seed": 0}, 0.9)
+    _ranked_trial(stage, "t001", {"lr": 0.1, "seed": 1}, 0.1)
+    _ranked_trial(stage, "t002", {"lr": 0.2, "seed": 0}, 0.6)
+    _ranked_trial(stage, "t003", {"lr": 0.2, "seed": 1}, 0.6)
+    _ranked_trial(stage, "t004", {"lr": 0.3, "seed": 0}, None)  # no best checkpoint yet: left out
+    _ranked_trial(stage, "t005", {"lr": 0.4, "seed": 0}, 0.99, metric="val/fscore")  # lacks the metric
+    (stage / "trials" / "t006").mkdir()  # no params.json: not a proposed trial
+    ranked = results.rank_trials(stage, "val/miou", "max")
+    assert [r.trial_id for r in ranked] == ["t002", "t003", "t000", "t001"]  # ties: by name
+    assert ranked[0].value == 0.6 and ranked[0].params == {"lr": 0.2, "seed": 0}
+    assert ranked[0].trial_dir == stage / "trials" / "t002"
+    assert ranked[2].configuration_values == (0.9, 0.1) and ranked[2].configuration_mean == pytest.approx(0.5)
+    assert ranked[0].configuration_std == 0.0 and ranked[2].configuration_std == pytest.approx(0.5657, abs=1e-4)
+    assert [r.trial_id for r in results.rank_trials(stage, "val/miou", "min")] == ["t001", "t000", "t002", "t003"]
+    assert [p.name for p in results.trial_dirs(stage)] == [f"t00{i}" for i in range(6)]
+    assert results.rank_trials(tmp_path / "nothing", "val/miou", "max") == []
+    assert results.configuration_key({"seed": 3, "lr": 0.1}) == results.configuration_key({"lr": 0.1, "seed": 4})
+
+
+@pytest.mark.parametrize(
+    "search, params, tune",
+    [
+        ("random", {"lr": {"grid": [0.1, 0.2, 0.3]}, "weight_decay": {"choice": [0.0, 0.1]}}, {"num_samples": 2}),
+        ("grid", {"lr": {"grid": [0.1, 0.2]}, "weight_decay": {"choice": [0.0, 0.1, 0.2]}}, {"repeats": 3}),
+        ("optuna", {"lr": {"loguniform": [1.0e-4, 1.0e-2]}}, {"num_samples": 5}),
+        ("random", {"lr": 0.1}, {}),
+    ],
+)
+def test_the_plan_read_from_spec_json_is_the_specs(search: str, params: dict, tune: dict):
+    from aavs.orchestrator.experiment.search_space import planned_trials
+    from aavs.orchestrator.experiment.spec import parse_spec
+
+    raw = {
+        "name": "plan",
+        "data": {"synthetic": {}},
+        "model": {"preset": "tiny"},
+        "stages": [{"name": "s", "task": "s4", "params": params, "tune": {"search": search, **tune}}],
+    }
+    spec = parse_spec(raw, "test")
+    saved = spec.to_dict()["stages"][0]  # what spec.json holds
+    assert results.planned_trials(saved) == planned_trials(spec.stages[0])
+    assert sorted(results.searched(saved["params"])) == sorted(k for k, v in params.items() if isinstance(v, dict))
+    assert set(results.fixed(saved["params"])) == set(saved["params"]) - set(results.searched(saved["params"]))
+
+
+def test_test_predictions_and_their_samples_round_trip(tmp_path: Path):
+    folder = results.stage_test_dir(tmp_path / "s")
+    assert folder == tmp_path / "s" / results.TEST_DIR and results.read_test_predictions(folder) is None
+    rng = np.random.default_rng(0)
+    samples = [
+        results.SampleImages(
+            uid=f"v{i}",
+            subset="v2",
+            frame=i,
+            image=rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+            truth=rng.integers(0, 3, (8, 8), dtype=np.uint8),
+            pred=rng.integers(0, 3, (8, 8), dtype=np.uint8),
+            prior=None if i else rng.integers(0, 256, (8, 8), dtype=np.uint8),
+        )
+        for i in range(2)
+    ]
+    per_class = results.PerClass(classes=["bg", "dog", "cat"], iou=[0.9, 0.1, 0], fscore=[1, 0.2, 0], present=[1, 1, 0])
+    written = results.write_test_predictions(
+        folder, checkpoint="c", checkpoint_sha256="x", videos=4, per_class=per_class, samples=samples
+    )
+    found = results.read_test_predictions(folder)
+    assert found == written and [s.uid for s in found.samples] == ["v0", "v1"] and found.per_class == per_class
+    images = results.read_test_samples(folder, found)
+    assert [(s.uid, s.subset, s.frame) for s in images] == [("v0", "v2", 0), ("v1", "v2", 1)]
+    for got, want in zip(images, samples):
+        assert (got.image == want.image).all() and (got.truth == want.truth).all() and (got.pred == want.pred).all()
+        assert got.image.dtype == np.uint8
+    assert (images[0].prior == samples[0].prior).all() and images[1].prior is None
+    (folder / results.SAMPLES_FILE).write_bytes(b"PK\x03\x04torn")  # a torn file: no samples, no error
+    assert results.read_test_samples(folder, found) == []

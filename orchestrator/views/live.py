@@ -10,7 +10,8 @@ current when it is the run's driver (a watcher only reads), and shows it:
   leaderboard tables, and the last few events (epochs reported, trials ended, the driver's log
   messages, each cropped to one line). Warnings and failed trials (with the last lines of their log
   and its path) are also printed above the display, where they stay. Ray's own console tables stay
-  off (Tune runs with ``verbose=0``) and the trials' output is in their log files (triallog);
+  off (Tune runs with ``verbose=0``) and the trials' output is in their log files
+  (:mod:`aavs.orchestrator.recipe.output_capture`);
 - anywhere else (CI logs, a file), one plain line per event, never wrapped, without colour codes.
 """
 
@@ -23,7 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 from rich.console import Console, Group, RenderableType
 from rich.file_proxy import FileProxy
@@ -33,14 +34,8 @@ from rich.text import Text
 
 from aavs.orchestrator.recipe.output_capture import tail
 from aavs.orchestrator.results import StageStatus, TrialStatus
-from aavs.orchestrator.views.leaderboard import (
-    build_leaderboard,
-    pct,
-    render_leaderboard,
-    sources_digest,
-    status_label,
-    write_leaderboard,
-)
+from aavs.orchestrator.views.board import build_leaderboard, pct, sources_digest, write_leaderboard
+from aavs.orchestrator.views.leaderboard import render_leaderboard, status_label
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +79,9 @@ class _NonInteractiveProxy(FileProxy):
     decoding bar in a ``--local`` trial draws no second live display into ours."""
 
     @property
-    def rich_proxied_file(self) -> _NonInteractiveProxy:
+    def rich_proxied_file(self) -> IO[str]:
         # rich consoles write around a FileProxy, to the file it wraps; these must go through it.
-        return self
+        return cast(IO[str], self)
 
     def isatty(self) -> bool:
         return False
@@ -118,7 +113,7 @@ class LiveView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live: Live | None = None
-        self._stderr: Any = None
+        self._stderr: IO[str] | None = None
         self._recent: deque[Event] = deque(maxlen=RECENT)
         self._driver_handlers: list[logging.Handler] | None = None
         self._progress = Progress(
@@ -134,7 +129,7 @@ class LiveView:
     def __enter__(self) -> LiveView:
         self.poll()  # synchronously: a bad folder or --stage is an error here, not in the thread
         if self.console is not None:
-            render_leaderboard(self.board, self.stage, self.top)
+            render_leaderboard(self.current(), self.stage, self.top)
             if self.console.is_terminal:
                 self._stderr, sys.stderr = sys.stderr, _NonInteractiveProxy(self.console, sys.stderr)
                 self._live = Live(
@@ -148,7 +143,8 @@ class LiveView:
                 self._live.start()
                 self._take_driver_log()
             else:
-                self._line(f"experiment {self.board['name']}: {self.board['summary']}")
+                board = self.current()
+                self._line(f"experiment {board['name']}: {board['summary']}")
         self._thread = threading.Thread(target=self._run, name="aavs-live-view", daemon=True)
         self._thread.start()
         return self
@@ -167,7 +163,8 @@ class LiveView:
             if self._live is not None:
                 self._give_back_driver_log()
                 self._live.stop()
-                sys.stderr = self._stderr
+                if self._stderr is not None:
+                    sys.stderr = self._stderr
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -191,9 +188,17 @@ class LiveView:
                 self.event(event)
         return True
 
+    def current(self) -> dict[str, Any]:
+        """The leaderboard of the last poll (the first runs as the view starts)."""
+        if self.board is None:
+            raise RuntimeError("the live view has not read its results folder yet (poll)")
+        return self.board
+
     # ---------------------------------------------------------------------------------- output
     def event(self, event: Event) -> None:
         """Show an event: a plain line, or on the live display (kept above it from WARNING on)."""
+        if self.console is None:
+            return
         if self._live is None:
             self._line(event.text)
             return
@@ -211,10 +216,11 @@ class LiveView:
             )
             for e in self._recent
         ]
-        return Group(self._progress, render_leaderboard(self.board, self.stage, self.top), *recent)
+        return Group(self._progress, render_leaderboard(self.current(), self.stage, self.top), *recent)
 
     def _line(self, text: str) -> None:
-        plain_line(self.console, text)
+        if self.console is not None:
+            plain_line(self.console, text)
 
     def _take_driver_log(self) -> None:
         """The ``aavs`` logger's records become events while the display runs (no line of theirs is
@@ -306,7 +312,7 @@ def watch(
         with LiveView(
             results_dir, console, write=False, interval=interval, stage=stage, top=top, transient=False
         ) as view:
-            while not StageStatus(view.board["status"]).ended:
+            while not StageStatus(view.current()["status"]).ended:
                 time.sleep(interval / 2)
     except KeyboardInterrupt:
         log.debug("watch interrupted")
