@@ -82,7 +82,7 @@ def test_captured_sends_fds_streams_and_logging_to_the_file(tmp_path, capfd):
 
 
 def test_a_failure_is_in_the_log_and_in_status_json(tmp_path):
-    from aavs.orchestrator.experiment.stages import _logged_trial
+    from aavs.orchestrator.experiment.runners.base import logged_trial
 
     def boom(config):
         print("working on it")
@@ -90,7 +90,7 @@ def test_a_failure_is_in_the_log_and_in_status_json(tmp_path):
 
     trial = tmp_path / "trials" / "t000"
     with pytest.raises(RuntimeError):
-        _logged_trial(str(trial), True, boom, {})
+        logged_trial(str(trial), True, boom, {})
     status = json.loads((trial / "status.json").read_text())
     assert status["status"] == "failed" and status["error"] == "RuntimeError: out of cheese"
     assert status["log"] == str(trial / "log.txt")

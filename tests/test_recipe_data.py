@@ -21,7 +21,7 @@ from aavs.datasets.transforms import normalize_frames
 from aavs.models import build_model, phase_parameter_groups, set_phase
 from aavs.models.modeling_aavs import resize_labels
 from aavs.orchestrator.experiment.spec import apply_overrides, parse_spec
-from aavs.orchestrator.experiment.stages import base_trial_config, trial_config
+from aavs.orchestrator.experiment.trial_config import base_trial_config, trial_config
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import ComputeConfig, TrainConfig
 from aavs.orchestrator.recipe.evaluation import training_frames

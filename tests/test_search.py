@@ -10,7 +10,8 @@ import pytest
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.experiment.search import drive_locally, make_searcher
-from aavs.orchestrator.experiment.spec import StageSpec, parse_spec, planned_trials
+from aavs.orchestrator.experiment.search_space import planned_trials
+from aavs.orchestrator.experiment.spec import StageSpec, parse_spec
 
 
 def stage(params: dict, **tune) -> StageSpec:

@@ -2,7 +2,7 @@
 and files from outside that never run code when read.
 
 Starting Ray is slow, so the Ray that ``aavs run`` starts is checked through the arguments it passes to
-``ray.init`` (``stages.ray_init_kwargs``); one slow test starts it and measures where it listens.
+``ray.init`` (``runners.ray.ray_init_kwargs``); one slow test starts it and measures where it listens.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.experiment import submit
+from aavs.orchestrator.experiment.runners.ray import ray_init_kwargs
 from aavs.orchestrator.experiment.spec import parse_spec
-from aavs.orchestrator.experiment.stages import ray_init_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "aavs-test-token-5f0c1e8b9d2a4c6e"
@@ -52,7 +52,7 @@ def test_disabled_ray_auth_is_called_out(monkeypatch: pytest.MonkeyPatch, caplog
 # Started in a child process: this one's Ray (if a test started one) stays as it is.
 LISTENING = """
 import json, os, psutil, ray
-from aavs.orchestrator.experiment.stages import ray_init_kwargs
+from aavs.orchestrator.experiment.runners.ray import ray_init_kwargs
 context = ray.init(**ray_init_kwargs(quiet=True), num_cpus=1)
 session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
 ours = {os.getpid()}

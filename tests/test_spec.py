@@ -11,7 +11,8 @@ import yaml
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.experiment.search import drive_locally, make_searcher
-from aavs.orchestrator.experiment.spec import apply_overrides, fixed, load_spec, parse_spec, planned_trials, spec_hash
+from aavs.orchestrator.experiment.search_space import fixed, planned_trials
+from aavs.orchestrator.experiment.spec import apply_overrides, load_spec, parse_spec, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,15 +30,14 @@ from aavs.orchestrator import results
 
 log = logging.getLogger(__name__)
 
-LAST = Path("checkpoints") / "last"  # aavs.orchestrator.recipe.checkpointing (which imports torch)
-BEST = Path("best")
+LAST, BEST = Path(results.LAST), Path(results.BEST)
 
 
 def file_problem(path: Path) -> str | None:
     """Why ``path`` can't be read back (None: it can), by its kind; other files are not checked."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors import SafetensorError, safe_open
+            from safetensors import SafetensorError, safe_open  # here: only a damaged stage reaches it
 
             try:
                 with safe_open(str(path), "pt") as f:

@@ -20,7 +20,7 @@ order they are proposed, the same names in both modes), Tune's ``ConcurrencyLimi
 searcher learns from their mean).
 
 The searcher proposes on ``best/<metric>``, the best value a trial reached so far: what the stage
-ranks trials by (aavs.orchestrator.experiment.stages.pick_best).
+ranks trials by (aavs.orchestrator.results.ranking.rank_trials).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher
 from ray.tune.search.variant_generator import generate_variants
 
-from aavs.orchestrator.experiment.spec import StageSpec, planned_trials, searched, trial_name
+from aavs.orchestrator.experiment.search_space import planned_trials, searched, trial_name
+from aavs.orchestrator.experiment.spec import StageSpec
 
 
 def tune_space(stage: StageSpec) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def make_searcher(stage: StageSpec) -> Searcher:
     t, metric = stage.tune, f"best/{stage.tune.metric}"
     searcher: Searcher
     if t.search == "optuna":
+        # here, not at the top: each searcher's package is imported only by the stages that use it
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
@@ -67,7 +69,7 @@ def make_searcher(stage: StageSpec) -> Searcher:
         space = OptunaSearch.convert_search_space(tune_space(stage))
         searcher = OptunaSearch(space, metric=metric, mode=t.mode, sampler=sampler)
     elif t.search == "hyperopt":
-        from ray.tune.search.hyperopt import HyperOptSearch
+        from ray.tune.search.hyperopt import HyperOptSearch  # here: as optuna above
 
         searcher = HyperOptSearch(
             HyperOptSearch.convert_search_space(tune_space(stage)),
@@ -177,8 +179,6 @@ def drive_locally(
 
     Run again on a stage that was interrupted, the same calls replay: a deterministic searcher proposes
     the same trials from the same results, and ``run_trial`` returns a finished trial's record at once."""
-    from ray.tune.search import Searcher
-
     searcher.set_search_properties(None, None, {})
     index = 0
     while True:

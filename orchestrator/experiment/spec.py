@@ -7,16 +7,9 @@ default, shown by :func:`json_schema` (``aavs schema``); the task-dependent ones
 ``shuffle`` and its ``adapter_warmup`` and ``grad_clip``) are filled in from the stage's task, so the
 parsed spec, and the ``spec.yaml`` a run saves, hold every value the trials run with.
 
-Search-space syntax of a stage's ``params`` (each key a hyperparameter of the training run)::
-
-    lr: 1.0e-3                          # a fixed value
-    lr: {loguniform: [1.0e-4, 3.0e-3]}  # sampled log-uniformly
-    adapter_warmup: {uniform: [0.3, 0.6]}
-    batch_size: {choice: [1, 2]}        # sampled from the list
-    weight_decay: {grid: [0.0, 0.05]}   # every value, times num_samples (as Ray Tune's grid_search)
-
-A stage's ``tune.search`` decides how trials are drawn from these (random, grid, optuna, hyperopt:
-:mod:`aavs.orchestrator.experiment.search`); ``grid`` entries are for random and grid search.
+A stage's ``params`` are a search space (:mod:`aavs.orchestrator.experiment.search_space` has the
+syntax); its ``tune.search`` decides how trials are drawn from it (random, grid, optuna, hyperopt:
+:mod:`aavs.orchestrator.experiment.search`).
 """
 
 from __future__ import annotations
@@ -24,21 +17,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, WrapValidator, model_validator
-from pydantic.fields import FieldInfo
-from typing_extensions import NotRequired, TypedDict
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import TASKS
+from aavs.orchestrator.experiment.search_space import (
+    Params,
+    SearchName,
+    search_problem,
+    searched,
+)
+from aavs.orchestrator.experiment.trackers import LoggerName
 from aavs.orchestrator.recipe.config import (
-    STRICT,
     ComputeConfig,
     Expected,
     Hyperparameters,
@@ -64,118 +60,6 @@ def _plain_name(name: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_plain_name)]
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------------- search space
-def _interval(positive: bool) -> AfterValidator:
-    def check(bounds: list[float]) -> list[float]:
-        if len(bounds) != 2 or not bounds[0] < bounds[1] or (positive and bounds[0] <= 0):
-            raise Expected("[low, high] with low < high" + (" and low > 0" if positive else ""))
-        return bounds
-
-    return AfterValidator(check)
-
-
-class LogUniform(TypedDict):
-    __pydantic_config__ = STRICT  # type: ignore[misc]
-    loguniform: Annotated[list[float], _interval(positive=True)]
-
-
-class Uniform(TypedDict):
-    __pydantic_config__ = STRICT  # type: ignore[misc]
-    uniform: Annotated[list[float], _interval(positive=False)]
-
-
-class Choice(TypedDict, Generic[T]):
-    __pydantic_config__ = STRICT  # type: ignore[misc]
-    choice: Annotated[list[T], Field(min_length=1)]
-
-
-class Grid(TypedDict, Generic[T]):
-    __pydantic_config__ = STRICT  # type: ignore[misc]
-    grid: Annotated[list[T], Field(min_length=1)]
-
-
-def _searchable(field: FieldInfo) -> Any:
-    """A fixed value of the field's type, a choice or grid of such values, or (for a real number) a
-    uniform or log-uniform distribution."""
-    annotated = (field.annotation, *field.metadata)
-    value_type: Any = Annotated[annotated] if field.metadata else field.annotation
-    kinds: dict[str, Any] = {"value": value_type, "choice": Choice[value_type], "grid": Grid[value_type]}
-    if float in (field.annotation, *get_args(field.annotation)):
-        kinds.update(loguniform=LogUniform, uniform=Uniform)
-
-    def kind(value: Any) -> str | None:
-        if not isinstance(value, Mapping):
-            return "value"
-        return next(iter(value)) if len(value) == 1 and next(iter(value)) in kinds else None
-
-    return Annotated[
-        Union[tuple(Annotated[t, Tag(k)] for k, t in kinds.items())],  # noqa: UP007 - a Union of run-time types
-        Discriminator(
-            kind,
-            custom_error_type="search_space",
-            custom_error_message=f"a value or one of {{{', '.join(k for k in kinds if k != 'value')}: ...}}",
-        ),
-    ]
-
-
-def _in_written_order(params: Any, handler: Any) -> Any:
-    """The file's order of the keys, which decides the order in which the trials are sampled."""
-    checked = handler(params)
-    return {key: checked[key] for key in params} if isinstance(params, Mapping) else checked
-
-
-# A stage's ``params``: the fields of Hyperparameters, each a value or a distribution over its values.
-Params = TypedDict("Params", {name: NotRequired[_searchable(f)] for name, f in Hyperparameters.model_fields.items()})  # type: ignore[misc]
-Params.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
-
-
-SEARCHERS = ("random", "grid", "optuna", "hyperopt")
-DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
-CONTINUOUS = ("loguniform", "uniform")
-TRIAL_INDEX = "__trial_index__"  # Tune's Repeater puts the repeat's index under this key
-
-
-def trial_name(index: int) -> str:
-    """A trial's name and folder: ``t000``, ``t001``, ... in the order the stage's searcher proposed it."""
-    return f"t{index:03d}"
-
-
-def searched(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a stage's ``params`` that are searched (a distribution, not a fixed value)."""
-    return {k: v for k, v in params.items() if _is_distribution(v)}
-
-
-def fixed(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a stage's ``params`` that every trial shares."""
-    return {k: v for k, v in params.items() if not _is_distribution(v)}
-
-
-def _is_distribution(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
-
-
-def configuration_key(params: Mapping[str, Any]) -> str:
-    """One configuration's trials (``repeats``) differ only in their seed: this is what they share."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
-
-
-def search_problem(search: str, params: Mapping[str, Any]) -> str | None:
-    """Why ``params`` can't be searched with ``search`` (None: they can); checked when the file is read."""
-    space = searched(params)
-    if search == "grid":
-        continuous = [k for k, v in space.items() if next(iter(v)) in ("loguniform", "uniform")]
-        if continuous:
-            return f"search: grid enumerates values; {continuous} are continuous (use choice or grid lists)"
-    if search in ("optuna", "hyperopt"):
-        grids = [k for k, v in space.items() if "grid" in v]
-        if grids:
-            return f"search: {search} proposes values itself; {grids} use grid (use choice, or search: random)"
-        if not space:
-            return f"search: {search} needs at least one distribution in params (loguniform, uniform or choice)"
-    return None
 
 
 def scheduler_problem(tune: TuneSpec, params: Mapping[str, Any]) -> str | None:
@@ -193,25 +77,6 @@ def scheduler_problem(tune: TuneSpec, params: Mapping[str, Any]) -> str | None:
     if not kinds:
         return f"scheduler: {name} needs a distribution in params to perturb (e.g. lr: {{loguniform: [...]}})"
     return None
-
-
-def configurations(stage: StageSpec) -> int:
-    """How many configurations the stage samples: ``num_samples``, times every grid's size for
-    random and grid search (as Tune's grid_search)."""
-    tune = stage.tune
-    if tune.search in ("optuna", "hyperopt"):
-        return tune.num_samples
-    sizes = [
-        len(v.get("grid") or v.get("choice"))
-        for v in searched(stage.params).values()
-        if "grid" in v or ("choice" in v and tune.search == "grid")
-    ]
-    return tune.num_samples * math.prod(sizes)
-
-
-def planned_trials(stage: StageSpec) -> int:
-    """The stage's trials: each configuration ``repeats`` times."""
-    return configurations(stage) * stage.tune.repeats
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -272,6 +137,11 @@ class Pb2(Strict):
 SCHEDULERS = {"asha": Asha, "pbt": Pbt, "pb2": Pb2}
 
 
+def _spoken(names: list[str]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
 def _scheduler_kind(value: Any) -> str | None:
     if value == "fifo":
         return "fifo"
@@ -294,7 +164,8 @@ Scheduler = Annotated[
     Discriminator(
         _scheduler_kind,
         custom_error_type="scheduler",
-        custom_error_message="fifo, asha, pbt or pb2, or one of {asha: {...}}, {pbt: {...}}, {pb2: {...}}",
+        custom_error_message=f"{_spoken(['fifo', *SCHEDULERS])}, or one of "
+        + ", ".join(f"{{{name}: {{...}}}}" for name in SCHEDULERS),
     ),
     BeforeValidator(_bare_scheduler),
 ]
@@ -306,7 +177,7 @@ class TuneSpec(Strict):
     num_samples: int = Field(1, ge=1)
     max_concurrent: int = Field(0, ge=0)  # 0: as many as the cluster fits
     scheduler: Scheduler = "fifo"
-    search: Literal["random", "grid", "optuna", "hyperopt"] = "random"  # aavs.orchestrator.experiment.search
+    search: SearchName = "random"  # search_space.SEARCHERS; built by aavs.orchestrator.experiment.search
     seed: int = 0  # of the searcher
     startup_trials: int = Field(10, ge=1)  # optuna, hyperopt: random proposals before the model's
     repeats: int = Field(1, ge=1)  # trials per configuration, seeds seed, seed + 1, ... (mean ± std)
@@ -351,6 +222,12 @@ Resources = Annotated[
 ]
 
 
+def _in_written_order(params: Any, handler: Any) -> Any:
+    """The file's order of the keys, which decides the order in which the trials are sampled."""
+    checked = handler(params)
+    return {key: checked[key] for key in params} if isinstance(params, Mapping) else checked
+
+
 class StageSpec(Strict):
     name: Name
     task: TaskName
@@ -379,7 +256,8 @@ class StageSpec(Strict):
         shuffle = defaults.pop("shuffle")
         if "shuffle" not in self.model_fields_set:
             self.shuffle = shuffle
-        self.params = {**self.params, **{k: v for k, v in defaults.items() if k not in self.params}}
+        filled = {**self.params, **{k: v for k, v in defaults.items() if k not in self.params}}
+        self.params = cast(Params, filled)  # every key is a Hyperparameters field
         return self
 
 
@@ -397,7 +275,7 @@ class ExperimentSpec(Strict):
     model: ModelConfig
     compute: ComputeConfig = ComputeConfig()
     stages: list[StageSpec] = Field(min_length=1)
-    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = []  # experiment trackers, in both modes
+    loggers: list[LoggerName] = []  # experiment trackers, in both modes (trackers.TRACKERS)
     tracking: Tracking = Tracking()
 
     @model_validator(mode="after")

@@ -24,7 +24,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
+from aavs.orchestrator.experiment import lock
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,6 @@ def interrupting_tune_on_request(results_dir: Path, poll_s: float = 0.25) -> Ite
 
 def request_stop(results_dir: Path) -> str:
     """``aavs stop``: the request, and what it reached (raises InputError when nothing runs there)."""
-    from aavs.datasets.errors import InputError
-    from aavs.orchestrator.experiment import lock
-
     holder = lock.read_holder(results_dir)
     if holder is None:
         raise InputError(f"{results_dir}: no run or resume is at work there (no lock.json)")

@@ -32,14 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import yaml
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.experiment.spec import load_spec
-from aavs.orchestrator.experiment.stages import results_path
+from aavs.orchestrator.results import results_path
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +178,10 @@ def check_authenticated(address: str, insecure: bool) -> None:
     )
 
 
-def connect(address: str, insecure: bool = False):
+def connect(address: str, insecure: bool = False) -> JobSubmissionClient:
     """A ``JobSubmissionClient`` for ``address``; an unreachable or refusing cluster is bad input, and so
     is a cluster on another host without a token (unless ``insecure``)."""
+    # here, not at the top: Ray's client is imported only by the command that uses it
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -195,12 +199,14 @@ def connect(address: str, insecure: bool = False):
         ) from None
 
 
-def submit(client, submission: Submission) -> str:
+def submit(client: JobSubmissionClient, submission: Submission) -> str:
     """Submit the job, with this installation's aavs packages as its ``py_modules``; returns the job id."""
     with tempfile.TemporaryDirectory(prefix="aavs-submit-") as staging:
         package = Path(staging) / "aavs"
         for name in PACKAGES:
-            source = find_spec(f"aavs.{name}").submodule_search_locations[0]
+            found = find_spec(f"aavs.{name}")
+            assert found is not None and found.submodule_search_locations, f"aavs.{name} is installed"
+            source = found.submodule_search_locations[0]
             shutil.copytree(source, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         runtime_env = dict(submission.runtime_env)
         runtime_env["py_modules"] = list(runtime_env.get("py_modules") or []) + [str(package)]
@@ -210,7 +216,7 @@ def submit(client, submission: Submission) -> str:
         )
 
 
-def follow(client, job_id: str, write: Callable[[str], Any], poll_s: float = 1.0):
+def follow(client: JobSubmissionClient, job_id: str, write: Callable[[str], Any], poll_s: float = 1.0) -> JobStatus:
     """Stream the job's logs through ``write`` until it ends; returns its final ``JobStatus``."""
 
     async def tail() -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
@@ -28,13 +29,27 @@ from aavs.orchestrator import results
 if TYPE_CHECKING:
     from aavs.orchestrator.experiment.spec import ExperimentSpec, StageSpec
 
-# logger name -> (module it needs, the extra that installs it)
-MODULES = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
+LoggerName = Literal["tensorboard", "mlflow", "wandb"]  # the experiment file's ``loggers`` entries
+
+
+@dataclass(frozen=True)
+class Tracker:
+    module: str  # the Python package it needs
+    extra: str  # aavs's optional extra that installs it
+
+
+# The one table of trackers: the schema's choices (LoggerName) and the install check come from it.
+TRACKERS: dict[str, Tracker] = {
+    "tensorboard": Tracker("tensorboardX", "tensorboard"),
+    "mlflow": Tracker("mlflow", "mlflow"),
+    "wandb": Tracker("wandb", "wandb"),
+}
+assert tuple(TRACKERS) == get_args(LoggerName), "one entry per logger name"
 
 
 def require_installed(spec: ExperimentSpec) -> None:
     for name in spec.loggers:
-        module, extra = MODULES[name]
+        module, extra = TRACKERS[name].module, TRACKERS[name].extra
         if importlib.util.find_spec(module) is None:
             raise InputError(
                 f"loggers: {name} needs the Python package {module!r}, which is not installed; "
@@ -59,11 +74,13 @@ def tune_callbacks(spec: ExperimentSpec, stage: StageSpec, results_dir: Path) ->
     """Ray Tune's logger callbacks for the stage's Tuner."""
     callbacks: list[Any] = []
     if "tensorboard" in spec.loggers:
-        from ray.tune.logger import TBXLoggerCallback
+        from ray.tune.logger import TBXLoggerCallback  # here: an optional extra, imported only when asked for
 
         callbacks.append(TBXLoggerCallback())
     if "mlflow" in spec.loggers:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
+        from ray.air.integrations.mlflow import (
+            MLflowLoggerCallback,
+        )  # here: an optional extra, imported only when asked for
 
         callbacks.append(
             MLflowLoggerCallback(
@@ -74,7 +91,9 @@ def tune_callbacks(spec: ExperimentSpec, stage: StageSpec, results_dir: Path) ->
             )
         )
     if "wandb" in spec.loggers:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from ray.air.integrations.wandb import (
+            WandbLoggerCallback,
+        )  # here: an optional extra, imported only when asked for
 
         os.environ.setdefault("WANDB_DIR", str(results_dir))
         callbacks.append(
@@ -95,7 +114,7 @@ def log_local_trial(spec: ExperimentSpec, stage: StageSpec, results_dir: Path, t
     rows = [row.model_dump() for row in results.read_metrics(trial_dir)]
     name = trial_dir.name
     if "tensorboard" in spec.loggers:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # here: an optional extra, imported only when asked for
 
         with SummaryWriter(str(trial_dir.parent.parent / "tune" / name)) as writer:
             for step, row in enumerate(rows, 1):
@@ -104,7 +123,7 @@ def log_local_trial(spec: ExperimentSpec, stage: StageSpec, results_dir: Path, t
             last = _numbers(rows[-1]) if rows else {}
             writer.add_hparams(_flat_params(params), {f"ray/tune/{k}": v for k, v in last.items()})
     if "mlflow" in spec.loggers:
-        import mlflow
+        import mlflow  # here: an optional extra, imported only when asked for
 
         mlflow.set_tracking_uri(mlflow_uri(spec, results_dir))
         mlflow.set_experiment(experiment_name(spec, stage))
@@ -114,7 +133,7 @@ def log_local_trial(spec: ExperimentSpec, stage: StageSpec, results_dir: Path, t
             for step, row in enumerate(rows, 1):
                 mlflow.log_metrics(_numbers(row), step=step)
     if "wandb" in spec.loggers:
-        import wandb
+        import wandb  # here: an optional extra, imported only when asked for
 
         run = wandb.init(
             project=spec.tracking.wandb_project or spec.name,

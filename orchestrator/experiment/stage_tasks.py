@@ -1,0 +1,103 @@
+"""What a stage does with its best checkpoint, as tasks a runner runs where the stage's resources are:
+export its masks of every split (a later stage's prior) and evaluate it on the test split (keeping
+what the report draws).
+
+A task takes one picklable argument, :class:`StageTask`: the checkpoint, the data and the audio
+features it needs, so that the same call runs in this process (``--local``) or as a Ray task.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aavs.datasets import atomic
+from aavs.datasets.files import file_sha256
+from aavs.orchestrator import results
+from aavs.orchestrator.experiment.repair import masks_problem
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """One stage task's inputs (plain strings: it crosses to Ray workers)."""
+
+    checkpoint: str
+    data_root: str
+    cache: str  # the audio embedding cache
+    vggish: str | None = None
+    vggish_pca: str | None = None
+
+
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """The SHA-256 of a checkpoint's weights: what a later stage's inputs name it by."""
+    return file_sha256(Path(checkpoint) / "model.safetensors")
+
+
+def ray_node_id() -> str | None:
+    """The id of the Ray node this process runs on; None outside Ray."""
+    if "ray" not in sys.modules:  # Ray is imported only where it runs: not imported, not in Ray
+        return None
+    import ray  # here, not at the top: it is imported already (above), and only then
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def record_node(trial_dir: str) -> None:
+    """``node.json`` in the trial folder: which node ran it (a stage's ``resources`` decide where)."""
+    results.write_node(trial_dir, ray_node_id())
+
+
+def masks_ready(out: Path, checkpoint: str) -> bool:
+    """The masks folder is complete and exported from ``checkpoint`` (else it is exported again)."""
+    done = results.read_masks_success(out)
+    if done is None or done.checkpoint_sha256 != checkpoint_digest(checkpoint):
+        return False
+    return masks_problem(out) is None
+
+
+def export_stage_masks(task: StageTask, out: str) -> str:
+    """Write the masks into a temporary folder, then rename it: ``out`` is complete or absent."""
+    from aavs.orchestrator.recipe.evaluation import export_masks  # here, not at the top: it imports torch
+
+    out_path = Path(out)
+    if masks_ready(out_path, task.checkpoint):
+        return out
+    for stale in out_path.parent.glob(f".{out_path.name}.*.tmp"):  # an export killed mid-way (atomic_dir)
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic.atomic_dir(out_path) as tmp:
+        scores = export_masks(
+            task.checkpoint, task.data_root, tmp, vggish=task.vggish, vggish_pca=task.vggish_pca, cache_dir=task.cache
+        )
+        results.write_masks_success(
+            tmp,
+            results.MasksRecord(
+                checkpoint=task.checkpoint,
+                scores=scores,
+                node_id=ray_node_id(),
+                checkpoint_sha256=checkpoint_digest(task.checkpoint),
+                files=results.folder_files(tmp),
+            ),
+        )
+    return out
+
+
+def evaluate_stage_checkpoint(
+    task: StageTask, stage_task: str, prior: str | None, checkpoint_sha256: str, out: str
+) -> dict[str, float]:
+    """The checkpoint's metrics on the test split (with ``prior``: the earlier stage's masks), and in the
+    same pass what the report draws (per-class scores, sample predictions) into ``out``."""
+    from aavs.orchestrator.recipe.test_outputs import evaluate_test_split  # here, not at the top: it imports torch
+
+    return evaluate_test_split(
+        task.checkpoint,
+        checkpoint_sha256,
+        task.data_root,
+        stage_task,
+        out,
+        prior=prior,
+        vggish=task.vggish,
+        vggish_pca=task.vggish_pca,
+        cache_dir=task.cache,
+    )
