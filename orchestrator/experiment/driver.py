@@ -67,6 +67,7 @@ def run_experiment(
     spec, _ = load_spec(spec_file, overrides)
     results_dir = check_runnable(spec, local, results_root)
     with lock.held(results_dir, force=force):
+        _settle_killed_writes(results_dir)
         results.open_results(results_dir, "run")
         results.clear_stop(results_dir)
         _save_spec(results_dir, spec)
@@ -91,6 +92,7 @@ def resume_experiment(
     if not spec_file.is_file():
         raise InputError(f"{folder}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
     with lock.held(folder, force=force):
+        _settle_killed_writes(folder)
         results.open_results(folder, "resume")
         spec = parse_spec(yaml.safe_load(spec_file.read_text(encoding="utf-8")), str(spec_file))
         if local is None:
@@ -101,6 +103,13 @@ def resume_experiment(
         with stopping.stop_on_ctrl_c(folder):
             run_stages(spec, folder, local=local, console=console, verbose=verbose)
     return folder
+
+
+def _settle_killed_writes(results_dir: Path) -> None:
+    """What a process killed while writing left under the results folder (its own cache included):
+    half-done folder commits finished, staging files removed (aavs.datasets.atomic.sweep)."""
+    for path in atomic.sweep(results_dir):
+        log.info("finished or removed what a killed write left at %s", path)
 
 
 def started_mode(results_dir: Path) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,9 @@ def _create(path: Path, holder: Holder) -> bool:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(asdict(holder), sort_keys=True) + "\n", encoding="utf-8")
     try:
+        atomic.FS.fsync(tmp)  # whole on the disk before its name can be seen (aavs.datasets.atomic)
         os.link(tmp, path)
+        atomic.FS.fsync(path.parent)
         return True
     except FileExistsError:
         return False

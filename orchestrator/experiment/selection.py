@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from aavs.datasets import atomic
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment.spec import StageSpec
 from aavs.orchestrator.experiment.stage_tasks import checkpoint_digest
@@ -20,6 +21,8 @@ class StageFailed(RuntimeError):
 def pick_best(stage: StageSpec, stage_dir: Path, data_root: Path) -> results.BestTrial:
     """The trial with the best value of the stage's metric among those with a best checkpoint; with
     ``repeats``, the best seed of the configuration with the best mean."""
+    for trial_dir in trial_dirs(stage_dir):  # every trial has ended: a best/ commit a kill cut short, finished
+        atomic.settle(trial_dir / results.BEST)
     ranked = rank_trials(stage_dir, stage.tune.metric, stage.tune.mode)
     if not ranked:
         raise StageFailed(f"stage {stage.name}: no trial produced a checkpoint (see the trials' status.json)")

@@ -46,9 +46,20 @@ class TrainerState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def last_dir(trial_dir: Path) -> Path:
+    """Where ``checkpoints/last`` is to be read: a commit killed half-way leaves it staged beside
+    (aavs.datasets.atomic); every rank reads the same version, and the next save finishes the commit."""
+    return atomic.readable(trial_dir / LAST)
+
+
+def best_dir(trial_dir: Path) -> Path:
+    """Where the trial's best checkpoint is to be read, likewise."""
+    return atomic.readable(trial_dir / BEST)
+
+
 def read_trainer_state(trial_dir: Path) -> TrainerState | None:
     """The state ``checkpoints/last`` was saved with; None before the first epoch ended."""
-    saved = load_json(trial_dir / LAST / "trainer.json")
+    saved = load_json(last_dir(trial_dir) / "trainer.json")
     return None if saved is None else TrainerState(**saved["state"])
 
 
@@ -62,7 +73,7 @@ def save_last(
     that all ranks can name; rank 0 then adds the weights and ``trainer.json`` and renames the whole
     into place.
     """
-    staging = trial_dir / "checkpoints" / f".state-epoch{state.epoch}"
+    staging = trial_dir / "checkpoints" / f".state.epoch{state.epoch}.tmp"  # a sweep removes it if left
     if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)  # what a run killed while saving left behind
     accelerator.wait_for_everyone()
@@ -89,7 +100,7 @@ def load_last(trial_dir: Path, accelerator: Accelerator) -> None:
     DeepSpeed the engine's checkpoint); the weights were loaded from ``model/`` before ``prepare``."""
     handle = accelerator.register_load_state_pre_hook(_skip_model_weights)
     try:
-        accelerator.load_state(str(trial_dir / LAST / STATE), load_module_strict=False)
+        accelerator.load_state(str(last_dir(trial_dir) / STATE), load_module_strict=False)
     finally:
         handle.remove()
 
@@ -99,7 +110,7 @@ def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
     next phase starts a fresh one): a run killed right after a phase's last epoch builds the next
     phase's model from them. accelerate's loader logs, so an accelerator must exist."""
     load_accelerator_state(
-        str(trial_dir / LAST / STATE),
+        str(last_dir(trial_dir) / STATE),
         models=[],
         optimizers=[],
         schedulers=[],

@@ -99,7 +99,7 @@ def exchange_folder(trial_dir: Path) -> Iterator[Path]:
     state = checkpointing.read_trainer_state(trial_dir)
     with tempfile.TemporaryDirectory(dir=trial_dir, prefix=".exchange-") as tmp:
         folder = Path(tmp)
-        shutil.copytree(trial_dir / checkpointing.LAST, folder / "last")
+        shutil.copytree(checkpointing.last_dir(trial_dir), folder / "last")
         if (trial_dir / checkpointing.BEST).is_dir():
             shutil.copytree(trial_dir / checkpointing.BEST, folder / "best")
         origin = {"trial": trial_dir.name, "epoch": state.epoch if state else -1}

@@ -190,9 +190,9 @@ def _enter_phase(
     model = _build(cfg)
     if resumed:
         model.set_phase(phase)
-        model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.LAST / "model", model))
+        model.load_trainable_state_dict(_load_weights(checkpointing.last_dir(trial_dir) / "model", model))
     elif phase == "B" and epoch > 0:
-        model.load_trainable_state_dict(_load_weights(trial_dir / checkpointing.BEST, model))
+        model.load_trainable_state_dict(_load_weights(checkpointing.best_dir(trial_dir), model))
         model.set_phase("B")  # re-initialises the Swin adapters, as the reference does
     else:
         if cfg.init_from:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from aavs.datasets import atomic
 from aavs.orchestrator.results.names import BEST, PARAMS_FILE
 from aavs.orchestrator.results.trial_files import read_checkpoint_metrics, read_params
 
@@ -55,7 +56,7 @@ def rank_trials(stage_dir: Path, metric: str, mode: Literal["max", "min"]) -> li
     is missing or lacks ``metric`` are left out."""
     candidates: list[tuple[str, Path, float, dict[str, Any]]] = []
     for trial_dir in trial_dirs(stage_dir):
-        metrics = read_checkpoint_metrics(trial_dir / BEST)
+        metrics = read_checkpoint_metrics(atomic.readable(trial_dir / BEST))  # a commit may be under way
         if metrics is not None and metric in metrics:
             candidates.append((trial_dir.name, trial_dir, float(metrics[metric]), read_params(trial_dir) or {}))
     groups: dict[str, list[float]] = {}

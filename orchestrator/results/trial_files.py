@@ -137,8 +137,7 @@ def metrics_line(row: dict[str, Any] | MetricsRow) -> str:
 
 def append_metrics(trial_dir: str | os.PathLike[str], row: dict[str, Any]) -> None:
     """Append one report (a line is one ``write``, so a killed writer tears at most the last line)."""
-    with open(Path(trial_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(metrics_line(row))
+    atomic.append_line(Path(trial_dir) / METRICS_FILE, metrics_line(row))
 
 
 def read_metrics(trial_dir: str | os.PathLike[str]) -> list[MetricsRow]:
