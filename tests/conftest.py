@@ -1,13 +1,16 @@
 """Shared fixtures: a small synthetic AVSBench, an isolated embedding cache, one intra-op thread, a
-local Ray cluster (per module) and the session's one tiny two-stage run (test_leaderboard.py and
-test_figures.py read it)."""
+local Ray cluster (one per session, for the modules that run last), the tiny experiment every module
+runs (``tiny_spec``) and the session's one tiny two-stage run (test_leaderboard.py and test_figures.py
+read it)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -48,13 +51,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray (2 CPUs) for the tests of one module, with its dashboard (on 127.0.0.1, a free port),
-    as a user's would have: Ray Train's placement-group cleaner asks the dashboard's state API whether a
-    finished trial's controller is gone; without it a worker group's CPUs can stay reserved after the
-    trial ends. Per module, not per session: test_cluster.py and test_submit.py start clusters of their
-    own, and an idle Ray left running would take CPU from every test after it on a 2-core machine."""
+    """A local Ray (2 CPUs) with its dashboard (on 127.0.0.1, a free port), as a user's would have: Ray
+    Train's placement-group cleaner asks the dashboard's state API whether a finished trial's controller
+    is gone; without it a worker group's CPUs can stay reserved after the trial ends.
+
+    One for the session (a start takes 5 to 12 s on 2 cores): the modules that use it kill trials and
+    workers, never Ray itself. pytest_collection_modifyitems below runs those modules last, together,
+    so that an idle Ray (measured: about 4 CPU-seconds a minute) never runs beside the other tests, and
+    the clusters that test_cluster.py and test_node_loss.py start in this process never meet it."""
     import socket
 
     import ray
@@ -74,27 +80,22 @@ def ray_cluster():
     ray.shutdown()
 
 
-# One `aavs run --local` (tiny preset, 2 videos per split; 3 stage-one trials, 2 stage-two trials, 2 epochs).
-TINY_SPEC = {
+# ------------------------------------------------------------------------------ tiny experiments
+# The smallest two-stage experiment (tiny preset, 2 videos per subset and split, one training video an
+# epoch, the rest at their defaults): two stage-one trials, then one stage-two trial on the masks and
+# weights of the better one, 2 epochs each. What a test needs beyond it, it says in tiny_spec's overrides.
+TINY = {
     "name": "tiny",
     "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
     "model": {"preset": "tiny"},
-    "compute": {
-        "workers_per_trial": 1,
-        "gpus_per_worker": 0,
-        "cpus_per_worker": 1,
-        "strategy": "plain",
-        "mixed_precision": "no",
-        "loader_workers": 0,
-    },
+    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
     "stages": [
         {
             "name": "localize",
             "task": "avss-binary",
             "epochs": 2,
-            "max_videos": 2,
-            "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}, "weight_decay": 0.05},
-            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1},
+            "max_videos": 1,
+            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
         },
         {
             "name": "semantic",
@@ -102,17 +103,64 @@ TINY_SPEC = {
             "prior": "localize",
             "init_from": "localize",
             "epochs": 2,
-            "max_videos": 2,
-            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
-            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1},
+            "max_videos": 1,
+            "params": {"lr": 1.0e-3},
         },
     ],
 }
 
 
+def _merged(base: dict, override: dict, whole_values: bool = False) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not whole_values:
+            out[key] = _merged(out[key], value, whole_values=key == "params")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tiny_spec(**overrides: Any) -> dict:
+    """The contents of a tiny experiment file: TINY with ``overrides`` merged in (a new dict each call).
+
+    A dict merges into the dict it overrides, key by key; anything else replaces; None removes the key.
+    ``stages`` takes a dict by stage name (that stage's overrides; None drops the stage; a new name adds
+    a stage at the end) or a list (the stages, whole). A parameter under a stage's ``params`` is replaced
+    whole (``{"lr": 1e-3}`` over ``{"lr": {"grid": [...]}}``): a search space is one value. E.g. one
+    stage-one trial of one epoch::
+
+        tiny_spec(name="one", stages={"localize": {"epochs": 1, "params": {"lr": 1e-3}}, "semantic": None})
+    """
+    stages = overrides.pop("stages", None)
+    spec = _merged(TINY, overrides)
+    if isinstance(stages, dict):
+        by_name = {stage["name"]: stage for stage in spec["stages"]}
+        for name, change in stages.items():
+            if change is None:
+                del by_name[name]
+            else:
+                by_name[name] = _merged(by_name.get(name, {"name": name}), change)
+        spec["stages"] = list(by_name.values())
+    elif stages is not None:
+        spec["stages"] = copy.deepcopy(stages)
+    return spec
+
+
+# The session's tiny run (tiny_run): three stage-one and two stage-two trials of two training videos, as
+# test_leaderboard.py shows the top one of three, and copies with a failed, a stopped and a running trial.
+TINY_SPEC = tiny_spec(
+    stages={
+        "localize": {"max_videos": 2, "params": {"lr": {"grid": [3.0e-4, 1.0e-3, 3.0e-3]}}},
+        "semantic": {"max_videos": 2, "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}}},
+    }
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(results folder, stdout of `aavs run`) of the one tiny run of this session; read-only."""
+    """(results folder, stdout of `aavs run`) of the one tiny run of this session (TINY_SPEC); read-only."""
     from aavs.orchestrator.cli import main
 
     folder = tmp_path_factory.mktemp("tiny-run")
@@ -131,7 +179,12 @@ def tiny_results(tiny_run: tuple[Path, str]) -> Path:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that reads the tiny run is slow (the run takes about a minute on 2 cores, and a test that
-    reports on it up to another): `make test-fast` skips them all, so never starts the run."""
+    reports on it up to another): `make test-fast` skips them all, so never starts the run.
+
+    The modules with a test that uses the session's ray_cluster run last, whole and in their order:
+    the cluster starts at the first such test and stops when the session ends, right after them."""
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    shared_ray = {item.path for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: item.path in shared_ray)  # stable: each group keeps its order

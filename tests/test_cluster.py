@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from conftest import tiny_spec
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import build_parser, main
@@ -25,17 +26,12 @@ CLUSTER = REPO / "cluster"
 
 
 def _two_stage_spec(one: dict, two: dict) -> dict:
-    stage = {"epochs": 1, "max_videos": 2, "params": {"lr": 1.0e-3}, "tune": {"num_samples": 1}}
-    return {
-        "name": "two-nodes",
-        "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-        "model": {"preset": "tiny"},
-        "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
-        "stages": [
-            {"name": "localize", "task": "avss-binary", "resources": one, **stage},
-            {"name": "semantic", "task": "avss", "prior": "localize", "resources": two, **stage},
-        ],
-    }
+    """One trial a stage, one epoch; stage two reads stage one's masks (but starts from its own weights)."""
+    stage = {"epochs": 1, "params": {"lr": 1.0e-3}}
+    return tiny_spec(
+        name="two-nodes",
+        stages={"localize": {**stage, "resources": one}, "semantic": {**stage, "init_from": None, "resources": two}},
+    )
 
 
 # ---------------------------------------------------------------------------------- placement

@@ -1,6 +1,8 @@
 """The fault matrix of docs/reliability.md that does not need a second node: damaged files left by an
-older crash or a bad disk, and the driver killed while it exports masks, evaluates on the test split
-or draws the report. Each ends, after `aavs resume`, with the uninterrupted run's best.json values."""
+older crash or a bad disk, a full disk, the --local driver killed in each of its stage tasks and in
+stage two, one of two DDP workers killed, Ctrl-C and `aavs stop`. Each ends, after `aavs resume`, with
+the uninterrupted run's best.json values. (A trial's process killed under Ray: test_node_loss.py,
+where its node is lost.)"""
 
 from __future__ import annotations
 
@@ -16,36 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_spec
 
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.experiment.repair import masks_problem
 
 pytestmark = [pytest.mark.slow]
 
-SPEC = {
-    "name": "faults",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
-    "stages": [
-        {
-            "name": "localize",
-            "task": "avss-binary",
-            "epochs": 2,
-            "max_videos": 1,
-            "params": {"lr": {"grid": [1.0e-3, 3.0e-3]}},
-        },
-        {
-            "name": "semantic",
-            "task": "avss",
-            "prior": "localize",
-            "init_from": "localize",
-            "epochs": 2,
-            "max_videos": 1,
-            "params": {"lr": 1.0e-3},
-        },
-    ],
-}
+SPEC = tiny_spec(name="faults")  # two stage-one trials, one stage-two trial, 2 epochs of one video
 
 
 def best_values(folder: Path, stages: tuple[str, ...] = ("localize", "semantic")) -> dict[str, tuple]:
@@ -103,88 +83,56 @@ def test_damaged_files_are_found_repaired_and_said(reference: Path, tmp_path, ca
     assert list((trials / "t000").glob(".damaged-*/best/model.safetensors"))  # kept for a post-mortem
 
 
+@pytest.mark.ray
 @pytest.mark.subprocess
-def test_driver_killed_during_each_stage_task_resumes_to_the_same_results(reference: Path, tmp_path):
-    """SIGKILL as stage one's mask export starts, then (resumed) as its test evaluation starts, then
-    (resumed again) as its report starts; the last `aavs resume` finishes with the uninterrupted run's
-    values and never uses a half-written masks folder."""
+def test_driver_killed_in_each_stage_task_and_in_stage_two_resumes_to_the_same_results(
+    reference: Path, ray_cluster, tmp_path
+):
+    """The --local driver's process group SIGKILLed as stage one's mask export starts, then (resumed) as
+    its test evaluation starts, then as its report starts, then once stage two's trial has reported its
+    first epoch. The last `aavs resume` (on Ray, by request, although the run started --local) leaves
+    stage one untouched (same mtimes), continues stage two's trial at its epoch, takes the killed
+    driver's lock over, never uses a half-written masks folder, and ends with the uninterrupted run's
+    values."""
     (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     results = tmp_path / "results"
     folder = results / "faults"
-    commands = {
-        "masks": ["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(results)],
-        "test": ["resume", str(folder)],
-        "report": ["resume", str(folder)],
-    }
-    for task, command in commands.items():
+    trial = folder / "semantic" / "trials" / "t000"
+    one, run = folder / "localize", ["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(results)]
+    resume = ["resume", str(folder)]
+    kills = [  # what runs, the file whose appearance says the moment has come, how long after it the kill comes
+        ("the masks task", run, one / "masks.log.txt", 0.5),
+        ("the test task", resume, one / "test.log.txt", 0.5),
+        ("the report", resume, one / "done.json", 0.1),  # drawn once the stage is done
+        ("stage two", resume, trial / "metrics.jsonl", 0.0),  # its trial's first epoch reported
+    ]
+    for what, command, started, into in kills:
         proc = subprocess.Popen(
             [sys.executable, "-m", "aavs.orchestrator.cli", *command],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        started = folder / "localize" / f"{task}.log.txt"
         deadline = time.time() + 600
         while time.time() < deadline and not started.exists():
-            assert proc.poll() is None, f"the run ended before the {task} task started"
+            assert proc.poll() is None, f"the run ended before {what} started"
             time.sleep(0.02)
-        time.sleep(0.5)  # into the task
+        time.sleep(into)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         assert not (folder / "semantic" / "done.json").exists()
+    assert json.loads((trial / "status.json").read_text())["status"] != "done", "killed too late"
+    stage_one = {p: p.stat().st_mtime_ns for p in (folder / "localize").rglob("*") if p.is_file()}
 
-    assert main(["resume", str(folder)]) == 0
+    assert json.loads((folder / "run.json").read_text()) == {"mode": "local"}
+    assert main(["resume", str(folder), "--ray"]) == 0  # on Ray, this time, by request
+    assert {p: p.stat().st_mtime_ns for p in (folder / "localize").rglob("*") if p.is_file()} == stage_one
+    assert [json.loads(line)["epoch"] for line in (trial / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert best_values(folder) == best_values(reference)
     assert masks_problem(folder / "localize" / "masks") is None
-    assert not list((folder / "localize").glob(".masks.*.tmp"))
+    assert not list((folder / "localize").glob(".masks*"))  # no staging folder left
     for stage in ("localize", "semantic"):
         assert (folder / "report" / stage / "predictions.json").is_file()
-
-
-ONE_TRIAL = {
-    **SPEC,
-    "name": "one-trial",
-    "compute": {**SPEC["compute"], "max_failures": 1},
-    "stages": [dict(SPEC["stages"][0], epochs=4, params={"lr": 1.0e-3})],  # phase A: epochs 1 and 2
-}
-
-
-@pytest.mark.ray
-def test_a_trial_worker_killed_under_ray_is_retried_from_its_last_epoch(ray_cluster, tmp_path):
-    """The trial's process SIGKILLed after its first epoch (as the out-of-memory killer would): Tune
-    retries it (compute.max_failures), train_func resumes from checkpoints/last (not from scratch),
-    and the trial ends with the numbers of an uninterrupted run."""
-    import threading
-
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(ONE_TRIAL, sort_keys=False))
-    assert main(["run", str(tmp_path / "one.yaml"), "--local", "--results", str(tmp_path / "reference")]) == 0
-    trial = tmp_path / "results" / "one-trial" / "localize" / "trials" / "t000"
-    killed = []
-
-    def kill_after_first_epoch() -> None:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if (trial / "metrics.jsonl").is_file() and (trial / "node.json").is_file():
-                os.kill(json.loads((trial / "node.json").read_text())["pid"], signal.SIGKILL)
-                killed.append(True)
-                return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_after_first_epoch)
-    killer.start()
-    assert main(["run", str(tmp_path / "one.yaml"), "--results", str(tmp_path / "results")]) == 0
-    killer.join()
-    assert killed
-    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
-    assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
-    reference = tmp_path / "reference" / "one-trial" / "localize" / "trials" / "t000"
-    assert [r["val/miou"] for r in rows] == [
-        json.loads(line)["val/miou"] for line in (reference / "metrics.jsonl").read_text().splitlines()
-    ]
-    best = json.loads((tmp_path / "results" / "one-trial" / "localize" / "best.json").read_text())
-    ref_best = json.loads((tmp_path / "reference" / "one-trial" / "localize" / "best.json").read_text())
-    assert (best["value"], best["checkpoint_sha256"]) == (ref_best["value"], ref_best["checkpoint_sha256"])
 
 
 @pytest.fixture
@@ -203,7 +151,11 @@ def small_disk(tmp_path):
 def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_path(synth_root, small_disk, tmp_path, capsys):
     from aavs.orchestrator.experiment.repair import folder_problem
 
-    raw = {**ONE_TRIAL, "data": {"root": str(synth_root)}, "stages": [dict(ONE_TRIAL["stages"][0], epochs=2)]}
+    raw = tiny_spec(
+        name="one-trial",
+        data={"synthetic": None, "root": str(synth_root)},
+        stages={"localize": {"params": {"lr": 1.0e-3}}, "semantic": None},
+    )
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["run", str(tmp_path / "one.yaml"), "--local", "--results", str(small_disk)]) == 1
     err = capsys.readouterr().err
@@ -340,18 +292,18 @@ def test_the_leaderboard_never_fails_on_files_being_replaced(tiny_results: Path,
 
 @pytest.mark.ray
 def test_one_of_two_ddp_workers_killed_restarts_the_train_run_from_its_last_epoch(ray_cluster, tmp_path):
-    """A two-worker DDP trial, one worker process SIGKILLed after the first epoch: Ray Train restarts
-    the worker group (compute.max_failures) and train_func resumes from checkpoints/last."""
+    """A two-worker DDP trial through Ray Train, one worker process SIGKILLed after the first epoch: Ray
+    Train restarts the worker group (compute.max_failures) and train_func resumes from checkpoints/last;
+    rank 0 alone reports, every epoch once, and the trial's best epoch is the stage's best."""
     import threading
 
     from ray.util.state import list_actors
 
-    raw = {
-        **ONE_TRIAL,
-        "name": "ddp-kill",
-        "compute": {**ONE_TRIAL["compute"], "workers_per_trial": 2, "strategy": "ddp"},
-        "stages": [dict(ONE_TRIAL["stages"][0], max_videos=2)],
-    }
+    raw = tiny_spec(
+        name="ddp-kill",
+        compute={"workers_per_trial": 2, "strategy": "ddp", "max_failures": 1},
+        stages={"localize": {"epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}}, "semantic": None},
+    )
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     trial = tmp_path / "results" / "ddp-kill" / "localize" / "trials" / "t000"
     killed = []
@@ -373,3 +325,5 @@ def test_one_of_two_ddp_workers_killed_restarts_the_train_run_from_its_last_epoc
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
     assert json.loads((trial / "status.json").read_text())["status"] == "done"
+    best = json.loads((tmp_path / "results" / "ddp-kill" / "localize" / "best.json").read_text())
+    assert best["trial_id"] == "t000" and best["value"] == max(r["val/miou"] for r in rows)

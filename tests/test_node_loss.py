@@ -1,7 +1,9 @@
 """A node lost mid-trial, on a real two-node Ray cluster in this machine (ray.cluster_utils.Cluster:
 a head without CPUs and two one-CPU nodes sharing this filesystem, as a cluster shares its results
 storage). The node running the trial is removed after the trial's first epoch; Tune retries the
-trial on the other node (compute.max_failures), which resumes from the trial's last epoch."""
+trial on the other node (compute.max_failures), which resumes from the trial's last epoch. A trial's
+process killed on a node that lives on (the out-of-memory killer) takes the same way: Tune sees the
+trial's actor die and retries it (compute.max_failures), train_func resumes from checkpoints/last."""
 
 from __future__ import annotations
 
@@ -11,20 +13,17 @@ import time
 
 import pytest
 import yaml
+from conftest import tiny_spec
 
 from aavs.orchestrator.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-SPEC = {
-    "name": "node-loss",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0, "max_failures": 1},
-    "stages": [
-        {"name": "localize", "task": "avss-binary", "epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}},
-    ],
-}
+SPEC = tiny_spec(
+    name="node-loss",
+    compute={"max_failures": 1},
+    stages={"localize": {"epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}}, "semantic": None},
+)
 
 
 def test_a_trial_on_a_lost_node_finishes_on_the_other_from_its_last_epoch(tmp_path):
@@ -63,6 +62,10 @@ def test_a_trial_on_a_lost_node_finishes_on_the_other_from_its_last_epoch(tmp_pa
     rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
+    reference_trial = tmp_path / "reference" / "node-loss" / "localize" / "trials" / "t000"
+    assert [r["val/miou"] for r in rows] == [  # every epoch's numbers, not only the best's
+        json.loads(line)["val/miou"] for line in (reference_trial / "metrics.jsonl").read_text().splitlines()
+    ]
     best, reference = (
         json.loads((root / "node-loss" / "localize" / "best.json").read_text())
         for root in (tmp_path / "results", tmp_path / "reference")

@@ -1,7 +1,8 @@
 """A terminal a person can read during ``aavs run``: trial output in log files, plain event lines on a pipe.
 
-The fast tests cover the capture of a trial's output, the plain-line renderer and ``aavs logs``; the
-slow one runs a shortened two-stage demo under Ray as a subprocess whose output goes to a pipe.
+The tests here cover the capture of a trial's output, the plain-line renderer and ``aavs logs``; a
+shortened two-stage demo run under Ray as a subprocess whose output goes to a pipe is in
+test_experiment.py (test_local_and_ray_give_the_same_numbers_and_ray_is_quiet_on_a_pipe).
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import tiny_spec
 from rich.console import Console
 
 from aavs.orchestrator.cli import _PlainHandler, main
@@ -25,32 +23,7 @@ from aavs.orchestrator.recipe import output_capture
 from aavs.orchestrator.views.live import Event, LiveView, event_lines, plain_line
 
 ANSI = re.compile(r"\x1b\[")
-SPEC = {
-    "name": "quiet-demo",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
-    "stages": [
-        {
-            "name": "localize",
-            "task": "avss-binary",
-            "epochs": 2,
-            "max_videos": 3,
-            "params": {"lr": {"grid": [3.0e-4, 1.0e-3]}},
-            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2},
-        },
-        {
-            "name": "semantic",
-            "task": "avss",
-            "prior": "localize",
-            "init_from": "localize",
-            "epochs": 1,
-            "max_videos": 3,
-            "params": {"lr": 1.0e-3},
-            "tune": {"metric": "val/miou", "mode": "max", "num_samples": 1, "max_concurrent": 2},
-        },
-    ],
-}
+SPEC = tiny_spec(name="quiet-demo")
 
 
 # ------------------------------------------------------------------------------------ capturing
@@ -171,42 +144,3 @@ def test_aavs_logs_lists_and_prints(tmp_path, capsys):
     assert capsys.readouterr().out == "epoch 1: val/miou=0.5\n"
     assert main(["logs", str(results), "localize/t009"]) == 2
     assert "localize/t000" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------ the real thing
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.subprocess
-def test_shortened_demo_under_ray_is_quiet_on_a_pipe(tmp_path, capsys):
-    spec_file = tmp_path / "quiet-demo.yaml"
-    spec_file.write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(spec_file), "--results", str(tmp_path / "results")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        timeout=900,
-    )
-    output = proc.stdout.decode()
-    assert proc.returncode == 0, output[-4000:]
-    lines = output.splitlines()
-    assert not [line for line in lines if "pid=" in line or line.startswith("(")], output
-    assert not ANSI.search(output)
-    events = lines[: lines.index("experiment quiet-demo (done)")]  # then the final leaderboard's tables
-    assert "" not in events, output
-    assert "[repeated" not in output and "Setting accelerator" not in output
-    warnings = Counter(line.split(" WARNING ", 1)[1] for line in lines if " WARNING " in line)
-    assert warnings and max(warnings.values()) == 1, warnings
-    assert any("model.vggish in the experiment file" in w for w in warnings)
-    assert sum(" epoch " in line for line in events) == 2 * 2 + 1
-
-    results = tmp_path / "results" / "quiet-demo"
-    for trial in [*(results / "localize" / "trials").iterdir(), *(results / "semantic" / "trials").iterdir()]:
-        log = (trial / "log.txt").read_text()
-        assert "epoch 1" in log, trial
-    assert "Setting accelerator" in (results / "localize" / "trials" / "t000" / "log.txt").read_text()
-    assert (results / "localize" / "masks.log.txt").is_file() and (results / "semantic" / "test.log.txt").is_file()
-    capsys.readouterr()
-    assert main(["logs", str(results), "semantic/t000"]) == 0
-    assert "epoch 1 (phase" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Stage searchers, schedulers and trackers on a real local Ray: Optuna adapting under Tune, an Optuna
-stage killed and resumed with its searcher's state, population-based training exploiting a trial's
-state, and TensorBoard and MLflow records of every trial in both modes."""
+stage killed mid-trial and its Tune experiment restored with the searcher's state (the Ray layer of
+kill and resume), population-based training exploiting a trial's state, and TensorBoard and MLflow
+records of every trial in both modes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_spec
 
 from aavs.orchestrator.cli import main
 from aavs.orchestrator.experiment.search import make_searcher
@@ -23,34 +25,12 @@ from aavs.orchestrator.experiment.spec import StageSpec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-COMPUTE = {
-    "workers_per_trial": 1,
-    "gpus_per_worker": 0,
-    "cpus_per_worker": 1,
-    "strategy": "plain",
-    "mixed_precision": "no",
-    "loader_workers": 0,
-}
 
-
-def spec(name: str, tune: dict, epochs: int = 1, **extra) -> dict:
-    return {
-        "name": name,
-        "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-        "model": {"preset": "tiny"},
-        "compute": COMPUTE,
-        "stages": [
-            {
-                "name": "localize",
-                "task": "avss-binary",
-                "epochs": epochs,
-                "max_videos": 1,
-                "params": {"lr": {"loguniform": [1.0e-4, 1.0e-2]}},
-                "tune": tune,
-            }
-        ],
-        **extra,
-    }
+def spec(name: str, tune: dict, epochs: int = 1, params: dict | None = None, **extra) -> dict:
+    """Stage one alone, its learning rate searched on a log scale."""
+    params = {"lr": {"loguniform": [1.0e-4, 1.0e-2]}, **(params or {})}
+    stage = {"epochs": epochs, "params": params, "tune": tune}
+    return tiny_spec(name=name, stages={"localize": stage, "semantic": None}, **extra)
 
 
 def write(folder: Path, raw: dict) -> Path:
@@ -117,33 +97,50 @@ def mlflow_histories(uri: str, experiment: str, metric: str) -> dict[str, list[f
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment}"
-    runs = client.search_runs([found.experiment_id])
-    return {
-        r.info.run_name: [
-            m.value for m in sorted(client.get_metric_history(r.info.run_id, metric), key=lambda m: m.step)
-        ]
-        for r in runs
-    }
+    histories: dict[str, list[float]] = {}
+    # In the order they started: a trial restored after its driver was killed has a second run of its name.
+    for r in sorted(client.search_runs([found.experiment_id]), key=lambda r: r.info.start_time):
+        history = sorted(client.get_metric_history(r.info.run_id, metric), key=lambda m: m.step)
+        histories.setdefault(r.info.run_name, []).extend(m.value for m in history)
+    return histories
 
 
-def assert_trackers_hold_every_trial(results: Path, stage_dir: Path) -> None:
+def reported(trial_dir: Path) -> list[tuple[int, float, float, float]]:
+    """(epoch, training loss, val mIoU, val F-score) of each of the trial's reports."""
+    rows = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["train/loss"], r["val/miou"], r["val/fscore"]) for r in rows]
+
+
+def assert_trackers_hold_every_trial(results: Path, stage_dir: Path, interrupted: dict[str, int] | None = None) -> None:
+    """TensorBoard and MLflow hold every trial's reported val mIoU. ``interrupted``: a trial that was running
+    when its driver was killed, and how many reports it had made: those may be lost with the driver
+    (TensorBoard writes its file when it flushes or closes it); every report after the resume is there."""
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     history = mlflow_histories((results / "mlruns").as_uri(), f"{results.name}-localize", "val/miou")
     for trial in sorted((stage_dir / "trials").iterdir()):
         reported = [json.loads(line)["val/miou"] for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        reported = reported[(interrupted or {}).get(trial.name, 0) :]
         assert tensorboard_scalars(stage_dir / "tune" / trial.name, "ray/tune/val/miou")[-len(reported) :] == (
             pytest.approx(reported)
         )
         assert history[trial.name][-len(reported) :] == pytest.approx(reported)
 
 
-@pytest.mark.slow
 @pytest.mark.subprocess
-def test_optuna_stage_killed_after_three_trials_resumes_its_search(ray_cluster, tmp_path):
-    """Killed after 3 finished trials, `aavs resume` restores the Tune experiment: 4 trials in all, the
-    finished ones untouched; --local proposes the same first trial; both modes fill the trackers."""
-    tune = {"search": "optuna", "num_samples": 4, "startup_trials": 2, "seed": 11, "max_concurrent": 1}
-    raw = spec("optuna-resume", tune, loggers=["tensorboard", "mlflow"])
+def test_optuna_stage_killed_mid_trial_resumes_its_search_and_ends_as_uninterrupted(ray_cluster, tmp_path):
+    """A Ray run (on a pre-trained base) killed, its running trial with it, once its first trial has
+    finished and its second has reported an epoch: `aavs resume`, on Ray as the run was started, reuses
+    the base and restores the Tune experiment with its searcher's state: the finished trial untouched,
+    the second continued from its last epoch (every epoch reported once), a third proposed, no learning
+    rate twice. The trials end with the numbers of an uninterrupted --local run, whose Optuna proposes
+    the same (seeded) startup trials; both modes fill the trackers with every report."""
+    tune = {"search": "optuna", "num_samples": 3, "startup_trials": 2, "seed": 11, "max_concurrent": 1}
+    extra = {
+        "model": {"pretrain": {"steps": 2, "images_per_step": 2}},
+        "loggers": ["tensorboard", "mlflow"],
+        "params": {"adapter_warmup": 0.67},  # phase A: epochs 0 and 1, so the trial resumes inside it
+    }
+    raw = spec("optuna-resume", tune, epochs=3, **extra)
     spec_file = write(tmp_path, raw)
     results = tmp_path / "ray"
     proc = subprocess.Popen(
@@ -153,43 +150,54 @@ def test_optuna_stage_killed_after_three_trials_resumes_its_search(ray_cluster, 
         start_new_session=True,
     )
     stage_dir = results / raw["name"] / "localize"
-
-    def finished() -> list[Path]:
-        return [
-            s.parent for s in stage_dir.glob("trials/*/status.json") if json.loads(s.read_text())["status"] == "done"
-        ]
+    first, second = stage_dir / "trials" / "t000", stage_dir / "trials" / "t001"
 
     deadline = time.time() + 600
-    while time.time() < deadline and len(finished()) < 3:
+    while time.time() < deadline and not (second / "metrics.jsonl").is_file():
         assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
+        time.sleep(0.02)
+    trial = json.loads((second / "node.json").read_text())["pid"]
+    os.kill(trial, signal.SIGSTOP)  # the trial goes no further while the driver records its report
+    time.sleep(1.0)  # (in TensorBoard and MLflow: a file store that a kill mid-write leaves unreadable)
     os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(trial, signal.SIGKILL)  # (else it outlives its Ray a moment)
     proc.wait(timeout=60)
-    before = {d.name: (d / "metrics.jsonl").read_bytes() for d in finished()}
-    assert len(before) >= 3 and not (stage_dir / "done.json").exists()
+    assert json.loads((first / "status.json").read_text())["status"] == "done"
+    assert len((second / "metrics.jsonl").read_text().splitlines()) == 1, "killed too late"
+    finished, first_report = (first / "metrics.jsonl").read_bytes(), (second / "metrics.jsonl").read_bytes()
+    base_record = results / raw["name"] / "base" / "pretraining.json"
+    pretrained_at = base_record.stat().st_mtime_ns
+    assert not (stage_dir / "done.json").exists()
 
     assert main(["resume", str(results / raw["name"])]) == 0
+    assert base_record.stat().st_mtime_ns == pretrained_at  # the base is not trained again
     lrs = params(stage_dir)
-    assert sorted(lrs) == ["t000", "t001", "t002", "t003"]
-    assert len(set(lrs.values())) == 4
-    for name, rows in before.items():  # never run again
-        assert (stage_dir / "trials" / name / "metrics.jsonl").read_bytes() == rows
+    assert sorted(lrs) == ["t000", "t001", "t002"] and len(set(lrs.values())) == 3
+    assert (first / "metrics.jsonl").read_bytes() == finished  # never run again
+    assert (second / "metrics.jsonl").read_bytes().startswith(first_report)
+    assert f"resumed {second} at epoch 1 (phase A)" in (second / "log.txt").read_text()
     for name in lrs:
-        assert len((stage_dir / "trials" / name / "metrics.jsonl").read_text().splitlines()) == 1
+        assert [epoch for epoch, *_ in reported(stage_dir / "trials" / name)] == [0, 1, 2]
     board = json.loads((results / raw["name"] / "leaderboard.json").read_text())
-    assert board["stages"][0]["planned_trials"] == 4
-    assert_trackers_hold_every_trial(results / raw["name"], stage_dir)
+    assert board["stages"][0]["planned_trials"] == 3
+    assert_trackers_hold_every_trial(results / raw["name"], stage_dir, interrupted={"t001": 1})
 
     local = tmp_path / "local"
-    one = spec("optuna-resume", {**tune, "num_samples": 1}, loggers=["tensorboard", "mlflow"])
     (tmp_path / "l").mkdir()
-    assert main(["run", str(write(tmp_path / "l", one)), "--local", "--results", str(local)]) == 0
-    local_lrs = params(local / raw["name"] / "localize")
-    assert local_lrs["t000"] == lrs["t000"]  # the same first trial in both modes
-    assert_trackers_hold_every_trial(local / raw["name"], local / raw["name"] / "localize")
+    two = spec("optuna-resume", {**tune, "num_samples": 2}, epochs=3, **extra)
+    assert main(["run", str(write(tmp_path / "l", two)), "--local", "--results", str(local)]) == 0
+    local_dir = local / raw["name"] / "localize"
+    assert params(local_dir) == {name: lrs[name] for name in ("t000", "t001")}  # the same startup trials
+    for name in ("t000", "t001"):  # the same numbers, the resumed trial's too
+        assert reported(local_dir / "trials" / name) == reported(stage_dir / "trials" / name)
+    bases = [root / raw["name"] / "base" for root in (results, local)]
+    assert (bases[0] / "model.safetensors").read_bytes() == (bases[1] / "model.safetensors").read_bytes()
+    for base in bases:  # every trial starts from its run's base
+        configs = base.parent.glob("localize/trials/*/config.json")
+        assert {json.loads(c.read_text())["model"]["pretrained"] for c in configs} == {str(base.resolve())}
+    assert_trackers_hold_every_trial(local / raw["name"], local_dir)
 
 
-@pytest.mark.slow
 def test_population_based_training_exploits_a_trials_state(ray_cluster, tmp_path):
     """Two trials, an exploit decision every epoch: the worse one continues from the better one's state
     with a perturbed learning rate, and its schedule.json says from which epoch which rate held."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,38 +22,26 @@ from rich.table import Table
 
 from aavs.orchestrator.cli import main as aavs
 
-COMPUTE = {
-    "workers_per_trial": 1,
-    "gpus_per_worker": 0,
-    "cpus_per_worker": 1,
-    "strategy": "plain",
-    "mixed_precision": "no",
-    "loader_workers": 0,
-}
-
 
 def experiment(search: str, trials: int, epochs: int, startup: int) -> dict:
-    return {
-        "name": f"search-{search}",
-        "data": {"synthetic": {"videos_per_split": 6, "seed": 0}},
-        "model": {"preset": "tiny"},
-        "compute": COMPUTE,
-        "stages": [
-            {
-                "name": "localize",
-                "task": "avss-binary",
+    """The test suite's tiny experiment (tests/conftest.py), stage one alone on 6 videos per split."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import tiny_spec
+
+    tune = {"search": search, "num_samples": trials, "startup_trials": startup, "max_concurrent": 2, "seed": 0}
+    return tiny_spec(
+        name=f"search-{search}",
+        data={"synthetic": {"videos_per_split": 6}},
+        stages={
+            "localize": {
                 "epochs": epochs,
+                "max_videos": None,  # every training video
                 "params": {"lr": {"loguniform": [1.0e-4, 1.0e-2]}},
-                "tune": {
-                    "search": search,
-                    "num_samples": trials,
-                    "startup_trials": startup,
-                    "max_concurrent": 2,
-                    "seed": 0,
-                },
-            }
-        ],
-    }
+                "tune": tune,
+            },
+            "semantic": None,
+        },
+    )
 
 
 def run() -> None:

@@ -98,6 +98,9 @@ class RayRunner:
         else:
             search_alg = make_searcher(stage)
         experiment = stage_dir / "tune"
+        # Made before the choice: a restored Tuner keeps its own, but making them sets what the trackers
+        # need in this process's environment (MLflow's file store) for both.
+        callbacks = tune_callbacks(self.spec, stage, self.results_dir)
         if tune.Tuner.can_restore(experiment):
             log.info("stage %s: restoring the Tune experiment in %s", stage.name, experiment)
             tuner = tune.Tuner.restore(str(experiment), trainable, param_space=param_space)
@@ -116,7 +119,7 @@ class RayRunner:
                 run_config=tune.RunConfig(
                     name=experiment.name,
                     storage_path=str(experiment.parent),
-                    callbacks=tune_callbacks(self.spec, stage, self.results_dir),  # (a restored Tuner has its own)
+                    callbacks=callbacks,
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=c.max_failures),
                 ),
