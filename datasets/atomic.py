@@ -126,6 +126,18 @@ def staged(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}{suffix}")
 
 
+def make_dirs(folder: Path) -> None:
+    """``folder`` and its missing parents created, each new entry fsynced in its parent, so that what is
+    then written into it survives a power loss with its folder."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        FS.fsync(created.parent)
+
+
 def durable_tree(path: Path) -> None:
     """Every file and folder under ``path`` (and ``path`` itself) fsynced, deepest first."""
     if path.is_dir():
@@ -142,7 +154,7 @@ def durable_tree(path: Path) -> None:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it replaces ``path``, durably."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     with naming_a_full_disk(path):
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent)
     os.close(fd)
@@ -189,7 +201,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole (the
     module's four steps), leaving the old or the new version at every instant."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     settle(path)  # a commit of ours killed half-way: finished first, so there is one version to replace
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent))
     try:

@@ -44,6 +44,9 @@ class TrainerState:
     best_value: float | None = None
     best_epoch: int | None = None
     best_metrics: dict[str, Any] = field(default_factory=dict)
+    # The last finished epoch's report: a trial killed after saving its state but before appending the
+    # report line (metrics.jsonl) writes it on resume, so the file matches an uninterrupted run's.
+    report: dict[str, Any] | None = None
 
 
 def last_dir(trial_dir: Path) -> Path:

@@ -73,10 +73,13 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     reporter = make_reporter(trial_dir, is_main=rank == 0, exchange=cfg.report_checkpoints)
 
     state = checkpointing.read_trainer_state(trial_dir)
+    if rank == 0 and state is not None:
+        _restore_epoch_report(trial_dir, state)
     if state is not None and state.epoch >= cfg.epochs - 1:
         log.info("%s already finished (best %s = %s)", trial_dir, cfg.metric, state.best_value)
         reporter.report(_final_report(trial_dir, state), checkpoint=trial_dir / checkpointing.BEST, append=False)
-        if results.read_status(trial_dir) is None:  # removed as unreadable (aavs.orchestrator.experiment.repair)
+        status = results.read_status(trial_dir)  # None: removed as unreadable (aavs.orchestrator.experiment.repair)
+        if status is None or status.status != TrialStatus.DONE:  # or killed between the state and the status
             reporter.status(TrialStatus.DONE, epoch=cfg.epochs, epochs=cfg.epochs, best=state.best_metrics)
         return state.best_metrics
     if rank == 0:
@@ -128,6 +131,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     _save_best(accelerator.unwrap_model(model), trial_dir, state)
             state.epoch = epoch
             row["best/" + cfg.metric] = state.best_value
+            state.report = row
             checkpointing.save_last(trial_dir, accelerator, model, state, rank)
             # After the save: a report means this epoch's state is on disk (a scheduler may stop the
             # trial on it, and population-based training hands that state to another trial).
@@ -370,6 +374,13 @@ def _save_best(model: SegmentationModel, trial_dir: Path, state: checkpointing.T
     with atomic.atomic_dir(trial_dir / checkpointing.BEST) as tmp:
         model.save_pretrained(tmp)
         results.write_checkpoint_metrics(tmp, state.best_metrics)
+
+
+def _restore_epoch_report(trial_dir: Path, state: checkpointing.TrainerState) -> None:
+    """The report of the epoch ``checkpoints/last`` holds, appended if a kill came between the two."""
+    if state.report is not None and not any(r.epoch == state.epoch for r in results.read_metrics(trial_dir)):
+        line = dict(state.report, time=time.time(), checkpoint=str(trial_dir / checkpointing.BEST))
+        results.append_metrics(trial_dir, line)
 
 
 def _final_report(trial_dir: Path, state: checkpointing.TrainerState) -> dict[str, Any]:
