@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast test-faults demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,15 @@ lint: $(STAMP)
 	MYPYPATH=build/mypy $(BIN)/mypy -p aavs.models -p aavs.datasets -p aavs.orchestrator
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not faults"
+
+# The fault matrix's long runs and the full crash-position sweep (tests/README.md says what each covers).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults
+	$(BIN)/python tests/crash_consistency.py --all
 
 demo: $(STAMP)
 	$(BIN)/aavs run experiments/demo.yaml --results results
