@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -143,7 +143,7 @@ def _read_meta(folder: Path) -> dict:
         raise InputError(f"{meta_file} is missing: an AAVS checkpoint folder holds {META_FILE} and {WEIGHTS_FILE}")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8, not JSON, too many digits
         raise InputError(f"{meta_file}: not a readable JSON file ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise InputError(f"{meta_file}: not an AAVS checkpoint description (format {FORMAT!r}, version {VERSION})")
@@ -165,17 +165,74 @@ def read_weights(folder: str | Path) -> dict[str, Tensor]:
         raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
 
 
+# Bounds of a checkpoint's config, checked before any network is built from it (aavs.json may have
+# been edited by hand): the presets' numbers are far below them.
+MAX_CONFIG_INT = 2**24
+MAX_LAYERS = 100  # per stack: Swin-base's deepest stage has 18 blocks
+LAYER_KEYS = frozenset({"depths", "num_layers", "decoder_layers", "encoder_layers", "num_hidden_layers"})
+MAX_IMAGE_SIZE = 1024  # the presets take 128 (tiny) and 384 (swin-base)
+
+
+def _check_bounds(value: Any, meta_file: Path, at: str = "config", layers: bool = False) -> None:
+    """Every number of a config within the bounds above, or an InputError naming the key: a huge layer
+    count or size would hang or exhaust memory in the build, before any check of the weights."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_bounds(item, meta_file, f"{at}.{key}", key in LAYER_KEYS)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_bounds(item, meta_file, f"{at}[{i}]", layers)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        limit = MAX_LAYERS if layers else MAX_IMAGE_SIZE if at.endswith("image_size") else MAX_CONFIG_INT
+        if not -MAX_CONFIG_INT <= value <= limit:
+            raise InputError(f"{meta_file}: {at} is {value}, beyond what a network of this kind has (<= {limit})")
+
+
+def _check_fits(folder: Path, config: AAVSConfig, full: bool) -> None:
+    """The network ``config`` describes (built on the meta device: no memory, no weights, no base
+    folder read) has exactly the tensors, with their shapes, that ``model.safetensors`` stores (read
+    from its header): a checkpoint of another task or architecture, or a hand-edited ``aavs.json``,
+    is refused naming both files before any network is built."""
+    weights_file = folder / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise InputError(f"{weights_file} is missing")
+    try:
+        with safe_open(str(weights_file), "pt") as f:
+            stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    try:
+        with torch.device("meta"):
+            skeleton = build_from_config(config, load_base=False)
+    except InputError:
+        raise
+    except Exception as err:  # a config written by hand can fail anywhere in transformers' constructors
+        raise InputError(
+            f"{folder / META_FILE}: its config builds no AAVS network ({type(err).__name__}: {err})"
+        ) from None
+    tensors = skeleton.state_dict() if full else skeleton.trainable_state_dict()
+    wanted = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+    if stored != wanted:
+        differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise InputError(
+            f"{weights_file}: its tensors do not fit the {config.task} network {META_FILE} describes "
+            f"({len(differ)} differ, e.g. {differ[0]}: stored {stored.get(differ[0])}, expected {wanted.get(differ[0])})"
+        )
+
+
 def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
     meta = _read_meta(folder)
+    _check_bounds(meta.get("config"), folder / META_FILE)
     try:
         config = AAVSConfig.from_dict(meta.get("config"))
-    except (KeyError, TypeError, ValueError, StrictDataclassError) as err:
-        raise InputError(f"{folder / META_FILE}: invalid config ({err})") from err
+    except (InputError, KeyError, TypeError, ValueError, AttributeError, StrictDataclassError) as err:
+        raise InputError(f"{folder / META_FILE}: invalid config ({err})") from None
     if task is not None and get_task(task).name != config.task:
         raise InputError(f"{folder} holds a {config.task} network, not {task}")
     if base is not None:
         config.base = base if base in PRESETS else str(check_base_dir(base))
     full = meta["weights"] == "all"
+    _check_fits(folder, config, full)
     if not full and config.base not in PRESETS and not Path(config.base).is_dir():
         raise InputError(
             f"{folder} stores only the trainable weights; its base Mask2Former folder {config.base} "

@@ -121,4 +121,17 @@ class AAVSConfig:
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise InputError(f"AAVS config: expected the keys {sorted(expected)}, got {got}")
         fields = {k: v for k, v in data.items() if k != "mask2former"}
+        for key in ("task", "base"):
+            if not isinstance(fields[key], str):
+                raise InputError(f"AAVS config: {key} is {fields[key]!r}, expected a string")
+        for key in ("image_size", "audio_dim", "audio_hidden_dim", "adapter_reduction"):
+            value = fields[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"AAVS config: {key} is {value!r}, expected a positive integer")
+        if not isinstance(fields.get("train_base", False), bool):
+            raise InputError(f"AAVS config: train_base is {fields['train_base']!r}, expected true or false")
+        if not isinstance(data["mask2former"], dict):
+            raise InputError(
+                f"AAVS config: mask2former is {type(data['mask2former']).__name__}, expected the Mask2Former config"
+            )
         return cls(mask2former=Mask2FormerConfig.from_dict(data["mask2former"]), **fields)

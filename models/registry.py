@@ -124,7 +124,7 @@ def read_checkpoint_classes(checkpoint_dir: str | Path) -> list[str] | None:
     only, so a view of a results folder (the leaderboard) shows them without importing torch."""
     try:
         meta = json.loads((Path(checkpoint_dir) / "aavs.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON, an int of too many digits
         return None
     classes = meta.get("classes") if isinstance(meta, dict) else None
     return [str(c) for c in classes] if isinstance(classes, list) else None

@@ -1,4 +1,6 @@
-"""Commands that read a results folder: ``aavs leaderboard``, ``aavs report`` and ``aavs logs``.
+"""Commands that read a results folder: ``aavs leaderboard``, ``aavs report``, ``aavs logs`` and
+``aavs check-results``. The leaderboard and the report refuse a folder with a link out of it before reading it
+(:func:`aavs.orchestrator.results.check_tree`): it may come from someone else.
 
 Each ``cmd_*`` imports the module it drives in its body (as in every module of the CLI), so that
 ``aavs --help`` does not import matplotlib, torch or the views.
@@ -18,7 +20,10 @@ if TYPE_CHECKING:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.results import check_tree
     from aavs.orchestrator.views.leaderboard import load_leaderboard, render_leaderboard, select
+
+    check_tree(args.results_dir)
 
     if args.watch and not args.json:
         from aavs.orchestrator.views.live import watch  # the live view only for --watch
@@ -32,9 +37,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from aavs.orchestrator.results import check_tree
     from aavs.orchestrator.views.figures import write_report
 
+    check_tree(args.results_dir)  # (before the report writes into the folder, too)
     write_report(args.results_dir)
+    return EXIT_OK
+
+
+def cmd_check_results(args: argparse.Namespace) -> int:
+    """Every file a reader reads, read through its record; exit status 2 naming the first bad one."""
+    from aavs.orchestrator.results import check_folder
+
+    trials = check_folder(args.results_dir)
+    sys.stdout.write(f"{args.results_dir}: readable ({trials} trials)\n")
     return EXIT_OK
 
 
@@ -79,6 +95,13 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="write RESULTS/<name>/report: learning curves, per-class IoU, sample grids")
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "check-results",
+        help="check a results folder (e.g. one someone sent): every file the readers read, links, its format",
+    )
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_check_results)
 
     p = sub.add_parser("logs", help="the trials' and tasks' output (without TARGET: the list of log files)")
     p.add_argument("results_dir")

@@ -31,7 +31,13 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import lock, notify, repair, stopping
-from aavs.orchestrator.experiment.preparation import check_runnable, precompute_embeddings, prepare_base, prepare_data
+from aavs.orchestrator.experiment.preparation import (
+    check_runnable,
+    check_writable,
+    precompute_embeddings,
+    prepare_base,
+    prepare_data,
+)
 from aavs.orchestrator.experiment.runners.base import Runner
 from aavs.orchestrator.experiment.search_space import planned_trials
 from aavs.orchestrator.experiment.selection import pick_best
@@ -91,6 +97,7 @@ def resume_experiment(
     spec_file = folder / results.SPEC_YAML
     if not spec_file.is_file():
         raise InputError(f"{folder}: not an experiment results folder (no spec.yaml); start it with `aavs run`")
+    check_writable(folder)  # before the lock, its first write (check_runnable repeats it)
     with lock.held(folder, force=force):
         _settle_killed_writes(folder)
         results.open_results(folder, "resume")

@@ -9,8 +9,11 @@ the same message. The data root is checked by :func:`aavs.datasets.check.check_d
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from aavs.datasets.check import Problem
@@ -25,15 +28,21 @@ from aavs.orchestrator.recipe.output_capture import task_log
 log = logging.getLogger(__name__)
 
 SHOWN = 10  # problems of a data root quoted in ``aavs run``'s refusal (`aavs data check` lists all)
+# Less free space than this where the results folder lives is a full disk: not even a tiny trial's
+# first checkpoint would fit (tests/test_faults.py's full-disk test runs on 40 MB, and must start).
+MIN_FREE_BYTES = 16 * 2**20
+PROBE = ".aavs-probe.{pid}.tmp"  # a staging name: a sweep (aavs.datasets.atomic.sweep) removes one left over
 PB2_MODULES = ("GPy", "sklearn")  # the pb2 extra
 
 
 # ---------------------------------------------------------------------------------------- checks
 def check_runnable(spec: ExperimentSpec, local: bool, results_root: str | Path = "results") -> Path:
     """What the file's schema can't know, before anything is written: the results location is a local
-    path, the optional packages the file asks for are installed, with ``--local`` no stage needs Ray's
-    schedulers, and the data root is clean. Returns the experiment's results folder."""
+    path on storage that takes writes (:func:`check_writable`), the optional packages the file asks for
+    are installed, with ``--local`` no stage needs Ray's schedulers, and the data root is clean. Returns
+    the experiment's results folder."""
     results_dir = results.results_path(results_root) / spec.name
+    check_writable(results_dir)
     trackers.require_installed(spec)
     for i, stage in enumerate(spec.stages):
         missing = [m for m in PB2_MODULES if importlib.util.find_spec(m) is None]
@@ -61,6 +70,40 @@ def check_runnable(spec: ExperimentSpec, local: bool, results_root: str | Path =
                 f"{spec.data.root}` lists them all:\n{shown}{more}"
             )
     return results_dir
+
+
+def check_writable(results_dir: Path) -> None:
+    """The storage of ``results_dir`` takes writes and has room, or the InputError that names the
+    folder: read-only (a read-only mount, no permission) or full (ENOSPC, or less free than
+    :data:`MIN_FREE_BYTES`). A probe file is written, fsynced and removed in the folder, or, when the
+    folder does not exist yet, in its nearest existing parent: nothing is left behind, nothing is
+    created (``aavs run --dry-run`` runs this too)."""
+    where = results_dir
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    if not where.is_dir():
+        raise InputError(f"results folder {results_dir}: {where} is not a folder")
+    probe = where / PROBE.format(pid=os.getpid())
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"aavs probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(where).free
+    except OSError as err:
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise InputError(f"results folder {results_dir}: not writable ({where}: {err.strerror})") from None
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"results folder {results_dir}: the disk is full ({where}: {err.strerror})") from None
+        raise InputError(f"results folder {results_dir}: cannot be written ({where}: {err.strerror})") from None
+    if free < MIN_FREE_BYTES:
+        raise InputError(
+            f"results folder {results_dir}: the disk is full ({where}: {free / 2**20:.1f} MiB free, "
+            f"aavs needs at least {MIN_FREE_BYTES // 2**20} MiB)"
+        )
 
 
 def experiment_problems(

@@ -44,9 +44,12 @@ class ModelSource:
 def experiment_source(results_dir: str | Path, stage: str | None = None, **audio: str | None) -> ModelSource:
     """The best checkpoints of ``results_dir``: by default the last stage that takes a prior, fed by the
     stage its ``prior`` names; ``stage`` picks another. VGGish files and cache default to the
-    experiment's (``audio`` overrides: vggish, vggish_pca, cache_dir)."""
+    experiment's (``audio`` overrides: vggish, vggish_pca, cache_dir). The folder may come from someone
+    else: a link out of it is refused (:func:`aavs.orchestrator.results.check_tree`), and a best
+    checkpoint is the folder's own copy (:func:`_best_checkpoint`)."""
     results_dir = Path(results_dir)
     spec_file = results_dir / results.SPEC_FILE
+    results.check_tree(results_dir)
     record = results.read_spec(results_dir)
     if record is None:
         raise InputError(f"{spec_file}: missing (--experiment takes a results folder written by `aavs run`)")
@@ -64,7 +67,7 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
         raise InputError(
             f"{spec_file}: stage {prior} (the prior of {stage}) takes a prior itself; only two stages chain"
         )
-    model = spec.get("model", {})
+    model = spec.get("model") or {}
     return ModelSource(
         checkpoint=_best_checkpoint(results_dir, stage),
         prior_checkpoint=_best_checkpoint(results_dir, prior) if prior else None,
@@ -76,13 +79,15 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
 
 
 def _best_checkpoint(results_dir: Path, stage: str) -> str:
+    """The checkpoint ``<stage>/best.json`` names: the folder's own copy of it (``<stage>/trials/<id>/best``
+    of a folder copied or moved here), else the path as recorded (a folder put together by hand may
+    name checkpoints kept elsewhere; they are read as safetensors, never unpickled)."""
+    source = results_dir / stage / results.BEST_FILE
     best = results.read_best(results_dir / stage)  # a file that is not a best.json: InputError naming it
     if best is None:
-        raise InputError(
-            f"{results_dir / stage / results.BEST_FILE}: missing (stage {stage} has not finished: "
-            f"`aavs resume {results_dir}`)"
-        )
-    return best.checkpoint
+        raise InputError(f"{source}: missing (stage {stage} has not finished: `aavs resume {results_dir}`)")
+    own = results.own_copy(results_dir, best.checkpoint, results.CHECKPOINT_DEPTH, source)
+    return str(own) if own is not None else best.checkpoint
 
 
 def model_source(

@@ -27,6 +27,7 @@ from aavs.datasets.tasks import MASK_EXPORT_TASK, Task, get_task, same_kind
 from aavs.models import registry
 from aavs.models.protocol import SegmentationModel
 from aavs.orchestrator.recipe.device import pick_device
+from aavs.orchestrator.results.containment import check_tree
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,10 @@ def evaluate_checkpoint(
     vggish_pca: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, float]:
-    """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split."""
+    """``aavs evaluate``: metrics of a checkpoint (ours or a released one) on one split. A checkpoint
+    folder may come from someone else: a link in it that leads out of it is refused."""
+    if Path(checkpoint).is_dir():
+        check_tree(checkpoint, "the checkpoint folder")
     model = registry.load(checkpoint, base=base, task=task)
     check_classes(model, checkpoint, data)
     model.to(pick_device())

@@ -34,7 +34,8 @@ them reads and writes it through this package, so its layout is stated once, her
 Checkpoint internals (``checkpoints/last/``, a checkpoint's ``aavs.json``) belong to
 :mod:`aavs.orchestrator.recipe.checkpointing` and :mod:`aavs.models`, not to this package; only the
 folder names ``LAST`` and ``BEST`` are stated here. A stage's trials are ranked by one rule,
-:func:`~aavs.orchestrator.results.ranking.rank_trials`.
+:func:`~aavs.orchestrator.results.ranking.rank_trials`. A reader opens only what lies inside the
+folder (:mod:`~aavs.orchestrator.results.containment`): no link out of it is followed.
 
 Format version. ``format.json`` records the version of this layout the folder was written in
 (:data:`FORMAT_VERSION`); a folder without it predates versioning and is version 1, whose files have
@@ -53,6 +54,7 @@ take its absence (``<stage>/test/`` of an older folder: the report draws the cur
 
 from __future__ import annotations
 
+from aavs.orchestrator.results.containment import CHECKPOINT_DEPTH, MASKS_DEPTH, check_tree, inside, own_copy
 from aavs.orchestrator.results.experiment_files import (
     Leaderboard,
     Progress,
@@ -71,6 +73,7 @@ from aavs.orchestrator.results.experiment_files import (
     write_spec,
     write_stop,
 )
+from aavs.orchestrator.results.folder_check import check_folder
 from aavs.orchestrator.results.names import (
     BASE_DIR,
     BEST,
@@ -187,6 +190,7 @@ __all__ = [
     "BEST",
     "BEST_FILE",
     "CACHE_DIR",
+    "CHECKPOINT_DEPTH",
     "CHECKPOINT_METRICS_FILE",
     "CONFIG_FILE",
     "DATA_DIR",
@@ -197,6 +201,7 @@ __all__ = [
     "INPUTS_FILE",
     "LAST",
     "LEADERBOARD_FILE",
+    "MASKS_DEPTH",
     "MASKS_DIR",
     "MASKS_SUCCESS_FILE",
     "METRICS_FILE",
@@ -245,18 +250,22 @@ __all__ = [
     "TrialStatus",
     "aavs_version",
     "append_metrics",
+    "check_folder",
     "check_format",
+    "check_tree",
     "clear_metrics",
     "clear_stop",
     "configuration_key",
     "fixed",
     "folder_files",
     "folder_version",
+    "inside",
     "is_distribution",
     "keep_metrics_through",
     "load_json",
     "metrics_line",
     "open_results",
+    "own_copy",
     "planned_trials",
     "provenance",
     "rank_trials",

@@ -8,13 +8,17 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
 from aavs.datasets.errors import InputError
+from aavs.datasets.tasks import task_names
 from aavs.orchestrator.results.names import LEADERBOARD_FILE, RUN_FILE, SPEC_FILE, STOP_FILE
 from aavs.orchestrator.results.records import Record, StageStatus, read_record, write_record
+from aavs.orchestrator.results.stage_plan import is_distribution
 from aavs.orchestrator.results.versioning import check_format
 
 
@@ -40,11 +44,81 @@ def results_path(value: str | Path) -> Path:
     return Path(text).expanduser().resolve()
 
 
+# A stage's name, as the experiment file's schema takes it: the name of a folder in the results folder.
+PlainName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
+
+
+class _Shape(BaseModel):
+    """What the readers index in ``spec.json``'s ``spec``, checked strictly (a value is taken as it is
+    written, no conversion: the readers use the raw dict); other keys are the writer's business."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _TuneShape(_Shape):
+    metric: str
+    mode: Literal["max", "min"]
+    num_samples: int = Field(1, ge=1)
+    repeats: int = Field(1, ge=1)
+    search: str = "random"
+
+
+class _StageShape(_Shape):
+    name: PlainName
+    task: str
+    epochs: int | None = Field(None, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    tune: _TuneShape | None = None
+    prior: PlainName | None = None
+    init_from: PlainName | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in task_names():
+            raise ValueError(f"unknown task {task!r}")
+        return task
+
+    @field_validator("params")
+    @classmethod
+    def _distributions_list_values(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key, value in params.items():
+            if is_distribution(value) and not isinstance(next(iter(value.values())), list):
+                raise ValueError(f"params.{key}: a distribution's values are a list")
+        return params
+
+
+class _ModelShape(_Shape):
+    type: str = "aavs"
+    vggish: str | None = None
+    vggish_pca: str | None = None
+
+
+class _SpecShape(_Shape):
+    name: str | None = None
+    stages: list[_StageShape] = Field(min_length=1)
+    model: _ModelShape | None = None
+
+
 class SpecRecord(Record):
-    """``spec.json``: the resolved experiment (ExperimentSpec.to_dict()) and its hash."""
+    """``spec.json``: the resolved experiment (ExperimentSpec.to_dict()) and its hash. What the readers
+    index in ``spec`` is checked (its stages' names, tasks, tune and upstream stages), the rest kept."""
 
     hash: str
     spec: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _readable_spec(self) -> SpecRecord:
+        shape = _SpecShape.model_validate(self.spec)
+        earlier: list[str] = []
+        for stage in shape.stages:
+            if stage.name in earlier:
+                raise ValueError(f"stage {stage.name} twice")
+            for upstream in (stage.prior, stage.init_from):
+                if upstream is not None and upstream not in earlier:
+                    raise ValueError(f"stage {stage.name}: {upstream!r} is not an earlier stage")
+            earlier.append(stage.name)
+        return self
 
     @property
     def stages(self) -> list[dict[str, Any]]:

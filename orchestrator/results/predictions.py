@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
 from aavs.datasets import atomic
+from aavs.datasets.palette import MAX_CLASSES
 from aavs.orchestrator.results.names import PREDICTIONS_FILE, SAMPLES_FILE, TEST_DIR
 from aavs.orchestrator.results.records import Record, read_record, write_record
 
@@ -27,6 +29,13 @@ class PerClass(Record):
     iou: list[float]
     fscore: list[float]
     present: list[bool]  # in the test split's ground truth or prediction
+
+    @model_validator(mode="after")
+    def _one_entry_per_class(self) -> PerClass:
+        lengths = {len(self.classes), len(self.iou), len(self.fscore), len(self.present)}
+        if len(lengths) != 1 or not 1 <= len(self.classes) <= MAX_CLASSES:
+            raise ValueError(f"classes, iou, fscore and present: one entry per class (1 to {MAX_CLASSES})")
+        return self
 
 
 class Sample(Record):
@@ -111,14 +120,21 @@ def read_test_predictions(folder: str | os.PathLike[str]) -> Predictions | None:
 
 def read_test_samples(folder: str | os.PathLike[str], record: Predictions) -> list[SampleImages]:
     """The images of ``record``'s samples from ``samples.npz`` beside it; [] when the file is missing
-    or torn, or does not hold every sample."""
+    or torn, or does not hold every sample as its writer saves them (never unpickled)."""
     try:
-        with np.load(Path(folder) / SAMPLES_FILE) as arrays:
+        with np.load(Path(folder) / SAMPLES_FILE, allow_pickle=False) as arrays:
             found = {name: arrays[name] for name in arrays.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # missing, or not a whole npz
         return []
     if any(f"{part}_{i}" not in found for i in range(len(record.samples)) for part in ("image", "truth", "pred")):
         return []
+    for i in range(len(record.samples)):  # what the writer saved: uint8 arrays, one frame size a sample
+        arrays = [found[f"{part}_{i}"] for part in ("image", "truth", "pred", "prior") if f"{part}_{i}" in found]
+        image, masks = arrays[0], arrays[1:]
+        if any(a.dtype != np.uint8 for a in arrays) or image.ndim != 3 or image.shape[2:] != (3,):
+            return []
+        if any(m.shape != image.shape[:2] for m in masks):
+            return []
     return [
         SampleImages(
             uid=s.uid,

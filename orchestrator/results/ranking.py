@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aavs.datasets import atomic
-from aavs.orchestrator.results.names import BEST, PARAMS_FILE
+from aavs.datasets.errors import InputError
+from aavs.orchestrator.results.names import BEST, CHECKPOINT_METRICS_FILE, PARAMS_FILE
 from aavs.orchestrator.results.trial_files import read_checkpoint_metrics, read_params
 
 
@@ -56,9 +57,13 @@ def rank_trials(stage_dir: Path, metric: str, mode: Literal["max", "min"]) -> li
     is missing or lacks ``metric`` are left out."""
     candidates: list[tuple[str, Path, float, dict[str, Any]]] = []
     for trial_dir in trial_dirs(stage_dir):
-        metrics = read_checkpoint_metrics(atomic.readable(trial_dir / BEST))  # a commit may be under way
+        best = atomic.readable(trial_dir / BEST)  # a commit may be under way
+        metrics = read_checkpoint_metrics(best)
         if metrics is not None and metric in metrics:
-            candidates.append((trial_dir.name, trial_dir, float(metrics[metric]), read_params(trial_dir) or {}))
+            value = metrics[metric]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{best / CHECKPOINT_METRICS_FILE}: {metric} is {value!r}, not a number")
+            candidates.append((trial_dir.name, trial_dir, float(value), read_params(trial_dir) or {}))
     groups: dict[str, list[float]] = {}
     for _, _, value, params in candidates:
         groups.setdefault(configuration_key(params), []).append(value)

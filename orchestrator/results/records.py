@@ -93,11 +93,17 @@ R = TypeVar("R", bound=Record)
 
 
 def load_json(path: str | Path) -> Any:
-    """The JSON of ``path``; None when it is missing or torn (a writer killed before atomic files)."""
+    """The JSON of ``path``; None when it is missing or torn (a writer killed before atomic files; any
+    text that is not JSON, or not UTF-8, reads so). Something there that cannot be read as a file (a
+    folder) is an InputError naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, too many digits, too deep
+        return None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def read_record(path: str | Path, record: type[R]) -> R | None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from aavs.datasets import atomic
+from aavs.datasets.errors import InputError
 from aavs.orchestrator.results.names import (
     CHECKPOINT_METRICS_FILE,
     CONFIG_FILE,
@@ -141,12 +142,15 @@ def append_metrics(trial_dir: str | os.PathLike[str], row: dict[str, Any]) -> No
 
 
 def read_metrics(trial_dir: str | os.PathLike[str]) -> list[MetricsRow]:
-    """All reports of a trial, in order; a torn last line (a killed writer) is ignored."""
+    """All reports of a trial, in order; a torn last line (a killed writer), or any line that is not a
+    report, is ignored. Something there that cannot be read as a file is an InputError naming it."""
     path = Path(trial_dir) / METRICS_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8", errors="replace")  # bytes that are not UTF-8: not a report
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
     rows = []
     for line in text.splitlines():
         try:

@@ -117,7 +117,7 @@ def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
         else StageStatus.RUNNING
     )
     board: dict[str, Any] = {
-        "name": spec.spec["name"],
+        "name": spec.spec.get("name") or results_dir.name,
         "results_dir": str(results_dir),
         "updated": time.time(),
         "sources_digest": digest,
@@ -137,6 +137,9 @@ def _epochs_done(stage: dict[str, Any]) -> int:
 
 def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
     stage_dir = results_dir / stage["name"]
+    for key in ("tune", "epochs"):  # (spec.json's record checks their types when present)
+        if stage.get(key) is None:
+            raise InputError(f"{results_dir / results.SPEC_FILE}: stage {stage['name']} has no {key}")
     metric, mode = stage["tune"]["metric"], stage["tune"]["mode"]
     planned = planned_trials(stage)
     prior_from = _upstream(results_dir, stage.get("prior"))
@@ -195,14 +198,14 @@ def _stage(results_dir: Path, stage: dict[str, Any]) -> dict[str, Any]:
         "repeats": repeats,
         "prior_from": prior_from,
         "init_from": init_from,
-        "best": _best_summary(best) if best else None,
+        "best": _best_summary(results_dir, stage["name"], best) if best else None,
         "trials": sorted(trials, key=lambda t: (t["rank"] or 10**6, t["trial_id"])),
     }
 
 
-def _best_summary(best: results.BestTrial) -> dict[str, Any]:
-    """best.json's summary, with the class names its checkpoint records (the data's label2idx.json
-    for a semantic stage; None when the checkpoint cannot be read)."""
+def _best_summary(results_dir: Path, name: str, best: results.BestTrial) -> dict[str, Any]:
+    """best.json's summary, with the class names its checkpoint (the folder's own copy) records (the
+    data's label2idx.json for a semantic stage; None when the checkpoint cannot be read)."""
     keys = {
         "trial_id",
         "metric",
@@ -215,7 +218,10 @@ def _best_summary(best: results.BestTrial) -> dict[str, Any]:
         "masks",
         "data_root",
     }
-    return {**best.model_dump(include=keys), "classes": read_checkpoint_classes(best.checkpoint)}
+    source = results_dir / name / results.BEST_FILE
+    checkpoint = results.own_copy(results_dir, best.checkpoint, results.CHECKPOINT_DEPTH, source)
+    classes = read_checkpoint_classes(checkpoint) if checkpoint else None
+    return {**best.model_dump(include=keys), "classes": classes}
 
 
 def _trial(results_dir: Path, trial_dir: Path, ranked: RankedTrial | None, metric: str, epochs: int) -> dict[str, Any]:
@@ -234,9 +240,12 @@ def _trial(results_dir: Path, trial_dir: Path, ranked: RankedTrial | None, metri
     checkpoint = results.read_checkpoint_metrics(trial_dir / results.BEST) if ranked else None
     params = results.read_params(trial_dir) or {}
     schedule = results.read_schedule(trial_dir)  # population-based training: what held from which epoch
+    source = trial_dir / results.CONFIG_FILE
     links = {
-        "prior": _checkpoint_link(results_dir, _masks_checkpoint(config.get("prior"))),
-        "init": _checkpoint_link(results_dir, config.get("init_from")),
+        "prior": _checkpoint_link(
+            results_dir, _masks_checkpoint(results_dir, _text(config.get("prior")), source), source
+        ),
+        "init": _checkpoint_link(results_dir, _text(config.get("init_from")), source),
     }
     log_file = trial_dir / results.TRIAL_LOG
     return {
@@ -249,7 +258,7 @@ def _trial(results_dir: Path, trial_dir: Path, ranked: RankedTrial | None, metri
         "configuration": configuration_key(params),
         "schedule": [span.model_dump() for span in schedule.spans] if schedule and len(schedule.spans) > 1 else None,
         "epochs_done": len(rows),
-        "epochs": int(config.get("epochs", epochs)),
+        "epochs": _count(config.get("epochs"), epochs),
         "best": number(ranked.value) if ranked else None,
         "best_epoch": checkpoint.epoch if checkpoint else None,
         "val/miou": number(checkpoint.get("val/miou")) if checkpoint else None,
@@ -261,16 +270,29 @@ def _trial(results_dir: Path, trial_dir: Path, ranked: RankedTrial | None, metri
     }
 
 
-def _masks_checkpoint(masks: str | None) -> str | None:
-    """The checkpoint a stage-one masks folder was exported from (its ``_SUCCESS.json``)."""
+def _text(value: Any) -> str | None:
+    """A path a trial's config.json records (a hand-edited one may hold anything): a string, or None."""
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any, default: int) -> int:
+    """An epoch count a trial's config.json records, or ``default`` when it holds no count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _masks_checkpoint(results_dir: Path, masks: str | None, source: Path) -> str | None:
+    """The checkpoint a stage-one masks folder (recorded in ``source``) was exported from (its
+    ``_SUCCESS.json``), read from the results folder's own copy of that folder (none: None)."""
     if not masks or masks == GROUND_TRUTH_PRIOR:
         return None
-    success = results.read_masks_success(masks)
+    folder = results.own_copy(results_dir, masks, results.MASKS_DEPTH, source)
+    success = results.read_masks_success(folder) if folder else None
     return success.checkpoint if success else None
 
 
-def _checkpoint_link(results_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
-    """``.../<stage>/trials/<trial>/best`` as {stage, trial_id, epoch, checkpoint}; None if not such a path.
+def _checkpoint_link(results_dir: Path, checkpoint: str | None, source: Path) -> dict[str, Any] | None:
+    """``.../<stage>/trials/<trial>/best`` (recorded in ``source``) as {stage, trial_id, epoch,
+    checkpoint}; None if not such a path.
 
     The stage and trial come from the path's last parts, so a results folder moved or mounted
     elsewhere still links (the checkpoint's epoch is read from the folder's own copy).
@@ -281,7 +303,8 @@ def _checkpoint_link(results_dir: Path, checkpoint: str | None) -> dict[str, Any
     if len(parts) < 4 or parts[-3] != "trials":
         return {"stage": None, "trial_id": None, "epoch": None, "checkpoint": checkpoint}
     stage, trial_id = parts[-4], parts[-2]
-    metrics = results.read_checkpoint_metrics(results_dir / stage / "trials" / trial_id / parts[-1])
+    own = results.own_copy(results_dir, checkpoint, results.CHECKPOINT_DEPTH, source)
+    metrics = results.read_checkpoint_metrics(own) if own else None
     return {"stage": stage, "trial_id": trial_id, "epoch": metrics.epoch if metrics else None, "checkpoint": checkpoint}
 
 
@@ -292,7 +315,7 @@ def _upstream(results_dir: Path, stage_name: str | None) -> dict[str, Any] | Non
     best = results.read_best(results_dir / stage_name)
     if not best:
         return {"stage": stage_name, "trial_id": None, "epoch": None, "checkpoint": None}
-    link = _checkpoint_link(results_dir, best.checkpoint) or {}
+    link = _checkpoint_link(results_dir, best.checkpoint, results_dir / stage_name / results.BEST_FILE) or {}
     return {
         "stage": stage_name,
         "trial_id": best.trial_id,
