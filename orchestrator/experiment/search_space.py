@@ -23,6 +23,10 @@ from typing_extensions import NotRequired, TypedDict
 
 from aavs.orchestrator.recipe.config import STRICT, Expected, Hyperparameters
 
+# Which params entries are searched: one rule, stated where the views (which read spec.json) find it too.
+from aavs.orchestrator.results.stage_plan import fixed as fixed  # re-exported: trial_config and tests read it here
+from aavs.orchestrator.results.stage_plan import searched
+
 if TYPE_CHECKING:  # the stage's schema is built from this module's Params
     from aavs.orchestrator.experiment.spec import StageSpec
 
@@ -106,7 +110,6 @@ SEARCHERS: dict[str, Searcher] = {
     "hyperopt": Searcher("HyperOpt's TPE, the same way", adaptive=True),
 }
 assert tuple(SEARCHERS) == get_args(SearchName), "one entry per searcher name"
-DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
 CONTINUOUS = ("loguniform", "uniform")
 TRIAL_INDEX = "__trial_index__"  # Tune's Repeater puts the repeat's index under this key
 
@@ -114,20 +117,6 @@ TRIAL_INDEX = "__trial_index__"  # Tune's Repeater puts the repeat's index under
 def trial_name(index: int) -> str:
     """A trial's name and folder: ``t000``, ``t001``, ... in the order the stage's searcher proposed it."""
     return f"t{index:03d}"
-
-
-def searched(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a stage's ``params`` that are searched (a distribution, not a fixed value)."""
-    return {k: v for k, v in params.items() if _is_distribution(v)}
-
-
-def fixed(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of a stage's ``params`` that every trial shares."""
-    return {k: v for k, v in params.items() if not _is_distribution(v)}
-
-
-def _is_distribution(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
 
 
 def search_problem(search: str, params: Mapping[str, Any]) -> str | None:
