@@ -41,6 +41,21 @@ def check_runnable(spec: ExperimentSpec, local: bool, results_root: str | Path =
     path on storage that takes writes (:func:`check_writable`), the optional packages the file asks for
     are installed, with ``--local`` no stage needs Ray's schedulers, and the data root is clean. Returns
     the experiment's results folder."""
+    results_dir = check_environment(spec, local, results_root)
+    problems = data_problems(spec)
+    if problems:
+        shown = "\n".join(f"  {_line(p)}" for p in problems[:SHOWN])
+        more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        raise InputError(
+            f"data.root {spec.data.root}: {len(problems)} problem(s); `aavs data check "
+            f"{spec.data.root}` lists them all:\n{shown}{more}"
+        )
+    return results_dir
+
+
+def check_environment(spec: ExperimentSpec, local: bool, results_root: str | Path = "results") -> Path:
+    """:func:`check_runnable` less the data root: the results storage, the optional packages, the
+    schedulers ``--local`` can run. Returns the experiment's results folder."""
     results_dir = results.results_path(results_root) / spec.name
     check_writable(results_dir)
     trackers.require_installed(spec)
@@ -56,20 +71,19 @@ def check_runnable(spec: ExperimentSpec, local: bool, results_root: str | Path =
                 f"stages.{i}.tune.scheduler ({stage.name}): {stage.tune.scheduler_name} stops or mutates trials while "
                 "others run, which needs Ray; run without --local, or use scheduler: fifo"
             )
-    if spec.data.root is not None:
-        if not Path(spec.data.root).is_dir():
-            raise InputError(f"data.root: {spec.data.root}: data root missing (expected an AVSBench data root)")
-        if not (Path(spec.data.root) / "metadata.csv").is_file():
-            raise InputError(f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root)")
-        problems = cached_check_data_root(spec.data.root)
-        if problems:
-            shown = "\n".join(f"  {_line(p)}" for p in problems[:SHOWN])
-            more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-            raise InputError(
-                f"data.root {spec.data.root}: {len(problems)} problem(s); `aavs data check "
-                f"{spec.data.root}` lists them all:\n{shown}{more}"
-            )
     return results_dir
+
+
+def data_problems(spec: ExperimentSpec) -> list[Problem]:
+    """The problems of the spec's data root, each naming its file (none for a synthetic set, which the
+    run writes itself); a missing root or metadata.csv is an InputError."""
+    if spec.data.root is None:
+        return []
+    if not Path(spec.data.root).is_dir():
+        raise InputError(f"data.root: {spec.data.root}: data root missing (expected an AVSBench data root)")
+    if not (Path(spec.data.root) / "metadata.csv").is_file():
+        raise InputError(f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root)")
+    return cached_check_data_root(spec.data.root)
 
 
 def check_writable(results_dir: Path) -> None:
@@ -113,11 +127,8 @@ def experiment_problems(
     runnable). A data root's problems are listed one a line, naming the file."""
     try:
         spec, _ = load_spec(path, overrides)
-        if spec.data.root is not None and (Path(spec.data.root) / "metadata.csv").is_file():
-            data = [f"{path}: data.root: {_line(p)}" for p in cached_check_data_root(spec.data.root)]
-            if data:
-                return data
-        check_runnable(spec, local, results_root)
+        check_environment(spec, local, results_root)
+        return [f"{path}: data.root: {_line(p)}" for p in data_problems(spec)]  # (run quotes the first ones)
     except InputError as err:
         return str(err).splitlines()
     return []
