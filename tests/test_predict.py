@@ -439,9 +439,9 @@ def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, ray_
     )
     assert code == 0 and json.loads(stdout)["done"] == len(work["records"])
     for record in work["records"]:
+        assert _png_tree(out / record.uid) == _png_tree(two_stage_out / record.uid), record.uid
         for name in ("timeline.json", "overlay.mp4"):
             assert (out / record.uid / name).read_bytes() == (two_stage_out / record.uid / name).read_bytes(), name
-        assert _png_tree(out / record.uid) == _png_tree(two_stage_out / record.uid)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 

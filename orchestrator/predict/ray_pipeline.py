@@ -2,7 +2,7 @@
 
 Decode and audio embedding run as CPU tasks, prediction in an actor pool (each actor loads the
 networks once), mask writing as CPU tasks as windows come; per video, the overlay and timeline are a
-task once its last window is written. Ray pickles :class:`_PredictStep`, :func:`_finish_remote` and
+task once its last window is written. Ray pickles :class:`_PredictStep`, :func:`_finish_remote`, :func:`_embed_remote` and
 :func:`_worker_embedder` by reference, so they stay module-level here.
 """
 
@@ -29,10 +29,30 @@ def _worker_embedder(source: ModelSource) -> WindowEmbedder:
     return WindowEmbedder(source.vggish, source.vggish_pca, source.cache_dir)
 
 
+def _embed_remote(row: dict[str, Any], source: ModelSource, threads: int) -> dict[str, Any]:
+    """Ray task: a window's audio embeddings, with the driver's torch thread count (:func:`_same_threads`)."""
+    _same_threads(threads)
+    return embed_row(row, _worker_embedder(source))
+
+
+def _same_threads(threads: int) -> None:
+    """torch's intra-op threads in a worker set to the count the in-process run uses.
+
+    A different thread count splits float reductions differently, and on some CPUs that moves a pixel
+    across a class boundary: the Ray pipeline would then write other masks than ``run_local`` does.
+    A Ray worker's own count comes from its ``num_cpus`` (``OMP_NUM_THREADS``), not from the driver's.
+    """
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 class _PredictStep:
     """Ray Data actor: the networks, loaded once per actor."""
 
-    def __init__(self, source: ModelSource) -> None:
+    def __init__(self, source: ModelSource, threads: int) -> None:
+        _same_threads(threads)
         self.models = Models(source)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +75,9 @@ def run_ray(
     """The same steps as :func:`aavs.orchestrator.predict.run.run_local`, as a Ray Data pipeline.
     Folders of failed videos are dropped after the pipeline has drained."""
     import ray  # heavy: only `--ray` needs it
+    import torch
+
+    threads = torch.get_num_threads()  # what run_local would compute with: the workers use the same
 
     if not ray.is_initialized():
         ray.init(**local_ray_kwargs())  # on 127.0.0.1 only, unless RAY_ADDRESS names a cluster
@@ -69,11 +92,11 @@ def run_ray(
         ds = (
             ray.data.from_items(items, override_num_blocks=len(items))
             .flat_map(lambda video: decode_rows(video, size))
-            .map(lambda row: embed_row(row, _worker_embedder(source)))
+            .map(lambda row: _embed_remote(row, source, threads))
             # Ray's annotation of map() names functions only; a callable class makes it an actor pool.
             .map(
                 _PredictStep,  # type: ignore[arg-type]
-                fn_constructor_kwargs={"source": source},
+                fn_constructor_kwargs={"source": source, "threads": threads},
                 concurrency=actors,
                 num_gpus=gpus_per_actor,
             )
