@@ -1,9 +1,9 @@
 """One rank of a two-worker DeepSpeed ZeRO-2 trial SIGKILLed after its first epoch (as
 test_faults.py's DDP test kills a DDP worker): Ray Train restarts the worker group
 (``compute.max_failures``), ``train_func`` resumes from ``checkpoints/last`` (DeepSpeed's engine state
-through accelerate), every epoch is reported once. It should end with the numbers of the same trial
-run without a kill (two uninterrupted runs are bit for bit the same); it does not yet, by a rank's lost
-RNG state: that test is a strict xfail naming the cause, so that the fix shows.
+through accelerate), every epoch is reported once, and it ends with the numbers of the same trial run
+without a kill (two uninterrupted runs are bit for bit the same): each rank resumes its own RNG states
+(``rng_rank<r>.pt``; accelerate's own file is named by a process index that is 0 on every rank here).
 
 A ``faults`` test (about 2 minutes on 2 cores: the uninterrupted reference and the killed run, each a
 two-process DeepSpeed trial): `make test` leaves it out, `make test-faults` runs it (or
@@ -95,12 +95,6 @@ def test_a_deepspeed_rank_killed_restarts_the_train_run_from_its_last_epoch(runs
     assert best["trial_id"] == "t000" and best["value"] == max(r[2] for r in rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="accelerate takes every rank of a DeepSpeed trial on the CPU for process 0 (its backend is None "
-    "there: LOCAL_RANK is set, the device is the CPU and cpu=False), so each rank saves its RNG state to "
-    "random_states_0.pkl and restores rank 0's: the resumed epoch's step differs (docs/reliability.md)",
-)
 def test_a_deepspeed_rank_killed_ends_with_the_uninterrupted_runs_numbers(runs: tuple[Path, Path]) -> None:
     rows, best = trial_record(runs[1])
     reference_rows, reference_best = trial_record(runs[0])

@@ -7,6 +7,7 @@ A trial folder holds::
         accelerate/     Accelerator.save_state without the model: optimizer and scaler states, every
                         rank's RNG states (Python, NumPy, torch CPU and CUDA); under DeepSpeed also the
                         engine's own checkpoint (every rank's optimizer partition, frozen weights left out)
+            rng_rank<r>.pt  rank r's RNG states again, named by its process-group rank (:func:`_save_rng`)
         trainer.json    epoch, phase, best value and epoch
     best/               the best checkpoint so far by the stage's metric (a model checkpoint folder)
 
@@ -20,13 +21,16 @@ seeded by epoch) and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.checkpointing import load_accelerator_state
@@ -80,7 +84,7 @@ def save_last(
     if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)  # what a run killed while saving left behind
     accelerator.wait_for_everyone()
-    handle = accelerator.register_save_state_pre_hook(_drop_model_weights)
+    handle = accelerator.register_save_state_pre_hook(functools.partial(_before_save_state, rank=rank))
     try:
         with atomic.naming_a_full_disk(trial_dir / LAST):
             accelerator.save_state(str(staging), exclude_frozen_parameters=True)  # the kwarg: DeepSpeed's
@@ -106,6 +110,7 @@ def load_last(trial_dir: Path, accelerator: Accelerator) -> None:
         accelerator.load_state(str(last_dir(trial_dir) / STATE), load_module_strict=False)
     finally:
         handle.remove()
+    _load_rng(last_dir(trial_dir) / STATE)
 
 
 def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
@@ -120,16 +125,55 @@ def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
         dataloaders=[],
         process_index=accelerator.process_index,
     )
+    _load_rng(last_dir(trial_dir) / STATE)
 
 
-def _drop_model_weights(models: list, weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+def _process_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _save_rng(folder: Path, rank: int) -> None:
+    """This rank's RNG states under its process-group rank.
+
+    accelerate names its RNG file by ``accelerator.process_index``, which is 0 on every rank of a
+    DeepSpeed trial on the CPU (its distributed backend is None there: LOCAL_RANK is set, the device is
+    the CPU and ``cpu=False``): every rank wrote ``random_states_0.pkl`` and resumed with rank 0's
+    states, so the resumed epoch differed from an uninterrupted one. This file is named by the rank
+    the process group gives, and :func:`_load_rng` restores it after accelerate's own."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, folder / f"rng_rank{rank}.pt")
+
+
+def _load_rng(folder: Path) -> None:
+    """The RNG states :func:`_save_rng` wrote for this process's rank; a state saved before this file
+    existed keeps what accelerate restored."""
+    path = folder / f"rng_rank{_process_rank()}.pt"
+    if not path.is_file():
+        return
+    state = torch.load(path, weights_only=True)
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _before_save_state(models: list, weights: list[dict[str, torch.Tensor]], output_dir: str, rank: int) -> None:
     """save_state hook: no state dict of the model (it would hold the frozen base, ~430 MB for
-    swin-base); ``model/`` holds the trainable weights."""
+    swin-base; ``model/`` holds the trainable weights), and this rank's RNG file (:func:`_save_rng`)."""
     weights.clear()
+    _save_rng(Path(output_dir), rank)
 
 
 def _skip_model_weights(models: list, input_dir: str) -> None:
-    """load_state hook, the counterpart of :func:`_drop_model_weights`."""
+    """load_state hook, the counterpart of :func:`_before_save_state`."""
     models.clear()
 
 
