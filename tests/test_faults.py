@@ -88,20 +88,40 @@ def test_damaged_files_are_found_repaired_and_said(reference: Path, tmp_path, ca
 def test_driver_killed_in_each_stage_task_and_in_stage_two_resumes_to_the_same_results(
     reference: Path, ray_cluster, tmp_path
 ):
-    """The --local driver's process group SIGKILLed as stage one's mask export starts, then (resumed) as
-    its test evaluation starts, then as its report starts, then once stage two's trial has reported its
-    first epoch. The last `aavs resume` (on Ray, by request, although the run started --local) leaves
-    stage one untouched (same mtimes), continues stage two's trial at its epoch, takes the killed
-    driver's lock over, never uses a half-written masks folder, and ends with the uninterrupted run's
-    values."""
+    """Ctrl-C once stage one's first trial has reported an epoch: the --local run stops after the step
+    (exit 130, the trial interrupted, how to resume said). Then the driver's process group SIGKILLed,
+    each time after `aavs resume`, as stage one's mask export starts, as its test evaluation starts, as
+    its report starts, and once stage two's trial has reported its first epoch. The last `aavs resume`
+    (on Ray, by request, although the run started --local) leaves stage one untouched (same mtimes),
+    continues stage two's trial at its epoch, takes the killed driver's lock over, never uses a
+    half-written masks folder, and ends with the uninterrupted run's values."""
     (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     results = tmp_path / "results"
     folder = results / "faults"
     trial = folder / "semantic" / "trials" / "t000"
     one, run = folder / "localize", ["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(results)]
     resume = ["resume", str(folder)]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aavs.orchestrator.cli", *run],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and not first_report(folder).is_file():
+        assert proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert f"aavs: stopped; `aavs resume {folder}` continues where it stopped" in err
+    said = err + (one / "trials" / "t000" / "log.txt").read_text()  # (--local: the trial's log)
+    assert "stopping: running trials finish their current step" in said
+    assert json.loads((one / "trials" / "t000" / "status.json").read_text())["status"] == "interrupted"
+
     kills = [  # what runs, the file whose appearance says the moment has come, how long after it the kill comes
-        ("the masks task", run, one / "masks.log.txt", 0.5),
+        ("the masks task", resume, one / "masks.log.txt", 0.5),
         ("the test task", resume, one / "test.log.txt", 0.5),
         ("the report", resume, one / "done.json", 0.1),  # drawn once the stage is done
         ("stage two", resume, trial / "metrics.jsonl", 0.0),  # its trial's first epoch reported
@@ -187,7 +207,8 @@ def first_report(folder: Path) -> Path:
 def test_aavs_stop_ends_a_ray_run_resumably(reference: Path, ray_cluster, tmp_path, capsys):
     """`aavs stop` from another terminal (here a thread) once the first epoch is reported: the run
     ends with exit status 130 and says how to continue; `aavs resume` ends as an uninterrupted run.
-    (--local's stop goes through the same request: test_ctrl_c_stops_after_the_step_and_resume_continues.)"""
+    (--local's stop goes through the same request: Ctrl-C in
+    test_driver_killed_in_each_stage_task_and_in_stage_two_resumes_to_the_same_results.)"""
     import threading
 
     from aavs.orchestrator.experiment.stopping import request_stop
@@ -217,32 +238,6 @@ def test_aavs_stop_ends_a_ray_run_resumably(reference: Path, ray_cluster, tmp_pa
     assert main(["resume", str(folder)]) == 0
     assert best_values(folder, ("localize",)) == best_values(reference, ("localize",))
     assert not (folder / "stop.json").exists()
-
-
-@pytest.mark.subprocess
-def test_ctrl_c_stops_after_the_step_and_resume_continues(reference: Path, tmp_path):
-    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    folder = tmp_path / "results" / "faults"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aavs.orchestrator.cli", "run", str(tmp_path / "faults.yaml"), "--local"]
-        + ["--results", str(tmp_path / "results")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.time() + 600
-    while time.time() < deadline and not first_report(folder).is_file():
-        assert proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=300)[1].decode()
-    assert proc.returncode == 130, err[-2000:]
-    assert f"aavs: stopped; `aavs resume {folder}` continues where it stopped" in err
-    said = err + (folder / "localize" / "trials" / "t000" / "log.txt").read_text()  # (--local: the trial's log)
-    assert "stopping: running trials finish their current step" in said
-    assert json.loads((folder / "localize" / "trials" / "t000" / "status.json").read_text())["status"] == "interrupted"
-    assert main(["resume", str(folder)]) == 0
-    assert best_values(folder) == best_values(reference)
 
 
 def test_the_leaderboard_never_fails_on_files_being_replaced(tiny_results: Path, tmp_path):
