@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +191,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
     shared_ray = {item.path for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
     items.sort(key=lambda item: item.path in shared_ray)  # stable: each group keeps its order
+
+
+def kill_a_rank_once_reported(trial: Path, killed: list[int]) -> None:
+    """SIGKILL the last live Ray Train worker once the trial's first epoch is reported; its pid into
+    ``killed``."""
+    from ray.util.state import list_actors
+
+    deadline = time.time() + 600
+    while time.time() < deadline and not (trial / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    killed.append(workers[-1].pid)

@@ -3,9 +3,10 @@
 One shortened demo (conftest.py's tiny_spec with a pre-trained base: tiny preset, 2 videos per subset
 and split) runs through ``aavs run`` twice, in --local and on Ray in a process of its own; the tests
 check that both compute the same numbers, that the Ray run is quiet on a pipe, the hand-over from
-stage one to stage two, skipping of unchanged stages, and a two-worker DeepSpeed ZeRO-2 trial through
-Ray Train on the CPU. Killed and resumed: test_train.py (a trial), test_faults.py (the --local driver,
-a Ray Train worker), test_search_ray.py (a Tune experiment), test_node_loss.py (a node).
+stage one to stage two and skipping of unchanged stages. Two-worker trials: test_faults.py (DDP, a
+worker killed) and test_submit.py (DeepSpeed ZeRO-2, in a submitted job). Killed and resumed: test_train.py
+(a trial), test_faults.py (the --local driver, a Ray Train worker), test_search_ray.py (a Tune
+experiment), test_node_loss.py (a node).
 """
 
 from __future__ import annotations
@@ -154,34 +155,6 @@ def test_local_mode_produces_the_same_layout(runs: dict[str, Any]):
     assert layout(local) == layout(ray_run)
     board = json.loads((local / "leaderboard.json").read_text())
     assert [s["status"] for s in board["stages"]] == ["done", "done"]
-
-
-@pytest.mark.deepspeed
-def test_two_worker_deepspeed_trial_through_ray_train(ray_cluster, tmp_path, capsys):
-    """ZeRO-2 on the CPU, two Ray Train workers: rank 0 alone reports (no duplicated lines), phase A then
-    B, both ranks' optimizer partitions are in the training state, and the best checkpoint loads back as
-    the binary network whose val mIoU `aavs evaluate` reproduces. (Two DDP workers, one of them killed:
-    test_faults.py.)"""
-    from aavs.models import load_model
-
-    spec = tiny_spec(
-        name="two-workers-deepspeed",
-        compute={"workers_per_trial": 2, "strategy": "deepspeed", "deepspeed": {"zero_stage": 2}},
-        stages={"localize": {"params": {"lr": 1.0e-3}}, "semantic": None},
-    )
-    assert main(["run", str(write_spec(tmp_path, spec)), "--results", str(tmp_path / "results")]) == 0
-    trial = tmp_path / "results" / spec["name"] / "localize" / "trials" / "t000"
-    rows = [json.loads(r) for r in (trial / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1] and [r["phase"] for r in rows] == ["A", "B"]
-    assert json.loads((trial / "status.json").read_text())["status"] == "done"
-    state = trial / "checkpoints" / "last" / "accelerate"
-    assert len(list(state.rglob("*optim_states.pt"))) == 2 and (state / "latest").is_file()
-    best = json.loads((tmp_path / "results" / spec["name"] / "localize" / "best.json").read_text())
-    assert best["trial_id"] == "t000" and best["value"] == max(r["val/miou"] for r in rows)
-    assert load_model(best["checkpoint"]).config.task == "avss-binary"
-    capsys.readouterr()
-    assert main(["evaluate", best["checkpoint"], "--data", best["data_root"], "--split", "val", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(best["value"], abs=1e-6)
 
 
 def trial_numbers(results: Path) -> dict[str, list[float]]:

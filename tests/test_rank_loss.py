@@ -1,27 +1,27 @@
-"""One rank of a two-worker DeepSpeed ZeRO-2 trial SIGKILLed after its first epoch (as
-test_faults.py's DDP test kills a DDP worker): Ray Train restarts the worker group
+"""A rank of a two-worker trial SIGKILLed after its first epoch, as test_faults.py's DeepSpeed test
+does it, for what that test leaves out. DeepSpeed ZeRO-2: Ray Train restarts the worker group
 (``compute.max_failures``), ``train_func`` resumes from ``checkpoints/last`` (DeepSpeed's engine state
 through accelerate), every epoch is reported once, and it ends with the numbers of the same trial run
 without a kill (two uninterrupted runs are bit for bit the same): each rank resumes its own RNG states
 (``rng_rank<r>.pt``; accelerate's own file is named by a process index that is 0 on every rank here).
 
-A ``faults`` test (about 2 minutes on 2 cores: the uninterrupted reference and the killed run, each a
-two-process DeepSpeed trial): `make test` leaves it out, `make test-faults` runs it (or
-``pytest -m faults tests/test_deepspeed_rank_loss.py``).
+DDP: the same kill and restart of a two-worker DDP trial.
+
+``faults`` tests (about 3 minutes on 2 cores: for DeepSpeed the uninterrupted reference and the killed
+run, for DDP the killed run): `make test` leaves them out, `make test-faults` runs them (or
+``pytest -m faults tests/test_rank_loss.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import kill_a_rank_once_reported, tiny_spec
 
 from aavs.orchestrator.cli import main
 
@@ -56,8 +56,6 @@ def trial_record(results: Path) -> tuple[list[tuple[int, str, float, float]], di
 @pytest.fixture(scope="module")
 def runs(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(uninterrupted run, killed run): the killed one's rank SIGKILLed once epoch 0 is reported."""
-    from ray.util.state import list_actors
-
     folder = tmp_path_factory.mktemp("rank-kill")
     spec_file = folder / "rank-kill.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC, sort_keys=False))
@@ -65,16 +63,7 @@ def runs(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 
     trial = folder / "results" / SPEC["name"] / "localize" / "trials" / "t000"
     killed: list[int] = []
-
-    def kill_a_rank_after_the_first_epoch() -> None:
-        deadline = time.time() + 600
-        while time.time() < deadline and not (trial / "metrics.jsonl").is_file():
-            time.sleep(0.05)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-        os.kill(workers[-1].pid, signal.SIGKILL)
-        killed.append(workers[-1].pid)
-
-    killer = threading.Thread(target=kill_a_rank_after_the_first_epoch)
+    killer = threading.Thread(target=kill_a_rank_once_reported, args=(trial, killed))
     killer.start()
     assert main(["run", str(spec_file), "--results", str(folder / "results")]) == 0
     killer.join()
@@ -100,3 +89,28 @@ def test_a_deepspeed_rank_killed_ends_with_the_uninterrupted_runs_numbers(runs: 
     reference_rows, reference_best = trial_record(runs[0])
     assert rows == reference_rows
     assert (best["value"], best["checkpoint_sha256"]) == (reference_best["value"], reference_best["checkpoint_sha256"])
+
+
+def test_one_of_two_ddp_workers_killed_restarts_the_train_run_from_its_last_epoch(ray_cluster, tmp_path):
+    """A two-worker DDP trial through Ray Train, one worker process SIGKILLed after the first epoch: Ray
+    Train restarts the worker group (compute.max_failures) and train_func resumes from checkpoints/last;
+    rank 0 alone reports, every epoch once, and the trial's best epoch is the stage's best."""
+    raw = tiny_spec(
+        name="ddp-kill",
+        compute={"workers_per_trial": 2, "strategy": "ddp", "max_failures": 1},
+        stages={"localize": {"epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}}, "semantic": None},
+    )
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    trial = tmp_path / "results" / "ddp-kill" / "localize" / "trials" / "t000"
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_a_rank_once_reported, args=(trial, killed))
+    killer.start()
+    assert main(["run", str(tmp_path / "ddp.yaml"), "--results", str(tmp_path / "results")]) == 0
+    killer.join()
+    assert killed
+    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert f"resumed {trial} at epoch " in (trial / "log.txt").read_text()
+    assert json.loads((trial / "status.json").read_text())["status"] == "done"
+    best = json.loads((tmp_path / "results" / "ddp-kill" / "localize" / "best.json").read_text())
+    assert best["trial_id"] == "t000" and best["value"] == max(r["val/miou"] for r in rows)
