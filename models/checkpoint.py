@@ -1,7 +1,8 @@
 """AAVS checkpoints: our safetensors folders, and import of the released Stepping Stones ``.pth`` files.
 
-Our format: a folder with ``model.safetensors`` and ``aavs.json`` (format, version, task, base, which
-weights are stored, training phase, the class names in index order, the full :class:`AAVSConfig`). With
+Our format: a folder with ``model.safetensors``, ``aavs.json`` (format, version, task, base, which
+weights are stored, training phase, the class names in index order, the full :class:`AAVSConfig`) and
+the registry's ``checkpoint.json`` that every model type writes (:func:`aavs.models.registry.write_record`). With
 a pre-trained base folder only the weights trainable in some phase are stored, plus the base's absolute
 path; with a preset base (whose random frozen weights could not be recovered) every weight is stored. Folders are written atomically.
 
@@ -53,6 +54,7 @@ from aavs.datasets.atomic import atomic_dir, write_json
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import describe_classes
 from aavs.datasets.tasks import get_task
+from aavs.models import registry
 from aavs.models.configuration_aavs import AAVSConfig, task_labels
 from aavs.models.modeling_aavs import (
     AAVS,
@@ -127,6 +129,7 @@ def _write(model: AAVS, folder: str | Path, weights: str) -> Path:
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         write_json(tmp / META_FILE, meta)
+        registry.write_record(tmp, model.config, [WEIGHTS_FILE])
     log.debug("saved %s weights of the %s network to %s", weights, model.config.task, folder)
     return folder
 

@@ -27,9 +27,12 @@ from torch import Tensor, nn
 class ModelConfig(Protocol):
     """What callers read of a network's configuration (``model.config``)."""
 
-    model_type: str  # its name in aavs.models.registry (the experiment file's model.type)
     task: str  # the name of its task in aavs.datasets.tasks, which decides binary / semantic and the prior
     image_size: int  # square input size the frames are resized to
+
+    @property
+    def model_type(self) -> str:
+        """Its name in aavs.models.registry (the experiment file's model.type)."""
 
     @property
     def num_labels(self) -> int:

@@ -18,13 +18,27 @@ An entry also lists its ``presets``: the built-in architectures ``model.preset``
 without importing the model.
 
 The networks implement :class:`aavs.models.protocol.SegmentationModel`, whose ``config.model_type``
-is the entry's name. Adding a model: its module(s), and one :func:`register` call below.
+is the entry's name. Adding a model: its module(s), and one :func:`register` call below; or, from a
+package of its own, an entry point in the ``aavs.models`` group naming its :class:`ModelType` (in its
+``pyproject.toml``: ``[project.entry-points."aavs.models"] mymodel = "mypackage.model:MODEL_TYPE"``),
+found the first time the types are listed or looked up, in every process (Ray workers included).
+
+**The checkpoint record.** Every checkpoint folder a model's ``save_pretrained`` writes holds
+``checkpoint.json`` (:func:`write_record`): its model type, task, class names and weight files, in a
+form every model shares. The orchestrator reads a checkpoint only through it (:func:`checkpoint_type`,
+:func:`read_checkpoint_classes`, :func:`checkpoint_digest`), never a model's own files, so a results
+folder's views need neither torch nor the model's code, and ``load`` needs no type on the command
+line. A folder without a record was written before it existed: an AAVS checkpoint (``aavs.json``,
+``model.safetensors``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +49,17 @@ from aavs.datasets.errors import InputError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from aavs.models.protocol import SegmentationModel
+    from aavs.models.protocol import ModelConfig, SegmentationModel
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TYPE = "aavs"
+ENTRY_POINT_GROUP = "aavs.models"
+RECORD_FILE = "checkpoint.json"  # the checkpoint record (module docstring)
+RECORD_FORMAT = "aavs-model-checkpoint"
+RECORD_VERSION = 1
+# What a folder without a record holds: an AAVS checkpoint from before the record.
+_LEGACY_META, _LEGACY_WEIGHTS = "aavs.json", ("model.safetensors",)
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,7 @@ class ModelType:
 
 
 _TYPES: dict[str, ModelType] = {}
+_entry_points_loaded = False
 
 
 def register(model_type: ModelType) -> None:
@@ -73,13 +96,38 @@ def register(model_type: ModelType) -> None:
     _TYPES[model_type.name] = model_type
 
 
+def _load_entry_points() -> None:
+    """Register the types that installed packages declare in the ``aavs.models`` entry-point group,
+    once a process. A broken one is skipped with a warning naming it: the other types still work."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {entry_point.name} = {entry_point.value} ({ENTRY_POINT_GROUP})"
+        try:
+            model_type = entry_point.load()
+        except Exception as err:  # a third party's import error must not stop aavs
+            log.warning("%s: not loaded (%s: %s)", where, type(err).__name__, err)
+            continue
+        if not isinstance(model_type, ModelType):
+            log.warning("%s: expected an aavs.models.registry.ModelType, got %s", where, type(model_type).__name__)
+        elif model_type.name in _TYPES:
+            if _TYPES[model_type.name] != model_type:
+                log.warning("%s: model type %r is registered already; kept the first", where, model_type.name)
+        else:
+            _TYPES[model_type.name] = model_type
+
+
 def model_types() -> tuple[str, ...]:
-    """The registered names, in registration order."""
+    """The registered names (built in, then from entry points), in registration order."""
+    _load_entry_points()
     return tuple(_TYPES)
 
 
 def get_model_type(name: str) -> ModelType:
     """The entry called ``name``; an InputError naming it and the known types otherwise."""
+    _load_entry_points()
     entry = _TYPES.get(name) if isinstance(name, str) else None
     if entry is None:
         raise InputError(f"model.type {name!r} is not a known model type: expected one of {', '.join(_TYPES)}")
@@ -107,26 +155,111 @@ def build(
 
 
 def load(
-    path: str | Path, model_type: str = DEFAULT_TYPE, base: str | None = None, task: str | None = None
+    path: str | Path, model_type: str | None = None, base: str | None = None, task: str | None = None
 ) -> SegmentationModel:
-    """A ``model_type`` network from a checkpoint (``base`` overrides the stored base folder)."""
-    return get_model_type(model_type).function("load")(path, base=base, task=task)
+    """A network from a checkpoint (``base`` overrides the stored base folder), of the type its record
+    names unless ``model_type`` says (a released file, which has no record, is an AAVS one by default)."""
+    name = model_type or checkpoint_type(path)
+    return get_model_type(name).function("load")(path, base=base, task=task)
 
 
-def read_weights(folder: str | Path, model_type: str = DEFAULT_TYPE) -> dict[str, Tensor]:
-    """The tensors of a ``model_type`` checkpoint folder."""
-    return get_model_type(model_type).function("read_weights")(folder)
+def read_weights(folder: str | Path, model_type: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a checkpoint folder, read by its type's ``read_weights``."""
+    return get_model_type(model_type or checkpoint_type(folder)).function("read_weights")(folder)
+
+
+def write_record(folder: str | Path, config: ModelConfig, weights: Sequence[str]) -> None:
+    """``checkpoint.json`` of a checkpoint folder being written (call it inside the folder's atomic
+    write, with the network's ``config``): its type, task and class names, and the files that hold its
+    weights (relative to the folder; their digest is the checkpoint's, :func:`checkpoint_digest`)."""
+    from aavs.datasets.atomic import write_json
+
+    write_json(
+        Path(folder) / RECORD_FILE,
+        {
+            "format": RECORD_FORMAT,
+            "version": RECORD_VERSION,
+            "model_type": config.model_type,
+            "task": config.task,
+            "classes": list(config.class_names),
+            "weights": list(weights),
+        },
+    )
+
+
+def _record(folder: str | Path) -> dict[str, Any] | None:
+    """A checkpoint folder's record; None when it has none (a legacy AAVS folder, or not a folder); an
+    InputError naming the file when it is unreadable or not a record of this format."""
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise InputError(f"{path}: unreadable checkpoint record ({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise InputError(f"{path}: expected a checkpoint record with format {RECORD_FORMAT!r}")
+    if not isinstance(record.get("version"), int) or record["version"] > RECORD_VERSION:
+        raise InputError(
+            f"{path}: checkpoint record version {record.get('version')!r}; this aavs reads up to {RECORD_VERSION}"
+        )
+    weights = record.get("weights")
+    if (
+        not isinstance(record.get("model_type"), str)
+        or not isinstance(weights, list)
+        or not weights
+        or not all(
+            isinstance(w, str) and w and not Path(w).is_absolute() and ".." not in Path(w).parts for w in weights
+        )
+    ):
+        raise InputError(f"{path}: expected model_type (a name) and weights (file names inside the folder)")
+    return record
+
+
+def checkpoint_type(path: str | Path) -> str:
+    """The model type a checkpoint records (a registered one, or an InputError naming the record);
+    ``aavs`` for a folder or file without a record."""
+    record = _record(path)
+    if record is None:
+        return DEFAULT_TYPE
+    name = record["model_type"]
+    if name not in model_types():
+        raise InputError(
+            f"{Path(path) / RECORD_FILE}: model type {name!r} is not a known model type: expected one of "
+            f"{', '.join(_TYPES)} (is the package that registers it installed?)"
+        )
+    return name
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+    """SHA-256 that names a checkpoint's weights: of its one weights file (for AAVS, of
+    ``model.safetensors``, as before the record), or of each file's digest and name in order."""
+    from aavs.datasets.files import file_sha256
+
+    record = _record(folder)
+    files = record["weights"] if record else _LEGACY_WEIGHTS
+    if len(files) == 1:
+        return file_sha256(Path(folder) / files[0])
+    h = hashlib.sha256()
+    for name in files:
+        h.update(f"{name}\0{file_sha256(Path(folder) / name)}\n".encode())
+    return h.hexdigest()
 
 
 def read_checkpoint_classes(checkpoint_dir: str | Path) -> list[str] | None:
-    """The class names, in index order, that a checkpoint folder records in its ``aavs.json``
-    (aavs.models.checkpoint's META_FILE); None when it records none or cannot be read. Reads that file
-    only, so a view of a results folder (the leaderboard) shows them without importing torch."""
+    """The class names, in index order, that a checkpoint folder records; None when it records none
+    or cannot be read. Reads the record only (a legacy AAVS folder: its ``aavs.json``), so a view of a
+    results folder (the leaderboard) shows them without importing torch."""
     try:
-        meta = json.loads((Path(checkpoint_dir) / "aavs.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON, an int of too many digits
+        record = _record(checkpoint_dir)
+    except InputError:
         return None
-    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if record is None:
+        try:
+            record = json.loads((Path(checkpoint_dir) / _LEGACY_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON, an int of too many digits
+            return None
+    classes = record.get("classes") if isinstance(record, dict) else None
     return [str(c) for c in classes] if isinstance(classes, list) else None
 
 

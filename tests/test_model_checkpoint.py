@@ -137,7 +137,7 @@ def test_save_load_preset_stores_everything_and_reproduces_outputs(tmp_path):
     pixels, audio, prior = inputs(semantic=True)
     expected = outputs(model, pixels, audio, prior)
     folder = save_checkpoint(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in folder.iterdir()) == ["aavs.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["aavs.json", "checkpoint.json", "model.safetensors"]
     meta = json.loads((folder / "aavs.json").read_text())
     assert (meta["task"], meta["base"], meta["weights"], meta["phase"]) == ("avss", "tiny", "all", "B")
     assert meta["classes"] == list(AVSBENCH_CLASSES)  # the class list it predicts (no data given: AVSBench's)

@@ -86,3 +86,73 @@ def test_a_second_type_is_one_registration(monkeypatch):
     assert registry.get_model_type("aavs-copy").function("build") is registry.get_model_type("aavs").function("build")
     with pytest.raises(ValueError, match="registered already"):
         registry.register(copy)
+
+
+def _load_marker(path, base=None, task=None):
+    """The `load` of the test's second type: says it was called, with what."""
+    return ("aavs-copy loaded", str(path))
+
+
+def test_a_checkpoint_records_its_type_and_the_registry_reads_it(tiny, tmp_path, monkeypatch):
+    """checkpoint.json names the type, task, classes and weight files; loads need no type; the digest is
+    the weights file's SHA-256 (as before the record); a folder without a record is an AAVS one."""
+    import hashlib
+    import json
+
+    folder = tiny.save_pretrained(tmp_path / "ckpt")
+    record = json.loads((folder / "checkpoint.json").read_text())
+    assert {k: record[k] for k in ("model_type", "task", "classes", "weights")} == {
+        "model_type": "aavs",
+        "task": "s4",
+        "classes": ["background", "sounding"],
+        "weights": ["model.safetensors"],
+    }
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert registry.checkpoint_digest(folder) == sha
+    assert registry.read_checkpoint_classes(folder) == ["background", "sounding"]
+
+    (folder / "checkpoint.json").unlink()  # written before the record existed
+    assert registry.checkpoint_type(folder) == "aavs" and registry.load(folder).config.task == "s4"
+    assert registry.checkpoint_digest(folder) == sha
+    assert registry.read_checkpoint_classes(folder) == ["background", "sounding"]  # from aavs.json
+
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
+    registry.register(
+        registry.ModelType(
+            name="aavs-copy",
+            description="a second type whose load says it was called",
+            build="aavs.models.modeling_aavs:build_model",
+            load="test_model_registry:_load_marker",
+            read_weights="aavs.models.checkpoint:read_weights",
+        )
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (other / name).write_bytes(name.encode() * 3)
+    (other / "checkpoint.json").write_text(
+        json.dumps({**record, "model_type": "aavs-copy", "weights": ["a.bin", "b.bin"]})
+    )
+    assert registry.load(other) == ("aavs-copy loaded", str(other))
+    parts = [f"{n}\0{hashlib.sha256(n.encode() * 3).hexdigest()}\n" for n in ("a.bin", "b.bin")]
+    assert registry.checkpoint_digest(other) == hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "avsegformer"}, "model type 'avsegformer' is not a known model type: expected one of aavs"),
+        ({"version": 2}, "checkpoint record version 2; this aavs reads up to 1"),
+        ({"format": "other"}, "expected a checkpoint record with format 'aavs-model-checkpoint'"),
+        ({"weights": ["../x.safetensors"]}, "expected model_type (a name) and weights (file names inside the folder)"),
+    ],
+)
+def test_a_bad_checkpoint_record_is_named(tiny, tmp_path, change, message):
+    import json
+
+    folder = tiny.save_pretrained(tmp_path / "ckpt")
+    record = json.loads((folder / "checkpoint.json").read_text())
+    (folder / "checkpoint.json").write_text(json.dumps({**record, **change}))
+    with pytest.raises(InputError) as err:
+        registry.load(folder)
+    assert str(err.value).startswith(f"{folder / 'checkpoint.json'}: {message}")

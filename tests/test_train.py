@@ -272,7 +272,7 @@ def test_training_state_of_a_frozen_base_holds_none_of_its_weights(synth_root, t
     frozen = {k for k in model.state_dict() if k not in trainable}
     assert frozen and any("pixel_level_module.encoder" in k for k in frozen)
     state = trial / "checkpoints" / "last" / "accelerate"
-    assert sorted(p.name for p in state.iterdir()) == ["optimizer.bin", "random_states_0.pkl"]
+    assert sorted(p.name for p in state.iterdir()) == ["optimizer.bin", "random_states_0.pkl", "rng_rank0.pt"]
     set_phase(model, json.loads((state.parent / "trainer.json").read_text())["state"]["phase"])
     optimizer = torch.load(state / "optimizer.bin", weights_only=True)["state"]
     moments = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in optimizer.values())

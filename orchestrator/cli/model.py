@@ -1,8 +1,9 @@
 """Model commands, on a preset or a checkpoint: ``aavs model-info``, ``aavs import-checkpoint``,
 ``aavs evaluate`` and ``aavs predict``.
 
-The networks are reached through :mod:`aavs.models.registry` (its default type; the experiment file's
-``model.type`` names the others). Each ``cmd_*`` imports the module it drives in its body (as in every
+The networks are reached through :mod:`aavs.models.registry`: ``--type`` names the model type of a
+new network (``model-info``, ``import-checkpoint``; AAVS by default), and a checkpoint's own record
+names its type (``evaluate``, ``predict``). Each ``cmd_*`` imports the module it drives in its body (as in every
 module of the CLI), so that ``aavs --help`` does not import torch or transformers.
 """
 
@@ -13,9 +14,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from aavs.datasets.errors import InputError
 from aavs.datasets.layout import class_names
 from aavs.datasets.tasks import task_names
-from aavs.models.registry import DEFAULT_TYPE, get_model_type, model_presets
+from aavs.models.registry import DEFAULT_TYPE, get_model_type, model_presets, model_types
 from aavs.orchestrator.cli.common import (
     EXIT_INPUT,
     EXIT_OK,
@@ -40,7 +42,11 @@ def _data_classes(data: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    model_type = get_model_type(DEFAULT_TYPE)
+    model_type = get_model_type(args.type)
+    if args.preset is not None and args.preset not in model_type.presets:
+        raise InputError(
+            f"--preset {args.preset}: model type {model_type.name} has the presets {', '.join(model_type.presets)}"
+        )
     info = model_type.function("info")(
         preset=args.preset, pretrained=args.pretrained, task=args.task, classes=_data_classes(args.data)
     )
@@ -50,7 +56,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    out = get_model_type(DEFAULT_TYPE).function("import_released")(
+    out = get_model_type(args.type).function("import_released")(
         args.released, base=args.base, task=args.task, out=args.out, classes=_data_classes(args.data)
     )
     log.info("wrote %s", out)
@@ -119,11 +125,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_INPUT if summary["failed"] else EXIT_OK
 
 
+def add_model_type(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--type", default=DEFAULT_TYPE, choices=model_types(), help=f"the model type (default {DEFAULT_TYPE})"
+    )
+
+
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("model-info", help="architecture summary and parameter counts")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--preset", choices=model_presets())
+    g.add_argument("--preset", help=f"a preset of the model type ({DEFAULT_TYPE}: {', '.join(model_presets())})")
     g.add_argument("--pretrained", help="local Mask2Former checkpoint folder (Hugging Face format)")
+    add_model_type(p)
     p.add_argument("--task", required=True, choices=task_names(standalone_only=True))
     add_data_classes(p)
     add_json(p)
@@ -132,6 +145,7 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser("import-checkpoint", help="convert a released Stepping Stones .pth to our format")
     p.add_argument("released")
     p.add_argument("--base", required=True, help="the Mask2Former folder the release was trained from")
+    add_model_type(p)
     p.add_argument("--task", required=True, choices=task_names(standalone_only=True))
     p.add_argument("--out", required=True)
     add_data_classes(p)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from aavs.datasets import atomic
+from aavs.models import registry
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment.spec import StageSpec
-from aavs.orchestrator.experiment.stage_tasks import checkpoint_digest
 from aavs.orchestrator.results.ranking import rank_trials, trial_dirs
 
 
@@ -36,7 +36,7 @@ def pick_best(stage: StageSpec, stage_dir: Path, data_root: Path) -> results.Bes
         mode=stage.tune.mode,
         value=best.value,
         checkpoint=str(checkpoint),
-        checkpoint_sha256=checkpoint_digest(checkpoint),
+        checkpoint_sha256=registry.checkpoint_digest(checkpoint),
         params=best.params,
         data_root=str(data_root),
         repeats=len(values),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aavs.datasets import atomic
-from aavs.datasets.files import file_sha256
+from aavs.models import registry
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment.repair import masks_problem
 
@@ -28,11 +28,6 @@ class StageTask:
     cache: str  # the audio embedding cache
     vggish: str | None = None
     vggish_pca: str | None = None
-
-
-def checkpoint_digest(checkpoint: str | Path) -> str:
-    """The SHA-256 of a checkpoint's weights: what a later stage's inputs name it by."""
-    return file_sha256(Path(checkpoint) / "model.safetensors")
 
 
 def ray_node_id() -> str | None:
@@ -52,7 +47,7 @@ def record_node(trial_dir: str) -> None:
 def masks_ready(out: Path, checkpoint: str) -> bool:
     """The masks folder is complete and exported from ``checkpoint`` (else it is exported again)."""
     done = results.read_masks_success(out)
-    if done is None or done.checkpoint_sha256 != checkpoint_digest(checkpoint):
+    if done is None or done.checkpoint_sha256 != registry.checkpoint_digest(checkpoint):
         return False
     return masks_problem(out) is None
 
@@ -76,7 +71,7 @@ def export_stage_masks(task: StageTask, out: str) -> str:
                 checkpoint=task.checkpoint,
                 scores=scores,
                 node_id=ray_node_id(),
-                checkpoint_sha256=checkpoint_digest(task.checkpoint),
+                checkpoint_sha256=registry.checkpoint_digest(task.checkpoint),
                 files=results.folder_files(tmp),
             ),
         )

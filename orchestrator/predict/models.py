@@ -29,13 +29,12 @@ class ModelSource:
     ``checkpoint`` predicts the masks; ``prior_checkpoint`` (a binary, stage-one network) feeds a semantic
     ``checkpoint`` its sounding masks; both are our checkpoint folders (``aavs import-checkpoint`` converts a
     release). ``base``: the Mask2Former folder, for checkpoints of trainable weights whose base moved.
-    ``model_type``: the registered model type both checkpoints are (an experiment's ``model.type``).
+    Each checkpoint's model type is the one it records (:func:`aavs.models.registry.checkpoint_type`).
     """
 
     checkpoint: str
     prior_checkpoint: str | None = None
     base: str | None = None
-    model_type: str = registry.DEFAULT_TYPE
     vggish: str | None = None
     vggish_pca: str | None = None
     cache_dir: str | None = None
@@ -71,7 +70,6 @@ def experiment_source(results_dir: str | Path, stage: str | None = None, **audio
     return ModelSource(
         checkpoint=_best_checkpoint(results_dir, stage),
         prior_checkpoint=_best_checkpoint(results_dir, prior) if prior else None,
-        model_type=model.get("type", registry.DEFAULT_TYPE),
         vggish=audio.get("vggish") or model.get("vggish"),
         vggish_pca=audio.get("vggish_pca") or model.get("vggish_pca"),
         cache_dir=audio.get("cache_dir") or str(results_dir / "cache"),
@@ -137,7 +135,7 @@ class Models:
 
     def _load(self, checkpoint: str) -> SegmentationModel:
         """A network through the registry, on this device, in eval mode."""
-        model = registry.load(checkpoint, model_type=self.source.model_type, base=self.source.base)
+        model = registry.load(checkpoint, base=self.source.base)
         # A SegmentationModel is an nn.Module (the protocol leaves that out): to() and eval() act in place.
         cast(torch.nn.Module, model).to(self.device).eval()
         return model

@@ -28,7 +28,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def _save_rng(folder: Path, rank: int) -> None:
     the CPU and ``cpu=False``): every rank wrote ``random_states_0.pkl`` and resumed with rank 0's
     states, so the resumed epoch differed from an uninterrupted one. This file is named by the rank
     the process group gives, and :func:`_load_rng` restores it after accelerate's own."""
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     state = {
         "python": random.getstate(),
         "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import TASKS, get_task
-from aavs.models.registry import DEFAULT_TYPE, model_types
+from aavs.models.registry import DEFAULT_TYPE, model_presets, model_types
 
 if TYPE_CHECKING:  # a Literal of the registered names, made at run time: a checker sees a str
     TaskName = str
@@ -101,7 +101,7 @@ class ModelConfig(Strict):
     preset into ``<results>/<name>/base`` and hands it to every trial as ``pretrained``."""
 
     type: Annotated[str, AfterValidator(_registered_model_type)] = DEFAULT_TYPE
-    preset: Literal["tiny", "swin-base"] | None = None
+    preset: str | None = None  # one of the type's presets (aavs.models.registry)
     pretrained: LocalPath | None = None
     pretrain: BasePretraining | None = None
     vggish: LocalPath | None = None  # None: random VGGish weights (a warning says so)
@@ -110,6 +110,12 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _one_base(self) -> ModelConfig:
+        if self.preset is not None and self.preset not in model_presets(self.type):
+            raise Expected(
+                f"a preset of model type {self.type}: one of {list(model_presets(self.type))}",
+                at=("preset",),
+                got=self.preset,
+            )
         if self.preset is None and self.pretrained is None:
             raise Expected("'preset', 'pretrained' or both", got=self.model_dump(exclude_defaults=True))
         if self.pretrain is not None and (self.preset is None or self.pretrained is not None):

@@ -27,7 +27,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[2]
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os
 
 _folder = os.environ["AAVS_BENCH_FSYNC_SKIPPED"]
@@ -41,7 +41,7 @@ def _skipped_fsync(fd):
 
 
 os.fsync = _skipped_fsync
-'''
+"""
 
 
 def one_run(experiment: Path, results: Path, fsync: bool, scratch: Path) -> tuple[float, int, dict]:
@@ -66,9 +66,7 @@ def one_run(experiment: Path, results: Path, fsync: bool, scratch: Path) -> tupl
     wall = time.perf_counter() - clock
     if proc.returncode != 0:
         raise SystemExit(f"aavs run failed ({proc.returncode}):\n{proc.stderr.decode()[-3000:]}")
-    values = {
-        best.parent.name: json.loads(best.read_text())["value"] for best in sorted(results.glob("*/*/best.json"))
-    }
+    values = {best.parent.name: json.loads(best.read_text())["value"] for best in sorted(results.glob("*/*/best.json"))}
     return wall, len(list(skipped.iterdir())) if skipped.is_dir() else 0, values
 
 
