@@ -8,9 +8,9 @@ baseline) is a module implementing this protocol plus one :func:`aavs.models.reg
 no recipe change.
 
 Phases are AAVS's two-step adapter warm-up (docs/method.md §4); the recipe switches phase at the
-epoch the stage's ``adapter_warmup`` says. A model without phases treats both alike: ``set_phase``
-only records the name and ``phase_parameter_groups`` returns every trainable parameter in one group
-(and an experiment may set ``adapter_warmup: 0``, so all epochs are phase B).
+epoch the stage's ``adapter_warmup`` says, for a type registered with ``warmup=True``. A type without a
+warm-up trains every epoch in phase B: its ``set_phase`` is called once with ``"B"`` and may only
+record the name, and ``phase_parameter_groups("B", ...)`` returns every trainable parameter.
 """
 
 from __future__ import annotations

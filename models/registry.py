@@ -15,7 +15,10 @@ does not import torch or transformers. A type's functions:
   classes)`` (``aavs import-checkpoint``: a released checkpoint converted to a folder ``load`` reads).
 
 An entry also lists its ``presets``: the built-in architectures ``model.preset`` may name, known
-without importing the model.
+without importing the model; and whether it has a ``warmup`` phase: AAVS trains its audio side and
+decoder adapters alone first (phase A, the first ``adapter_warmup`` of a stage's epochs), then adds
+the Swin adapters (phase B). A type without one trains every epoch in phase B, whatever a stage's
+``adapter_warmup`` says, and never has its network rebuilt mid-stage.
 
 The networks implement :class:`aavs.models.protocol.SegmentationModel`, whose ``config.model_type``
 is the entry's name. Adding a model: its module(s), and one :func:`register` call below; or, from a
@@ -72,6 +75,7 @@ class ModelType:
     load: str
     read_weights: str
     presets: tuple[str, ...] = ()
+    warmup: bool = False
     info: str = ""
     render_info: str = ""
     import_released: str = ""
@@ -271,6 +275,7 @@ register(
         load="aavs.models.checkpoint:load_model",
         read_weights="aavs.models.checkpoint:read_weights",
         presets=("tiny", "swin-base"),
+        warmup=True,
         info="aavs.models.info:model_info",
         render_info="aavs.models.info:render_model_info",
         import_released="aavs.models.checkpoint:import_released_checkpoint",

@@ -156,3 +156,28 @@ def test_a_bad_checkpoint_record_is_named(tiny, tmp_path, change, message):
     with pytest.raises(InputError) as err:
         registry.load(folder)
     assert str(err.value).startswith(f"{folder / 'checkpoint.json'}: {message}")
+
+
+def test_a_type_without_a_warmup_trains_every_epoch_in_phase_b(monkeypatch):
+    from aavs.orchestrator.recipe.config import TrainConfig
+
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
+    registry.register(
+        registry.ModelType(
+            name="no-warmup",
+            description="AAVS's functions, registered without a warm-up phase",
+            build="aavs.models.modeling_aavs:build_model",
+            load="aavs.models.checkpoint:load_model",
+            read_weights="aavs.models.checkpoint:read_weights",
+            presets=("tiny",),
+        )
+    )
+    common = {"task": "s4", "data_root": "d", "trial_dir": "t", "epochs": 6, "adapter_warmup": 0.5}
+    aavs = TrainConfig.load({**common, "model": {"type": "aavs", "preset": "tiny"}})
+    other = TrainConfig.load({**common, "model": {"type": "no-warmup", "preset": "tiny"}})
+    assert [aavs.phase_of(e) for e in range(6)] == ["A"] * 3 + ["B"] * 3
+    assert other.phase_a_epochs == 0 and [other.phase_of(e) for e in range(6)] == ["B"] * 6
+    with pytest.raises(
+        InputError, match=r"model\.preset: expected a preset of model type no-warmup: one of \['tiny'\]"
+    ):
+        TrainConfig.load({**common, "model": {"type": "no-warmup", "preset": "swin-base"}})

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import TASKS, get_task
-from aavs.models.registry import DEFAULT_TYPE, model_presets, model_types
+from aavs.models.registry import DEFAULT_TYPE, get_model_type, model_presets, model_types
 
 if TYPE_CHECKING:  # a Literal of the registered names, made at run time: a checker sees a str
     TaskName = str
@@ -225,9 +225,12 @@ class TrainConfig(Hyperparameters):
     @property
     def phase_a_epochs(self) -> int:
         """``floor(epochs * adapter_warmup)``: with 1/2 and 1/3 exactly the reference's ``epochs // 2``
-        (stage one) and ``epochs // 3`` (stage two), docs/method.md §4.
+        (stage one) and ``epochs // 3`` (stage two), docs/method.md §4; 0 for a model type without a
+        warm-up phase (aavs.models.registry).
         The 1e-9 keeps a product that floating point puts just under a whole number (100 * 0.29 is
         28.999999999999996) on it."""
+        if not get_model_type(self.model.type).warmup:
+            return 0
         return math.floor(self.epochs * self.adapter_warmup + 1e-9)
 
     @property
