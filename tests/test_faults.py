@@ -38,7 +38,7 @@ def best_values(folder: Path, stages: tuple[str, ...] = ("localize", "semantic")
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """One uninterrupted --local run of SPEC; read-only."""
+    """One uninterrupted --local run of SPEC; read-only, but for the module's last test, which damages it."""
     folder = tmp_path_factory.mktemp("reference")
     (folder / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     assert main(["run", str(folder / "faults.yaml"), "--local", "--results", str(folder / "results")]) == 0
@@ -47,40 +47,6 @@ def reference(tmp_path_factory) -> Path:
 
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def test_damaged_files_are_found_repaired_and_said(reference: Path, tmp_path, caplog):
-    (tmp_path / "faults.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    assert main(["run", str(tmp_path / "faults.yaml"), "--local", "--results", str(tmp_path)]) == 0
-    folder = tmp_path / "faults"  # (results folders hold absolute paths: damaged in place, not copied)
-    trials = folder / "localize" / "trials"
-    truncate(trials / "t000" / "best" / "model.safetensors")  # the lost best checkpoint: t000 trains again
-    truncate(trials / "t001" / "checkpoints" / "last" / "model" / "model.safetensors")  # finished: results stand
-    with open(trials / "t001" / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 2, "val/mi')  # a torn last line
-    (folder / "semantic" / "trials" / "t000" / "status.json").write_text("garbage{")
-    masks = sorted(p for p in (folder / "localize" / "masks").rglob("*.png"))
-    masks[len(masks) // 2].unlink()
-    (folder / "semantic" / "done.json").unlink()  # stage two had not finished
-
-    with caplog.at_level(logging.WARNING):
-        assert main(["resume", str(folder)]) == 0
-    said = caplog.text
-    assert f"{trials / 't000' / 'best' / 'model.safetensors'}: " in said and "trains again" in said
-    assert f"{trials / 't001' / 'checkpoints' / 'last' / 'model' / 'model.safetensors'}: " in said
-    assert "its results stand" in said
-    assert f"{trials / 't001' / 'metrics.jsonl'}: 1 torn line(s) dropped, 2 report(s) kept" in said
-    assert f"{folder / 'semantic' / 'trials' / 't000' / 'status.json'}: unreadable" in said
-    assert f"{masks[len(masks) // 2]}: missing; exporting the masks again" in said
-
-    assert best_values(folder) == best_values(reference)
-    assert masks_problem(folder / "localize" / "masks") is None
-    assert [json.loads(line)["epoch"] for line in (trials / "t001" / "metrics.jsonl").read_text().splitlines()] == [
-        0,
-        1,
-    ]
-    assert json.loads((folder / "semantic" / "trials" / "t000" / "status.json").read_text())["status"] == "done"
-    assert list((trials / "t000").glob(".damaged-*/best/model.safetensors"))  # kept for a post-mortem
 
 
 @pytest.mark.ray
@@ -328,3 +294,38 @@ def test_one_of_two_deepspeed_ranks_killed_restarts_the_train_run_from_its_last_
     capsys.readouterr()
     assert main(["evaluate", best["checkpoint"], "--data", best["data_root"], "--split", "val", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_damaged_files_are_found_repaired_and_said(reference: Path, caplog):
+    """The module's reference run damaged in place (results folders hold absolute paths: not copied),
+    so this test comes last in the module; the values it must end with are read first."""
+    expected = best_values(reference)
+    folder = reference
+    trials = folder / "localize" / "trials"
+    truncate(trials / "t000" / "best" / "model.safetensors")  # the lost best checkpoint: t000 trains again
+    truncate(trials / "t001" / "checkpoints" / "last" / "model" / "model.safetensors")  # finished: results stand
+    with open(trials / "t001" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "val/mi')  # a torn last line
+    (folder / "semantic" / "trials" / "t000" / "status.json").write_text("garbage{")
+    masks = sorted(p for p in (folder / "localize" / "masks").rglob("*.png"))
+    masks[len(masks) // 2].unlink()
+    (folder / "semantic" / "done.json").unlink()  # stage two had not finished
+
+    with caplog.at_level(logging.WARNING):
+        assert main(["resume", str(folder)]) == 0
+    said = caplog.text
+    assert f"{trials / 't000' / 'best' / 'model.safetensors'}: " in said and "trains again" in said
+    assert f"{trials / 't001' / 'checkpoints' / 'last' / 'model' / 'model.safetensors'}: " in said
+    assert "its results stand" in said
+    assert f"{trials / 't001' / 'metrics.jsonl'}: 1 torn line(s) dropped, 2 report(s) kept" in said
+    assert f"{folder / 'semantic' / 'trials' / 't000' / 'status.json'}: unreadable" in said
+    assert f"{masks[len(masks) // 2]}: missing; exporting the masks again" in said
+
+    assert best_values(folder) == expected
+    assert masks_problem(folder / "localize" / "masks") is None
+    assert [json.loads(line)["epoch"] for line in (trials / "t001" / "metrics.jsonl").read_text().splitlines()] == [
+        0,
+        1,
+    ]
+    assert json.loads((folder / "semantic" / "trials" / "t000" / "status.json").read_text())["status"] == "done"
+    assert list((trials / "t000").glob(".damaged-*/best/model.safetensors"))  # kept for a post-mortem
