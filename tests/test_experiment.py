@@ -27,7 +27,7 @@ from conftest import tiny_spec
 
 from aavs.orchestrator.cli import main
 
-# Every test here runs on a real local Ray (conftest.py's ray_cluster, or one of its own in a child process).
+# The runs compared here are a --local one and a Ray one in a child process (its own local Ray).
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ANSI = re.compile(r"\x1b\[")
@@ -213,14 +213,17 @@ def test_local_and_ray_give_the_same_numbers_and_ray_is_quiet_on_a_pipe(runs: di
     assert "epoch 1 (phase" in capsys.readouterr().out
 
 
-def test_second_run_skips_unchanged_stages(ray_run: Path, ray_cluster, caplog):
-    """(Last in the module: it changes the Ray run's stage two.)"""
+def test_second_run_skips_unchanged_stages(ray_run: Path, caplog):
+    """The Ray run's folder run again (--local, the quicker mode: which mode runs is not what is shown)
+    with stage two changed: stage one is skipped, stage two's old results are kept aside. (Last in the
+    module: it changes the Ray run's stage two.)"""
     spec_file = ray_run.parent.parent / "short-demo.yaml"
     before = {p: p.stat().st_mtime_ns for p in (ray_run / "localize").rglob("*") if p.is_file()}
     sem_before = (ray_run / "semantic" / "best.json").read_text()
     caplog.set_level("INFO")
     # Stage two changes (one more epoch); stage one is unchanged and must not run again.
-    assert main(["run", str(spec_file), "--results", str(ray_run.parent), "--set", "stages.semantic.epochs=3"]) == 0
+    args = ["run", str(spec_file), "--local", "--results", str(ray_run.parent), "--set", "stages.semantic.epochs=3"]
+    assert main(args) == 0
     assert "stage localize: unchanged since it completed; skipping" in caplog.text
     after = {p: p.stat().st_mtime_ns for p in (ray_run / "localize").rglob("*") if p.is_file()}
     assert after == before
