@@ -88,6 +88,17 @@ def test_a_second_type_is_one_registration(monkeypatch):
         registry.register(copy)
 
 
+def register_aavs_as(monkeypatch, name: str, **fields) -> None:
+    """AAVS's functions registered under ``name`` for this test (``fields`` override them)."""
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
+    functions = {
+        "build": "aavs.models.modeling_aavs:build_model",
+        "load": "aavs.models.checkpoint:load_model",
+        "read_weights": "aavs.models.checkpoint:read_weights",
+    }
+    registry.register(registry.ModelType(name=name, description=f"AAVS as {name}", **{**functions, **fields}))
+
+
 def _load_marker(path, base=None, task=None):
     """The `load` of the test's second type: says it was called, with what."""
     return ("aavs-copy loaded", str(path))
@@ -116,16 +127,7 @@ def test_a_checkpoint_records_its_type_and_the_registry_reads_it(tiny, tmp_path,
     assert registry.checkpoint_digest(folder) == sha
     assert registry.read_checkpoint_classes(folder) == ["background", "sounding"]  # from aavs.json
 
-    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
-    registry.register(
-        registry.ModelType(
-            name="aavs-copy",
-            description="a second type whose load says it was called",
-            build="aavs.models.modeling_aavs:build_model",
-            load="test_model_registry:_load_marker",
-            read_weights="aavs.models.checkpoint:read_weights",
-        )
-    )
+    register_aavs_as(monkeypatch, "aavs-copy", load="test_model_registry:_load_marker")
     other = tmp_path / "other"
     other.mkdir()
     for name in ("a.bin", "b.bin"):
@@ -161,17 +163,7 @@ def test_a_bad_checkpoint_record_is_named(tiny, tmp_path, change, message):
 def test_a_type_without_a_warmup_trains_every_epoch_in_phase_b(monkeypatch):
     from aavs.orchestrator.recipe.config import TrainConfig
 
-    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
-    registry.register(
-        registry.ModelType(
-            name="no-warmup",
-            description="AAVS's functions, registered without a warm-up phase",
-            build="aavs.models.modeling_aavs:build_model",
-            load="aavs.models.checkpoint:load_model",
-            read_weights="aavs.models.checkpoint:read_weights",
-            presets=("tiny",),
-        )
-    )
+    register_aavs_as(monkeypatch, "no-warmup", presets=("tiny",))  # warmup=False, the default
     common = {"task": "s4", "data_root": "d", "trial_dir": "t", "epochs": 6, "adapter_warmup": 0.5}
     aavs = TrainConfig.load({**common, "model": {"type": "aavs", "preset": "tiny"}})
     other = TrainConfig.load({**common, "model": {"type": "no-warmup", "preset": "tiny"}})
