@@ -26,37 +26,23 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import tiny_spec
 
 from aavs.orchestrator.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess, pytest.mark.faults]
 
-SPEC: dict[str, Any] = {
-    "name": "head-loss",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {"workers_per_trial": 1, "cpus_per_worker": 1, "loader_workers": 0},
-    "stages": [
-        {
-            "name": "localize",
-            "task": "avss-binary",
+SPEC = tiny_spec(
+    name="head-loss",
+    stages={
+        "localize": {
             "epochs": 3,
-            "max_videos": 1,
             # phase A: epochs 0 and 1, so the trial running when the head is lost resumes inside it
             "params": {"lr": {"grid": [1.0e-3, 3.0e-3, 1.0e-2]}, "adapter_warmup": 0.67},
             "tune": {"metric": "val/miou", "mode": "max", "max_concurrent": 1},  # one trial after another
-        },
-        {
-            "name": "semantic",
-            "task": "avss",
-            "prior": "localize",
-            "init_from": "localize",
-            "epochs": 2,
-            "max_videos": 1,
-            "params": {"lr": 1.0e-3},
-        },
-    ],
-}
+        }
+    },
+)
 
 
 def best_values(folder: Path) -> dict[str, tuple[Any, ...]]:

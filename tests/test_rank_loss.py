@@ -27,22 +27,13 @@ from aavs.orchestrator.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.faults]
 
-SPEC: dict[str, Any] = {
-    "name": "rank-kill",
-    "data": {"synthetic": {"videos_per_split": 2, "seed": 0}},
-    "model": {"preset": "tiny"},
-    "compute": {
-        "workers_per_trial": 2,
-        "cpus_per_worker": 1,
-        "loader_workers": 0,
-        "strategy": "deepspeed",
-        "deepspeed": {"zero_stage": 2},
-        "max_failures": 1,
-    },
-    # Four epochs, phase A the first two: the kill after epoch 0 resumes inside phase A, from DeepSpeed's
-    # engine state (optimizer partitions included); one trial of two training videos, one a rank.
-    "stages": [{"name": "localize", "task": "avss-binary", "epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}}],
-}
+# Four epochs, phase A the first two: the kill after epoch 0 resumes inside phase A, from DeepSpeed's
+# engine state (optimizer partitions included); one trial of two training videos, one a rank.
+SPEC = tiny_spec(
+    name="rank-kill",
+    compute={"workers_per_trial": 2, "strategy": "deepspeed", "deepspeed": {"zero_stage": 2}, "max_failures": 1},
+    stages={"localize": {"epochs": 4, "max_videos": 2, "params": {"lr": 1.0e-3}}, "semantic": None},
+)
 
 
 def trial_record(results: Path) -> tuple[list[tuple[int, str, float, float]], dict[str, Any]]:
