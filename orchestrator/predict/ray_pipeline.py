@@ -21,6 +21,7 @@ from aavs.orchestrator.predict.models import Models, ModelSource
 from aavs.orchestrator.predict.outputs import finish_video
 from aavs.orchestrator.predict.steps import decode_rows, embed_row, predict_row, write_row
 from aavs.orchestrator.ray_local import local_ray_kwargs
+from aavs.orchestrator.recipe.threads import cpu_threads
 
 
 @functools.lru_cache(maxsize=2)
@@ -30,33 +31,24 @@ def _worker_embedder(source: ModelSource) -> WindowEmbedder:
 
 
 def _embed_remote(row: dict[str, Any], source: ModelSource, threads: int) -> dict[str, Any]:
-    """Ray task: a window's audio embeddings, with the driver's torch thread count (:func:`_same_threads`)."""
-    _same_threads(threads)
-    return embed_row(row, _worker_embedder(source))
+    """Ray task: a window's audio embeddings, computed with the driver's torch thread count.
 
-
-def _same_threads(threads: int) -> None:
-    """torch's intra-op threads in a worker set to the count the in-process run uses.
-
-    A different thread count splits float reductions differently, and on some CPUs that moves a pixel
-    across a class boundary: the Ray pipeline would then write other masks than ``run_local`` does.
-    A Ray worker's own count comes from its ``num_cpus`` (``OMP_NUM_THREADS``), not from the driver's.
-    """
-    import torch
-
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    A Ray worker's own count comes from the ``num_cpus`` of the first task it ran, not from the
+    driver's; a different count splits float reductions differently, and on some CPUs that moves a
+    pixel across a class boundary, so the pipeline would write other masks than ``run_local``."""
+    with cpu_threads(threads):
+        return embed_row(row, _worker_embedder(source))
 
 
 class _PredictStep:
     """Ray Data actor: the networks, loaded once per actor."""
 
     def __init__(self, source: ModelSource, threads: int) -> None:
-        _same_threads(threads)
-        self.models = Models(source)
+        self.models, self.threads = Models(source), threads
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return predict_row(row, self.models)
+        with cpu_threads(self.threads):  # the driver's count, as in _embed_remote
+            return predict_row(row, self.models)
 
 
 def _finish_remote(

@@ -102,7 +102,7 @@ def save_last(
     accelerator.wait_for_everyone()
 
 
-def load_last(trial_dir: Path, accelerator: Accelerator) -> None:
+def load_last(trial_dir: Path, accelerator: Accelerator, rank: int) -> None:
     """The optimizer, scaler and RNG states of ``checkpoints/last`` into a prepared accelerator (under
     DeepSpeed the engine's checkpoint); the weights were loaded from ``model/`` before ``prepare``."""
     handle = accelerator.register_load_state_pre_hook(_skip_model_weights)
@@ -110,10 +110,10 @@ def load_last(trial_dir: Path, accelerator: Accelerator) -> None:
         accelerator.load_state(str(last_dir(trial_dir) / STATE), load_module_strict=False)
     finally:
         handle.remove()
-    _load_rng(last_dir(trial_dir) / STATE)
+    _load_rng(last_dir(trial_dir) / STATE, rank)
 
 
-def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
+def restore_rng(trial_dir: Path, accelerator: Accelerator, rank: int) -> None:
     """This rank's RNG states as ``checkpoints/last`` holds them, and nothing else (not the scaler: the
     next phase starts a fresh one): a run killed right after a phase's last epoch builds the next
     phase's model from them. accelerate's loader logs, so an accelerator must exist."""
@@ -125,11 +125,7 @@ def restore_rng(trial_dir: Path, accelerator: Accelerator) -> None:
         dataloaders=[],
         process_index=accelerator.process_index,
     )
-    _load_rng(last_dir(trial_dir) / STATE)
-
-
-def _process_rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    _load_rng(last_dir(trial_dir) / STATE, rank)
 
 
 def _save_rng(folder: Path, rank: int) -> None:
@@ -150,10 +146,10 @@ def _save_rng(folder: Path, rank: int) -> None:
     torch.save(state, folder / f"rng_rank{rank}.pt")
 
 
-def _load_rng(folder: Path) -> None:
-    """The RNG states :func:`_save_rng` wrote for this process's rank; a state saved before this file
-    existed keeps what accelerate restored."""
-    path = folder / f"rng_rank{_process_rank()}.pt"
+def _load_rng(folder: Path, rank: int) -> None:
+    """The RNG states :func:`_save_rng` wrote for ``rank``; a state saved before this file existed
+    keeps what accelerate restored."""
+    path = folder / f"rng_rank{rank}.pt"
     if not path.is_file():
         return
     state = torch.load(path, weights_only=True)

@@ -102,7 +102,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 if accelerator is not None:
                     release(accelerator)
                 resumed = epoch == start and start > 0
-                model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed)
+                model, optimizer, accelerator = _enter_phase(cfg, trial_dir, state, phase, epoch, resumed, rank)
                 state.phase = phase
             if data is None:  # the network decides the input size
                 data = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
@@ -177,7 +177,13 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
 
 
 def _enter_phase(
-    cfg: TrainConfig, trial_dir: Path, state: checkpointing.TrainerState, phase: str, epoch: int, resumed: bool
+    cfg: TrainConfig,
+    trial_dir: Path,
+    state: checkpointing.TrainerState,
+    phase: str,
+    epoch: int,
+    resumed: bool,
+    rank: int,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Accelerator]:
     """A fresh model, optimizer and accelerator for ``phase``, starting from the right weights; the
     model and optimizer as ``accelerator.prepare`` wrapped them (DDP, DeepSpeed's engine).
@@ -189,7 +195,7 @@ def _enter_phase(
     """
     accelerator = make_accelerator(cfg.compute, cfg.grad_accum, cfg.grad_clip, cfg.batch_size)
     if resumed and phase != state.phase:
-        checkpointing.restore_rng(trial_dir, accelerator)
+        checkpointing.restore_rng(trial_dir, accelerator, rank)
         resumed = False
     model = _build(cfg)
     if resumed:
@@ -213,7 +219,7 @@ def _enter_phase(
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
         rates = [group["lr"] for group in optimizer.param_groups]
-        checkpointing.load_last(trial_dir, accelerator)
+        checkpointing.load_last(trial_dir, accelerator, rank)
         # The config's learning rates, not the saved ones: population-based training resumes a trial
         # from another's state with perturbed rates (the same rates otherwise).
         for group, lr_ in zip(optimizer.param_groups, rates):
