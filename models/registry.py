@@ -18,7 +18,9 @@ An entry also lists its ``presets``: the built-in architectures ``model.preset``
 without importing the model; and whether it has a ``warmup`` phase: AAVS trains its audio side and
 decoder adapters alone first (phase A, the first ``adapter_warmup`` of a stage's epochs), then adds
 the Swin adapters (phase B). A type without one trains every epoch in phase B, whatever a stage's
-``adapter_warmup`` says, and never has its network rebuilt mid-stage.
+``adapter_warmup`` says, and never has its network rebuilt mid-stage. A ``temporal`` network relates a
+video's frames to each other (AVSBench's TPAVI): its forward takes each video's frame count
+(``video_frames``), and a training step keeps a video's unannotated frames, which only its loss skips.
 
 The networks implement :class:`aavs.models.protocol.SegmentationModel`, whose ``config.model_type``
 is the entry's name. Adding a model: its module(s), and one :func:`register` call below; or, from a
@@ -76,6 +78,7 @@ class ModelType:
     read_weights: str
     presets: tuple[str, ...] = ()
     warmup: bool = False
+    temporal: bool = False  # relates a video's frames: training keeps its unannotated frames (see train)
     info: str = ""
     render_info: str = ""
     import_released: str = ""
@@ -279,5 +282,19 @@ register(
         info="aavs.models.info:model_info",
         render_info="aavs.models.info:render_model_info",
         import_released="aavs.models.checkpoint:import_released_checkpoint",
+    )
+)
+register(
+    ModelType(
+        name="avsbench",
+        description="AVSBench's baseline: TPAVI audio-visual fusion on PVT-v2 or ResNet-50 (Zhou et al., ECCV 2022)",
+        build="aavs.models.modeling_avsbench:build_model",
+        load="aavs.models.checkpoint_avsbench:load_model",
+        read_weights="aavs.models.checkpoint_avsbench:read_weights",
+        presets=("tiny", "resnet-50", "pvt-v2-b5"),
+        temporal=True,
+        info="aavs.models.checkpoint_avsbench:model_info",
+        render_info="aavs.models.checkpoint_avsbench:render_model_info",
+        import_released="aavs.models.checkpoint_avsbench:import_released_checkpoint",
     )
 )
