@@ -396,6 +396,7 @@ class AAVS(nn.Module):
         prior: Tensor | None = None,  # [N, h, w] in [0, 1] (stage two), typically 224 x 224
         labels: Tensor | None = None,  # [N, H, W] int64 class per pixel, typically 224 x 224
         loss_frames: Tensor | None = None,  # [N] bool, frames that count in the loss (default: all)
+        video_frames: Sequence[int] | None = None,  # frames per video: unused, AAVS's frames are independent
     ) -> AAVSOutput:
         n = pixel_values.shape[0]
         _check_shape("pixel_values", pixel_values, (n, 3, None, None))

@@ -254,7 +254,8 @@ class AVSBench(nn.Module):
         if sum(video_frames) != n:
             raise ValueError(f"video_frames {video_frames} do not add up to the {n} frames given")
         groups = torch.tensor(frame_groups(video_frames, self.config.group_frames), device=pixel_values.device)
-        audio = audio.to(pixel_values.dtype)
+        # The public code's VGGish ends in a ReLU; ours gives the last layer's raw output (models/vggish.py).
+        audio = F.relu(audio.to(pixel_values.dtype))
         maps, audio_embeds = [], []
         for x, reduce, tpavi in zip(backbone_maps(self.backbone, pixel_values), self.reduce, self.tpavi):
             fused, embeds = tpavi(reduce(x), audio, groups)

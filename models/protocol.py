@@ -2,10 +2,10 @@
 
 The training recipe (``orchestrator/recipe/train.py``), the prediction loop (``evaluation.py``) and
 ``aavs predict`` use a network only through :class:`SegmentationModel`; they build and load one only
-through :mod:`aavs.models.registry`, keyed by the experiment file's ``model.type``. AAVS is the one
-implementation today (:class:`aavs.models.modeling_aavs.AAVS`). A new model (say, an AVSegFormer
-baseline) is a module implementing this protocol plus one :func:`aavs.models.registry.register` call;
-no recipe change.
+through :mod:`aavs.models.registry`, keyed by the experiment file's ``model.type``. Two implement it:
+:class:`aavs.models.modeling_aavs.AAVS` and AVSBench's baseline
+(:class:`aavs.models.modeling_avsbench.AVSBench`). A new model is a module implementing this protocol
+plus one registration (docs/models.md); no recipe change.
 
 Phases are AAVS's two-step adapter warm-up (docs/method.md §4); the recipe switches phase at the
 epoch the stage's ``adapter_warmup`` says, for a type registered with ``warmup=True``. A type without a
@@ -15,7 +15,7 @@ record the name, and ``phase_parameter_groups("B", ...)`` returns every trainabl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,10 +63,13 @@ class SegmentationModel(Protocol):
         prior: Tensor | None = None,
         labels: Tensor | None = None,
         loss_frames: Tensor | None = None,
+        video_frames: Sequence[int] | None = None,
     ) -> ModelOutput:
         """Frames ``[N, 3, S, S]`` normalised, audio ``[N, 128]`` (one embedding per frame), prior
         ``[N, h, w]`` in [0, 1] for a task that takes one, labels ``[N, H, W]`` class per pixel,
-        ``loss_frames`` ``[N]`` bool (frames counting in the loss; default all)."""
+        ``loss_frames`` ``[N]`` bool (frames counting in the loss; default all), ``video_frames`` the
+        number of frames of each video in order (default: one video; a network whose frames are
+        independent ignores it)."""
 
     def class_scores(self, output: Any) -> Tensor:
         """Per-class score maps ``[N, C, 224, 224]`` of a forward output; the argmax is the prediction

@@ -17,12 +17,13 @@ def tiny(one_torch_thread):
     return registry.build("aavs", "s4", preset="tiny")
 
 
-def test_aavs_is_the_default_and_only_type():
-    assert registry.model_types() == ("aavs",) and registry.DEFAULT_TYPE == "aavs"
+def test_aavs_is_the_default_and_avsbench_the_second_type():
+    assert registry.model_types() == ("aavs", "avsbench") and registry.DEFAULT_TYPE == "aavs"
+    assert registry.model_presets("avsbench") == ("tiny", "resnet-50", "pvt-v2-b5")
 
 
 def test_unknown_type_names_the_value_and_the_known_types():
-    message = r"model.type 'avsegformer' is not a known model type: expected one of aavs"
+    message = r"model.type 'avsegformer' is not a known model type: expected one of aavs, avsbench"
     with pytest.raises(InputError, match=message):
         registry.build("avsegformer", "s4", preset="tiny")
     with pytest.raises(InputError, match=message):
@@ -40,22 +41,26 @@ def test_unknown_type_in_the_experiment_file_and_the_trial_config():
         "stages": [{"name": "one", "task": "s4"}],
     }
     assert parse_spec(raw, "x.yaml").model.type == "aavs"
-    with pytest.raises(InputError, match=r"^x\.yaml: model\.type: expected one of \['aavs'\].*got 'avsegformer'"):
+    with pytest.raises(
+        InputError, match=r"^x\.yaml: model\.type: expected one of \['aavs', 'avsbench'\].*got 'avsegformer'"
+    ):
         parse_spec(apply_overrides(raw, ["model.type=avsegformer"], "x.yaml"), "x.yaml")
-    with pytest.raises(InputError, match=r"model\.type: expected one of \['aavs'\].*got 'avsegformer'"):
+    with pytest.raises(InputError, match=r"model\.type: expected one of \['aavs', 'avsbench'\].*got 'avsegformer'"):
         TrainConfig.load(
             {"task": "s4", "data_root": "d", "trial_dir": "t", "model": {"type": "avsegformer", "preset": "tiny"}}
         )
 
 
-def test_a_built_network_implements_the_protocol(tiny):
+@pytest.mark.parametrize("model_type", ["aavs", "avsbench"])
+def test_a_built_network_implements_the_protocol(model_type, one_torch_thread):
+    torch.manual_seed(0)
+    tiny = registry.build(model_type, "s4", preset="tiny")
     assert isinstance(tiny, SegmentationModel) and isinstance(tiny.config, ModelConfig)
-    assert tiny.config.model_type == "aavs" and tiny.config.class_names == ("background", "sounding")
+    assert tiny.config.model_type == model_type and tiny.config.class_names == ("background", "sounding")
     tiny.set_phase("B")
     groups = tiny.phase_parameter_groups("B", lr=1e-4, weight_decay=0.05)
     trained = {id(p) for group in groups for p in group["params"]}
     assert trained == {id(p) for p in tiny.parameters() if p.requires_grad}
-    tiny.set_phase("A")
 
 
 def test_save_pretrained_then_registry_load_and_read_weights(tiny, tmp_path):
@@ -82,7 +87,7 @@ def test_a_second_type_is_one_registration(monkeypatch):
     )
     monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))
     registry.register(copy)
-    assert registry.model_types() == ("aavs", "aavs-copy")
+    assert registry.model_types() == ("aavs", "avsbench", "aavs-copy")
     assert registry.get_model_type("aavs-copy").function("build") is registry.get_model_type("aavs").function("build")
     with pytest.raises(ValueError, match="registered already"):
         registry.register(copy)
@@ -143,7 +148,10 @@ def test_a_checkpoint_records_its_type_and_the_registry_reads_it(tiny, tmp_path,
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"model_type": "avsegformer"}, "model type 'avsegformer' is not a known model type: expected one of aavs"),
+        (
+            {"model_type": "avsegformer"},
+            "model type 'avsegformer' is not a known model type: expected one of aavs, avsbench",
+        ),
         ({"version": 2}, "checkpoint record version 2; this aavs reads up to 1"),
         ({"format": "other"}, "expected a checkpoint record with format 'aavs-model-checkpoint'"),
         ({"weights": ["../x.safetensors"]}, "expected model_type (a name) and weights (file names inside the folder)"),

@@ -174,6 +174,16 @@ def test_which_all_empty_videos_leave_the_loss(task, subset, dropped):
     assert loss_frames.tolist() == ([False] if dropped else [True] * 5)
 
 
+def test_a_temporal_network_keeps_every_frame_and_the_loss_only_the_counted_ones():
+    batch = _batch(["v1m", "v2"], [True, False])  # an all-empty v1m video (left out of ms3's loss) and a v2 one
+    batch["annotated"][5 + 3] = False
+    kept, loss_frames = training_frames(batch, "avss-binary", temporal=True)
+    assert kept["pixel_values"].shape[0] == 10 and kept["frames_per_video"] == [5, 5]
+    assert loss_frames.tolist() == [False] * 5 + [True, True, True, False, True]
+    dropped, loss_frames = training_frames(batch, "avss-binary")
+    assert dropped["pixel_values"].shape[0] == 4 and dropped["frames_per_video"] == [0, 4] and loss_frames.all()
+
+
 def _blank_masks(root: Path, record) -> None:
     for i in record.annotated_frames:
         Image.new("RGB", (224, 224)).save(record.mask_path(root, i))

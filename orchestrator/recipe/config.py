@@ -168,7 +168,9 @@ class Hyperparameters(Strict):
     and ``grad_clip`` default to the task's (:mod:`aavs.datasets.tasks`, docs/method.md §4)."""
 
     lr: float = Field(1e-3, gt=0)  # phase A
-    lr_b: float | None = Field(None, gt=0)  # phase B; None: lr / 10 (1e-3 -> 1e-4 as in the paper)
+    lr_b: float | None = Field(
+        None, gt=0
+    )  # phase B; None: lr / 10 (1e-3 -> 1e-4 as in the paper), or lr without a warm-up
     weight_decay: float = Field(0.05, ge=0)
     adapter_warmup: float = Field(0.5, ge=0, lt=1)  # the fraction of the epochs in phase A
     grad_clip: float | None = Field(0.01, gt=0)  # max gradient norm; None: no clipping
@@ -235,7 +237,11 @@ class TrainConfig(Hyperparameters):
 
     @property
     def learning_rate_b(self) -> float:
-        return self.lr_b if self.lr_b is not None else self.lr / 10.0
+        """Phase B's rate: ``lr_b``; by default a tenth of ``lr`` after a warm-up, ``lr`` itself for a
+        model type without one (whose every epoch is phase B)."""
+        if self.lr_b is not None:
+            return self.lr_b
+        return self.lr / 10.0 if get_model_type(self.model.type).warmup else self.lr
 
     def phase_of(self, epoch: int) -> str:
         return "A" if epoch < self.phase_a_epochs else "B"

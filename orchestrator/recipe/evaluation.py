@@ -32,30 +32,38 @@ from aavs.orchestrator.results.containment import check_tree
 log = logging.getLogger(__name__)
 
 
-def training_frames(batch: dict[str, Any], task: str) -> tuple[dict[str, Any], torch.Tensor]:
-    """Keep the frames that carry loss; return the (possibly smaller) batch and its ``loss_frames``.
+def training_frames(batch: dict[str, Any], task: str, temporal: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
+    """The frames that carry loss: the (possibly smaller) batch and its ``loss_frames``.
 
-    Frames are independent batch items in AAVS, so a frame without a label costs compute and adds
-    nothing: it is dropped. So is every frame of an all-empty video of the task's ``skip_empty_subsets``
-    (docs/method.md §4: the reference's loss for an all-empty v1m video of MS3 or stage one is a constant
-    without a graph, so no optimiser step). If nothing is left, one frame stays with
-    ``loss_frames`` all False: every worker still runs its forward, and the training loop makes no
-    optimiser step when no worker has a frame that counts.
+    A frame counts when it is annotated, unless its video is an all-empty one of the task's
+    ``skip_empty_subsets`` (docs/method.md §4: the reference's loss for an all-empty v1m video of MS3 or
+    stage one is a constant without a graph, so no optimiser step). Frames are independent batch items
+    in AAVS, so a frame that does not count costs compute and adds nothing: it is dropped. A
+    ``temporal`` network (the registry's: AVSBench's TPAVI) relates a video's frames, so every frame
+    stays and ``loss_frames`` marks those that count. If no frame counts, one frame stays (temporal:
+    all) with ``loss_frames`` all False: every worker still runs its forward, and the training loop
+    makes no optimiser step when no worker has a frame that counts.
     """
-    keep = batch["annotated"].clone()
+    counts = batch["annotated"].clone()
     skipped_subsets = get_task(task).skip_empty_subsets
     start = 0
     for n, subset in zip(batch["frames_per_video"], batch["subsets"]):
         video = slice(start, start + n)
         if subset in skipped_subsets and not batch["labels"][video].any():
-            keep[video] = False
+            counts[video] = False
         start += n
+    if temporal:
+        return batch, counts
+    keep = counts.clone()
     if not keep.any():
         keep[0] = True
-        loss_frames = torch.zeros(1, dtype=torch.bool)
-    else:
-        loss_frames = torch.ones(int(keep.sum()), dtype=torch.bool)
+    loss_frames = counts[keep]
     out = {k: (v[keep] if k in FRAME_KEYS else v) for k, v in batch.items()}
+    kept, start = [], 0
+    for n in batch["frames_per_video"]:
+        kept.append(int(keep[start : start + n].sum()))
+        start += n
+    out["frames_per_video"] = kept
     return out, loss_frames
 
 
@@ -67,6 +75,7 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch
         "audio": batch["audio"].to(device, dtype),
     }
     inputs["prior"] = batch["prior"].to(device, dtype) if "prior" in batch else None
+    inputs["video_frames"] = batch["frames_per_video"]
     return inputs
 
 

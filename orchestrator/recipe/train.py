@@ -292,13 +292,14 @@ def _train_one_epoch(
         generator=torch.Generator().manual_seed(cfg.seed + epoch),
     )
     model.train()
+    temporal = registry.get_model_type(cfg.model.type).temporal
     device, dtype = accelerator.device, weights_dtype(accelerator.unwrap_model(model))
     losses, frames, skipped, wait, t_epoch = [], 0, 0, 0.0, time.perf_counter()
     window_counts = False  # a frame of this accumulation window counts in this worker's loss
     t_ready = time.perf_counter()
     for step, batch in enumerate(loader):
         wait += time.perf_counter() - t_ready
-        batch, loss_frames = training_frames(batch, cfg.task)
+        batch, loss_frames = training_frames(batch, cfg.task, temporal)
         window_counts = window_counts or bool(loss_frames.any())
         with accelerator.accumulate(model):
             out = model(
