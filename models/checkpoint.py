@@ -397,9 +397,11 @@ def import_released(
 
 
 def import_released_checkpoint(
-    released: str | Path, base: str, task: str, out: str | Path, classes: Sequence[str] | None = None
+    released: str | Path, base: str | None, task: str, out: str | Path, classes: Sequence[str] | None = None
 ) -> Path:
     """``aavs import-checkpoint``: convert a released Stepping Stones ``.pth`` into our folder format
     (``classes``: see :func:`import_released`)."""
+    if base is None:
+        raise InputError("--base: an AAVS release needs the Mask2Former folder (or preset) it was trained from")
     model, weights = import_released(released, base, task, classes)
     return _write(model, out, weights)

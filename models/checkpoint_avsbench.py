@@ -197,8 +197,10 @@ def from_released_state(
     classes: Sequence[str] | None = None,
     path: str = "the state dict given",
 ) -> AVSBench:
-    """The network of a public-code state dict (names as its ``Pred_endecoder`` has them); ``path``
-    names it in errors."""
+    """The network of a public-code state dict (names as its ``Pred_endecoder`` has them, or with the
+    ``module.`` prefix of its ``DataParallel`` wrapper); ``path`` names it in errors."""
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
     found = (
         "pvt-v2-b5"
         if any(k.startswith("encoder_backbone.") for k in state)

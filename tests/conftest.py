@@ -185,12 +185,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reports on it up to another): `make test-fast` skips them all, so never starts the run.
 
     The modules with a test that uses the session's ray_cluster run last, whole and in their order:
-    the cluster starts at the first such test and stops when the session ends, right after them."""
+    the cluster starts at the first such test and stops when the session ends, right after them.
+
+    Under pytest-xdist (`make test`: two processes, ``--dist loadgroup``) one process runs every
+    module that starts Ray or reads the tiny run, in that order (group ``ray``: one Ray at a time, the
+    session's tiny run made once); the other process takes the remaining tests as they come."""
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     shared_ray = {item.path for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
     items.sort(key=lambda item: item.path in shared_ray)  # stable: each group keeps its order
+    serial = {
+        item.path
+        for item in items
+        if item.get_closest_marker("ray")
+        or {"ray_cluster", "tiny_run", "tiny_results"} & set(getattr(item, "fixturenames", ()))
+    }
+    for item in items:
+        if item.path in serial:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 def kill_a_rank_once_reported(trial: Path, killed: list[int]) -> None:

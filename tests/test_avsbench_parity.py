@@ -81,6 +81,9 @@ def test_logits_and_losses_match_the_public_code(variant, backbone):
 
 def test_a_renamed_or_missing_tensor_is_named():
     state = public_state("binary-resnet-50")
+    wrapped = from_released_state({f"module.{k}": v for k, v in state.items()}, "ms3")  # saved from DataParallel
+    plain = from_released_state(state, "ms3").state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in wrapped.state_dict().items())
     renamed = dict(state)
     renamed["tpavi_b2.align_channels.weight"] = renamed.pop("tpavi_b2.align_channel.weight")
     with pytest.raises(InputError, match=r"tpavi_b2\.align_channels\.weight"):

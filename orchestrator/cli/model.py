@@ -142,9 +142,14 @@ def register(sub: Subparsers) -> None:
     add_json(p)
     p.set_defaults(func=cmd_model_info)
 
-    p = sub.add_parser("import-checkpoint", help="convert a released Stepping Stones .pth to our format")
+    p = sub.add_parser("import-checkpoint", help="convert a released .pth (Stepping Stones, AVSBench) to our format")
     p.add_argument("released")
-    p.add_argument("--base", required=True, help="the Mask2Former folder the release was trained from")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="aavs: the Mask2Former folder (or preset) the release was trained from (required); "
+        "avsbench: its backbone preset, read from the file when left out",
+    )
     add_model_type(p)
     p.add_argument("--task", required=True, choices=task_names(standalone_only=True))
     p.add_argument("--out", required=True)
