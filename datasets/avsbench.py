@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from aavs.datasets.audio_features import align_to_frames, embed_videos
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import VideoRecord, select_videos
-from aavs.datasets.masks import first_missing, read_binary_masks, read_colour, read_sounding
+from aavs.datasets.masks import first_missing, read_binary_masks, read_sounding, read_truth
 from aavs.datasets.progress import track
 from aavs.datasets.tasks import get_task
 from aavs.datasets.transforms import MASK_SIZE, normalize_resized, resize_frame
@@ -79,7 +79,7 @@ def read_class_map(root: Path, record: VideoRecord, frames: Sequence[int]) -> np
     def read(i: int) -> np.ndarray:
         if i not in record.annotated_frames:
             return np.zeros((MASK_SIZE, MASK_SIZE), dtype=np.uint8)
-        return read_colour(record.mask_path(root, i)).astype(np.uint8)
+        return read_truth(root, record, i).astype(np.uint8)
 
     return _read_each(frames, read)
 

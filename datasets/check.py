@@ -14,7 +14,15 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from aavs.datasets.layout import LABEL2IDX, MAX_CLASSES, VideoRecord, label2idx_problems, parse_metadata
+from aavs.datasets.layout import (
+    LABEL2IDX,
+    MAX_CLASSES,
+    METADATA,
+    VideoRecord,
+    label2idx_problems,
+    object_metadata_files,
+    parse_metadata,
+)
 from aavs.datasets.palette import unknown_colours
 from aavs.datasets.progress import track
 
@@ -42,8 +50,10 @@ def check_data_root(root: str | os.PathLike) -> list[Problem]:
         ]
     records, meta = parse_metadata(root)
     problems = [Problem(where, message) for where, message in meta]
-    label_problems, num_classes = _check_label2idx(root / LABEL2IDX)
-    problems += label_problems
+    num_classes = MAX_CLASSES
+    if (root / METADATA).is_file() or not object_metadata_files(root):  # AVSBench-object's masks are binary
+        label_problems, num_classes = _check_label2idx(root / LABEL2IDX)
+        problems += label_problems
     if records:
         problems += _check_videos(root, records, num_classes)
     return problems
@@ -76,19 +86,24 @@ def check_video(root: Path, record: VideoRecord, num_classes: int) -> list[Probl
     folder = record.video_dir(root)
     if not folder.is_dir():
         return [
-            Problem(str(folder), f"video folder missing (listed in metadata.csv as {record.subset}/{record.split})")
+            Problem(str(folder), f"video folder missing (listed in the metadata as {record.subset}/{record.split})")
         ]
     expected = range(record.num_frames)
-    problems = _check_indexed(folder / "frames", "jpg", required=expected, allowed=expected, record=record)
-    problems += _check_indexed(
-        folder / "labels_rgb", "png", required=record.annotated_frames, allowed=expected, record=record
-    )
+    if record.binary_masks:  # AVSBench-object: files named by the video, MS3's frames in one folder
+        problems = _check_named(root, record, "frame", expected) + _check_named(
+            root, record, "mask", record.annotated_frames
+        )
+    else:
+        problems = _check_indexed(folder / "frames", "jpg", required=expected, allowed=expected, record=record)
+        problems += _check_indexed(
+            folder / "labels_rgb", "png", required=record.annotated_frames, allowed=expected, record=record
+        )
     for i in expected:
         if (path := record.frame_path(root, i)).is_file():
             problems += _check_frame(path)
     for i in expected:
         if (path := record.mask_path(root, i)).is_file():
-            problems += _check_mask(path, num_classes)
+            problems += _check_mask(path, num_classes, record.binary_masks)
     return problems + _check_audio(record.audio_path(root), record.num_frames)
 
 
@@ -119,6 +134,16 @@ def _check_indexed(
     return problems
 
 
+def _check_named(root: Path, record: VideoRecord, what: str, required: Sequence[int]) -> list[Problem]:
+    """Missing required frames or masks of a layout whose files are named by the video."""
+    path = record.frame_path if what == "frame" else record.mask_path
+    return [
+        Problem(str(path(root, i)), f"{what} missing ({record.subset} {record.split} needs {len(required)} {what}s)")
+        for i in required
+        if not path(root, i).is_file()
+    ]
+
+
 def _check_frame(path: Path) -> list[Problem]:
     try:
         with Image.open(path) as image:
@@ -129,12 +154,15 @@ def _check_frame(path: Path) -> list[Problem]:
     return []
 
 
-def _check_mask(path: Path, num_classes: int) -> list[Problem]:
+def _check_mask(path: Path, num_classes: int, binary: bool = False) -> list[Problem]:
+    """A readable image; unless ``binary`` (any grey value > 0 is sounding), of palette colours only."""
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return [Problem(str(path), f"mask not readable as an image: {err}")]
+    if binary:
+        return []
     bad = unknown_colours(rgb, num_classes)
     if not bad:
         return []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aavs.datasets import atomic
 from aavs.datasets.check import Problem, check_data_root
-from aavs.datasets.layout import METADATA
+from aavs.datasets.layout import has_metadata
 
 CACHE_VERSION = 1  # bump when check_data_root finds problems it did not find before
 
@@ -23,7 +23,7 @@ CACHE_VERSION = 1  # bump when check_data_root finds problems it did not find be
 def cached_check_data_root(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[Problem]:
     """``check_data_root(root)``, or its cached answer when no file of the root changed since."""
     root = Path(root).expanduser().resolve()
-    if not (root / METADATA).is_file():  # nothing to decode (and no walk of a mistyped "/" or "~")
+    if not has_metadata(root):  # nothing to decode (and no walk of a mistyped "/" or "~")
         return check_data_root(root)
     entry = _cache_file(root, cache_dir)
     key = fingerprint(root)

@@ -1,4 +1,6 @@
-"""The AVSBench folder layout: which videos exist, where their files are, which frames are labelled.
+"""The AVSBench folder layouts: which videos exist, where their files are, which frames are labelled.
+
+AVSBench-semantic's release (all three subsets; what ``aavs data synth`` writes by default):
 
 ```
 DATA/metadata.csv                          uid, split (train|val|test), label (v1s|v1m|v2), ...
@@ -6,6 +8,21 @@ DATA/label2idx.json                        class name -> index, background = 0 (
 DATA/<label>/<uid>/frames/<i>.jpg          one frame per second
 DATA/<label>/<uid>/labels_rgb/<i>.png      palette-coloured masks
 DATA/<label>/<uid>/audio.wav
+```
+
+AVSBench-object's release (S4 = v1s and MS3 = v1m only, binary masks; ``--layout avsbench-object``),
+as its authors' loaders read it (OpenNLPLab/AVSBench ``avs_scripts/avs_s4``, ``avs_ms3``); either
+folder may be absent. Frames and masks are numbered from 1 there, from 0 here:
+
+```
+DATA/Single-source/s4_meta_data.csv        name (first column), ..., category, split
+DATA/Single-source/s4_data/visual_frames/<split>/<category>/<name>/<name>_<i+1>.png
+DATA/Single-source/s4_data/gt_masks/<split>/<category>/<name>/<name>_<i+1>.png    0 / non-zero: sounding
+DATA/Single-source/s4_data/audio_wav/<split>/<category>/<name>.wav
+DATA/Multi-sources/ms3_meta_data.csv       name (first column), ..., split
+DATA/Multi-sources/ms3_data/visual_frames/<name>.mp4_<i+1>.png
+DATA/Multi-sources/ms3_data/gt_masks/<split>/<name>/<name>_<i+1>.png
+DATA/Multi-sources/ms3_data/audio_wav/<split>/<name>.wav
 ```
 """
 
@@ -137,6 +154,63 @@ class VideoRecord:
     def audio_path(self, root: str | os.PathLike) -> Path:
         return self.video_dir(root) / "audio.wav"
 
+    @property
+    def binary_masks(self) -> bool:
+        """Whether its mask files are binary (AVSBench-object: non-zero is sounding) rather than
+        palette-coloured class maps."""
+        return False
+
+
+OBJECT_SUBSETS = {"v1s": ("Single-source", "s4"), "v1m": ("Multi-sources", "ms3")}  # folder, file prefix
+
+
+@dataclass(frozen=True)
+class ObjectVideoRecord(VideoRecord):
+    """One video of AVSBench-object's release (the module docstring's second layout); ``category`` is
+    its S4 class folder (empty for MS3)."""
+
+    category: str = ""
+
+    def _data(self, root: str | os.PathLike) -> Path:
+        folder, prefix = OBJECT_SUBSETS[self.subset]
+        return Path(root) / folder / f"{prefix}_data"
+
+    def _per_video(self, root: str | os.PathLike, kind: str) -> Path:
+        parts = [self.split, self.category] if self.subset == "v1s" else [self.split]
+        return self._data(root).joinpath(kind, *parts)
+
+    def video_dir(self, root: str | os.PathLike) -> Path:
+        """The folder of its masks (MS3 keeps every video's frames in one folder)."""
+        return self._per_video(root, "gt_masks") / self.uid
+
+    def frame_path(self, root: str | os.PathLike, i: int) -> Path:
+        if self.subset == "v1s":
+            return self._per_video(root, "visual_frames") / self.uid / f"{self.uid}_{i + 1}.png"
+        return self._data(root) / "visual_frames" / f"{self.uid}.mp4_{i + 1}.png"
+
+    def mask_path(self, root: str | os.PathLike, i: int) -> Path:
+        return self.video_dir(root) / f"{self.uid}_{i + 1}.png"
+
+    def audio_path(self, root: str | os.PathLike) -> Path:
+        return self._per_video(root, "audio_wav") / f"{self.uid}.wav"
+
+    @property
+    def binary_masks(self) -> bool:
+        return True
+
+
+def has_metadata(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is a data root of either layout (its metadata file(s) exist)."""
+    return (Path(root) / METADATA).is_file() or bool(object_metadata_files(root))
+
+
+def object_metadata_files(root: str | os.PathLike) -> dict[str, Path]:
+    """AVSBench-object's metadata files under ``root``, by subset (empty when it is not that layout)."""
+    files = {
+        subset: Path(root) / folder / f"{prefix}_meta_data.csv" for subset, (folder, prefix) in OBJECT_SUBSETS.items()
+    }
+    return {subset: path for subset, path in files.items() if path.is_file()}
+
 
 def uid_problem(uid: str) -> str | None:
     """Why ``uid`` cannot be a folder name under DATA/<label>/ (None when it can)."""
@@ -157,7 +231,15 @@ def parse_metadata(root: str | os.PathLike) -> tuple[list[VideoRecord], list[tup
     """
     path = Path(root) / METADATA
     if not path.is_file():
-        return [], [(str(path), "metadata.csv is missing (expected columns uid, split, label)")]
+        if object_metadata_files(root):
+            return _parse_object_metadata(root)
+        return [], [
+            (
+                str(path),
+                "metadata.csv is missing (expected columns uid, split, label; or AVSBench-object's "
+                "Single-source/s4_meta_data.csv, Multi-sources/ms3_meta_data.csv)",
+            )
+        ]
     problems: list[tuple[str, str]] = []
     records: list[VideoRecord] = []
     seen: dict[str, int] = {}
@@ -200,6 +282,45 @@ def _parse_row(row: dict, seen: dict[str, int], line: int) -> tuple[VideoRecord 
     if problems:
         return None, problems
     return VideoRecord(uid=uid, subset=subset, split=split), []
+
+
+def _parse_object_metadata(root: str | os.PathLike) -> tuple[list[VideoRecord], list[tuple[str, str]]]:
+    """AVSBench-object's metadata files as records (S4's as v1s, MS3's as v1m), with their problems."""
+    problems: list[tuple[str, str]] = []
+    records: list[VideoRecord] = []
+    seen: dict[str, int] = {}
+    for subset, path in object_metadata_files(root).items():
+        needed = ("category", "split") if subset == "v1s" else ("split",)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                columns = reader.fieldnames or []
+                missing = [c for c in needed if c not in columns]
+                if not columns or missing:
+                    problems.append((str(path), f"column(s) {', '.join(missing or needed)} missing from the header"))
+                    continue
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    uid, split = str(row.get(columns[0]) or "").strip(), str(row.get("split") or "").strip()
+                    category = str(row.get("category") or "").strip() if subset == "v1s" else ""
+                    row_problems = []
+                    if (why := uid_problem(uid)) is not None:
+                        row_problems.append(f"column {columns[0]}: {uid!r} {why}")
+                    elif uid in seen:
+                        row_problems.append(f"column {columns[0]}: duplicate name {uid!r} (first on line {seen[uid]})")
+                    if split not in SPLITS:
+                        row_problems.append(
+                            f"column split: unknown split {split!r} (expected one of {', '.join(SPLITS)})"
+                        )
+                    if subset == "v1s" and (why := uid_problem(category)) is not None:
+                        row_problems.append(f"column category: {category!r} {why}")
+                    seen.setdefault(uid, reader.line_num)
+                    problems.extend((where, m) for m in row_problems)
+                    if not row_problems:
+                        records.append(ObjectVideoRecord(uid=uid, subset=subset, split=split, category=category))
+        except (UnicodeDecodeError, csv.Error) as err:
+            problems.append((str(path), f"not a readable CSV file: {err}"))
+    return records, problems
 
 
 def read_metadata(root: str | os.PathLike) -> list[VideoRecord]:

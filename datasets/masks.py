@@ -99,6 +99,17 @@ def read_colour(path: Path, num_classes: int = MAX_CLASSES) -> np.ndarray:
     return resize_mask(classes, MASK_SIZE)
 
 
+def read_truth(root: str | os.PathLike, record: VideoRecord, i: int, num_classes: int = MAX_CLASSES) -> np.ndarray:
+    """Frame ``i``'s ground truth as int64 class indices ``[MASK_SIZE, MASK_SIZE]`` (nearest resize):
+    :func:`read_colour` of a palette-coloured mask; for AVSBench-object's binary masks, 1 (sounding)
+    where the grey value is non-zero, as its authors' loaders read them."""
+    path = record.mask_path(root, i)
+    if not record.binary_masks:
+        return read_colour(path, num_classes)
+    grey = np.asarray(_open(path).convert("L"))
+    return resize_mask((grey > 0).astype(np.int64), MASK_SIZE)
+
+
 def read_sounding(path: Path) -> np.ndarray:
     """One mask as the reference's binary training target: bool ``[MASK_SIZE, MASK_SIZE]``, "not background".
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import MAX_CLASSES, class_names, select_videos
-from aavs.datasets.masks import read_binary_masks, read_class_masks, read_colour
+from aavs.datasets.masks import read_binary_masks, read_class_masks, read_truth
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 from aavs.datasets.tasks import get_task
 
@@ -38,7 +38,7 @@ def score_predictions(
     metric = BinaryMetric() if binary else SemanticMetric(num_classes)
     for record in records:
         frames = record.annotated_frames
-        target = np.stack([read_colour(record.mask_path(data_root, i), num_classes) for i in frames])  # [t, 224, 224]
+        target = np.stack([read_truth(data_root, record, i, num_classes) for i in frames])  # [t, 224, 224]
         if isinstance(metric, BinaryMetric):  # the task is binary
             prob = read_binary_masks(pred_root, record, frames, resample="nearest")  # [t, 224, 224]
             metric.update(prob >= 0.5, prob, target != 0)

@@ -30,7 +30,16 @@ import soundfile
 from PIL import Image, ImageDraw
 
 from aavs.datasets.atomic import atomic_dir
-from aavs.datasets.layout import FRAMES_PER_SUBSET, LABEL2IDX, METADATA, SPLITS, SUBSETS, VideoRecord
+from aavs.datasets.layout import (
+    FRAMES_PER_SUBSET,
+    LABEL2IDX,
+    METADATA,
+    OBJECT_SUBSETS,
+    SPLITS,
+    SUBSETS,
+    ObjectVideoRecord,
+    VideoRecord,
+)
 from aavs.datasets.palette import encode_class_map
 
 log = logging.getLogger(__name__)
@@ -233,8 +242,22 @@ _OBJECTS_PER_SUBSET: dict[str, Callable[[np.random.Generator], int]] = {
 }
 
 
-def _write_video(folder: Path, record: VideoRecord, rng: np.random.Generator) -> list[str]:
-    """Write one video's frames, masks and audio; returns the names of its audible classes."""
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _object_files(jpeg: bytes, class_map: np.ndarray) -> tuple[bytes, bytes]:
+    """AVSBench-object's frame (PNG, of the JPEG's pixels) and binary mask (grey, 255 = sounding)."""
+    frame, mask = io.BytesIO(), io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("RGB").save(frame, format="PNG")
+    Image.fromarray(np.where(class_map > 0, 255, 0).astype(np.uint8), mode="L").save(mask, format="PNG")
+    return frame.getvalue(), mask.getvalue()
+
+
+def _write_video(root: Path, record: VideoRecord, rng: np.random.Generator) -> list[str]:
+    """Write one video's frames, masks and audio where its layout puts them; returns the names of its
+    audible classes."""
     frames = record.num_frames
     order = rng.permutation(len(SYNTH_CLASSES))
     visible = [SYNTH_CLASSES[i] for i in order[: _OBJECTS_PER_SUBSET[record.subset](rng)]]
@@ -244,26 +267,38 @@ def _write_video(folder: Path, record: VideoRecord, rng: np.random.Generator) ->
         sources = _schedule_multi(rng, visible, frames)
     objects = _place_objects(rng, visible)
     background = _background(rng)
-    (folder / "frames").mkdir(parents=True)
-    (folder / "labels_rgb").mkdir()
+    record.video_dir(root).mkdir(parents=True)
     for i in range(frames):
         jpeg, class_map = _render_frame(rng, background, objects, {c.name for c in sources[i]})
-        (folder / "frames" / f"{i}.jpg").write_bytes(jpeg)
+        frame, mask = _object_files(jpeg, class_map) if record.binary_masks else (jpeg, _png(class_map))
+        _write(record.frame_path(root, i), frame)
         if i in record.annotated_frames:
-            (folder / "labels_rgb" / f"{i}.png").write_bytes(_png(class_map))
-    (folder / "audio.wav").write_bytes(_render_audio(rng, sources, duration=frames))
+            _write(record.mask_path(root, i), mask)
+    _write(record.audio_path(root), _render_audio(rng, sources, duration=frames))
     return sorted({c.name for second in sources for c in second})
 
 
+LAYOUTS = ("avsbench-semantic", "avsbench-object")  # aavs.datasets.layout's two release layouts
+
+
 def write_synthetic_avsbench(
-    out: str | os.PathLike, videos_per_split: int = 8, seed: int = 0, eval_videos_per_split: int | None = None
+    out: str | os.PathLike,
+    videos_per_split: int = 8,
+    seed: int = 0,
+    eval_videos_per_split: int | None = None,
+    layout: str = "avsbench-semantic",
 ) -> Path:
     """Write the synthetic set to ``out`` (replacing it as a whole, atomically); returns ``out``.
 
     ``videos_per_split`` videos of each subset in each split; ``eval_videos_per_split``, when given, in
     val and test instead (AVSBench's own val and test are far smaller than its train split). Video k of
-    a subset and split is the same whatever the counts.
+    a subset and split is the same whatever the counts. ``layout="avsbench-object"`` writes the v1s and
+    v1m videos in AVSBench-object's layout instead (S4 and MS3, binary masks; aavs.datasets.layout).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "avsbench-object":
+        return _write_object_layout(Path(out), videos_per_split, seed, eval_videos_per_split)
     counts = {split: videos_per_split for split in SPLITS}
     if eval_videos_per_split is not None:
         counts.update({split: eval_videos_per_split for split in SPLITS if split != "train"})
@@ -278,7 +313,7 @@ def write_synthetic_avsbench(
                 for k in range(counts[split]):
                     record = VideoRecord(uid=f"syn-{subset}-{split}-{k:04d}", subset=subset, split=split)
                     rng = np.random.default_rng([seed, s, p, k])
-                    audible = _write_video(record.video_dir(tmp), record, rng)
+                    audible = _write_video(tmp, record, rng)
                     rows.append(
                         {
                             "vid": record.uid,
@@ -301,5 +336,38 @@ def write_synthetic_avsbench(
         len(rows),
         ", ".join(f"{s}: {FRAMES_PER_SUBSET[s]} frames" for s in SUBSETS),
         out,
+    )
+    return out
+
+
+def _write_object_layout(out: Path, videos_per_split: int, seed: int, eval_videos_per_split: int | None) -> Path:
+    """The v1s and v1m videos of :func:`write_synthetic_avsbench` (the same draws) in AVSBench-object's
+    layout: S4's in one category folder, ``syn``; its metadata files with the release's columns."""
+    counts = {
+        split: videos_per_split if split == "train" else (eval_videos_per_split or videos_per_split) for split in SPLITS
+    }
+    rows: dict[str, list[dict[str, str]]] = {subset: [] for subset in OBJECT_SUBSETS}
+    with atomic_dir(out) as tmp:
+        for s, subset in enumerate(SUBSETS):
+            if subset not in OBJECT_SUBSETS:
+                continue
+            for p, split in enumerate(SPLITS):
+                for k in range(counts[split]):
+                    uid = f"syn-{subset}-{split}-{k:04d}"
+                    category = "syn" if subset == "v1s" else ""
+                    record = ObjectVideoRecord(uid=uid, subset=subset, split=split, category=category)
+                    audible = _write_video(tmp, record, np.random.default_rng([seed, s, p, k]))
+                    row = {"name": uid, "a_obj": ",".join(audible), "category": category, "split": split}
+                    rows[subset].append(
+                        row if subset == "v1s" else {"video_id": uid, "a_obj": row["a_obj"], "split": split}
+                    )
+        for subset, (folder, prefix) in OBJECT_SUBSETS.items():
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[subset][0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows[subset])
+            (tmp / folder / f"{prefix}_meta_data.csv").write_text(buf.getvalue(), encoding="utf-8")
+    log.info(
+        "synthetic AVSBench-object: %d videos (S4 and MS3, 5 frames each) in %s", sum(map(len, rows.values())), out
     )
     return out

@@ -27,6 +27,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         videos_per_split=args.videos_per_split,
         seed=args.seed,
         eval_videos_per_split=args.eval_videos_per_split,
+        layout=args.layout,
     )
     log.info("wrote a synthetic AVSBench data set to %s", root)
     return EXIT_OK
@@ -68,6 +69,12 @@ def register(sub: Subparsers) -> None:
         "--eval-videos-per-split", type=int, help="videos of each subset in val and test (default: as train)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--layout",
+        choices=("avsbench-semantic", "avsbench-object"),
+        default="avsbench-semantic",
+        help="the release layout: AVSBench-semantic's (all subsets, the default) or AVSBench-object's (S4 and MS3)",
+    )
     p.set_defaults(func=cmd_data_synth)
 
     p = data.add_parser("check", help="validate a data root and report every problem")

@@ -19,6 +19,7 @@ from pathlib import Path
 from aavs.datasets.check import Problem
 from aavs.datasets.check_cache import cached_check_data_root
 from aavs.datasets.errors import InputError
+from aavs.datasets.layout import has_metadata
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import trackers
 from aavs.orchestrator.experiment.runners.base import Runner
@@ -81,8 +82,11 @@ def data_problems(spec: ExperimentSpec) -> list[Problem]:
         return []
     if not Path(spec.data.root).is_dir():
         raise InputError(f"data.root: {spec.data.root}: data root missing (expected an AVSBench data root)")
-    if not (Path(spec.data.root) / "metadata.csv").is_file():
-        raise InputError(f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root)")
+    if not has_metadata(spec.data.root):
+        raise InputError(
+            f"data.root: {spec.data.root} has no metadata.csv (expected an AVSBench data root; or "
+            "AVSBench-object's, with Single-source/s4_meta_data.csv or Multi-sources/ms3_meta_data.csv)"
+        )
     return cached_check_data_root(spec.data.root)
 
 
