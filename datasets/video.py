@@ -60,15 +60,19 @@ EXAMPLE_SAMPLES = WINDOW + (EXAMPLE_FRAMES - 1) * HOP  # 16 kHz samples of one V
 _SAMPLE_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
 
 
-def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (whatever their suffix: a bad one fails on its own later) and, for folders, their
-    video files (by suffix, sorted). A path that does not exist is kept so that it fails by name."""
-    found: list[Path] = []
+def find_videos(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> list[tuple[Path, str]]:
+    """``(file, name)`` of each video: files as given (whatever their suffix: a bad one fails on its own
+    later), named by their stem; for folders, their video files by suffix, sorted, in subfolders too
+    unless not ``recursive``, named by their path in the folder without the suffix (``sub/clip``). A
+    path that does not exist is kept so that it fails by name."""
+    found: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            files = item.rglob("*") if recursive else item.iterdir()
+            videos = sorted(p for p in files if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            found += [(p, p.relative_to(item).with_suffix("").as_posix()) for p in videos]
         else:
-            found.append(item)
+            found.append((item, item.stem))
     return found
 
 

@@ -275,6 +275,65 @@ def test_outputs_overlay_and_timeline(work, two_stage_out, synth_root):
         assert sum(1 for _ in container.decode(stream)) == 10 * FPS
     assert not [p for p in two_stage_out.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
+    # The sound: PCM, which MP4 does not carry as it is, re-encoded to AAC, at >= 30 dB SNR once aligned.
+    source, rate = soundfile.read(record.audio_path(synth_root), dtype="float32")
+    heard, heard_rate = _decoded_audio(folder / "overlay.mp4")
+    assert heard_rate == rate
+    assert _aligned_snr_db(source, heard) >= 30
+
+
+def _decoded_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The first audio stream of a file, decoded to float mono, and its sample rate."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.codec_context.sample_rate)
+        chunks = [f.to_ndarray()[0] for frame in container.decode(stream) for f in resampler.resample(frame)]
+        return np.concatenate(chunks), stream.codec_context.sample_rate
+
+
+def _aligned_snr_db(reference: np.ndarray, signal: np.ndarray, max_lag: int = 4096) -> float:
+    """SNR of ``signal`` against ``reference`` at the lag (within ``max_lag`` samples) that matches best."""
+    n = min(len(reference), len(signal)) - 2 * max_lag
+    core = reference[max_lag : max_lag + n]
+    best = max(range(2 * max_lag + 1), key=lambda lag: float(np.dot(core, signal[lag : lag + n])))
+    error = core - signal[best : best + n]
+    return float(10 * np.log10(np.sum(core**2) / max(np.sum(error**2), 1e-20)))
+
+
+def test_a_folder_tree_with_an_aac_clip_sized_overlays_and_none(work, tmp_path, capsys):
+    """A folder is searched into its subfolders (OUT keeps their paths); an AAC sound is copied into the
+    overlay packet for packet; --overlay-height sizes it; --no-recursive and --no-overlay leave them out."""
+    import av
+
+    rate = 44100
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)).astype(np.int16)
+    clip = tmp_path / "in" / "sub" / "clip.mp4"
+    clip.parent.mkdir(parents=True)
+    write_video(clip, _moving_frames(3, FPS, (120, 160)), FPS, audio=(tone, rate), audio_codec="aac")
+    top = shutil.copy(work["videos"] / f"{work['records'][0].uid}.mkv", tmp_path / "in")
+    args = ["predict", str(tmp_path / "in"), "--checkpoint", str(work["s1"])]
+    assert _run([*args, "--out", str(tmp_path / "out"), "--overlay-height", "60"], capsys)[0] == 0
+
+    def packets(path: Path) -> list[bytes]:
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+    overlay = tmp_path / "out" / "sub" / "clip" / "overlay.mp4"
+    copied = packets(overlay)
+    assert copied and copied == packets(clip)
+    for path, size in ((overlay, (80, 60)), (tmp_path / "out" / Path(top).stem / "overlay.mp4", (60, 60))):
+        with av.open(str(path)) as container:
+            context = container.streams.video[0].codec_context
+            assert (context.width, context.height) == size
+
+    code, stdout, _ = _run([*args, "--out", str(tmp_path / "flat"), "--no-recursive", "--no-overlay", "--json"], capsys)
+    assert code == 0 and [v["name"] for v in json.loads(stdout)["videos"]] == [Path(top).stem]
+    folder = tmp_path / "flat" / Path(top).stem
+    assert (folder / "timeline.json").is_file() and not (folder / "overlay.mp4").exists()
+    assert len(list((folder / "masks").glob("*.png"))) == work["records"][0].num_frames
+
 
 def test_frame_of_each_second_is_ffmpeg_fps_filter_choice(tmp_path):
     """Second t's frame is the one ffmpeg's fps=1 picks (AVSBench's 1 fps extraction)."""

@@ -105,6 +105,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         use_ray=args.ray,
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
+        recursive=args.recursive,
+        overlay_height=None if args.no_overlay else args.overlay_height,
     )
     emit(
         args,
@@ -171,6 +173,16 @@ def register(sub: Subparsers) -> None:
     _register_predict(sub)
 
 
+def _overlay_height(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 16 <= value <= 4320:
+        raise argparse.ArgumentTypeError(f"expected a height in pixels from 16 to 4320, got {text!r}")
+    return value
+
+
 def _register_predict(sub: Subparsers) -> None:
     p = sub.add_parser("predict", help="sounding-object masks, overlay and timeline of any video")
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files, or folders of them")
@@ -186,6 +198,19 @@ def _register_predict(sub: Subparsers) -> None:
         "--cache", default=None, help="embedding cache folder (default: the experiment's, or $AAVS_CACHE_DIR)"
     )
     p.add_argument("--overwrite", action="store_true", help="redo videos whose output folder exists")
+    p.add_argument(
+        "--no-recursive",
+        dest="recursive",
+        action="store_false",
+        help="a folder's own videos only (default: its subfolders' too, OUT keeping their relative paths)",
+    )
+    p.add_argument("--no-overlay", action="store_true", help="masks and timeline.json only, no overlay.mp4")
+    p.add_argument(
+        "--overlay-height",
+        type=_overlay_height,
+        default=0,
+        help="overlay.mp4's height in pixels (default: the input's)",
+    )
     p.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (decode, embed, predict, write)")
     p.add_argument("--actors", type=int, default=1, help="--ray: prediction actors (default 1)")
     p.add_argument("--gpus-per-actor", type=float, default=0, help="--ray: GPUs per prediction actor (default 0)")

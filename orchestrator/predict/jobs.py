@@ -32,6 +32,7 @@ class VideoJob:
     sounding: dict[int, list[list[dict[str, Any]]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     windows: int | None = None
+    overlay_height: int | None = 0  # overlay.mp4's height: 0 the input's, None no overlay (--no-overlay)
 
     def add(self, row: dict[str, Any]) -> int:
         """Record a written window; returns its seconds."""
@@ -45,9 +46,9 @@ class VideoJob:
         return [{"second": t, "sounding": classes} for t, classes in enumerate(seconds)]
 
 
-def plan_jobs(inputs: Iterable[str | Path]) -> list[VideoJob]:
-    """The videos of ``inputs`` with their output names (the file name without suffix)."""
-    jobs = [VideoJob(path, path.stem) for path in find_videos(inputs)]
+def plan_jobs(inputs: Iterable[str | Path], recursive: bool = True, overlay_height: int | None = 0) -> list[VideoJob]:
+    """The videos of ``inputs`` with their output names (:func:`~aavs.datasets.video.find_videos`)."""
+    jobs = [VideoJob(path, name, overlay_height=overlay_height) for path, name in find_videos(inputs, recursive)]
     if not jobs:
         raise InputError(f"no video files in {', '.join(map(str, inputs))} (looked for .mp4 .mkv .webm .mov .avi)")
     seen: dict[str, Path] = {}

@@ -39,9 +39,11 @@ def timeline_document(job: VideoJob, models: dict[str, Any]) -> dict[str, Any]:
 def finish_video(
     job: VideoJob, folder: Path, class_names: tuple[str, ...], binary: bool, models: dict[str, Any]
 ) -> dict[str, float]:
-    """overlay.mp4 and timeline.json of a video whose masks are written; returns the overlay's time."""
+    """overlay.mp4 (unless the job asks for none) and timeline.json of a video whose masks are written;
+    returns the overlay's time."""
     clock = time.perf_counter()
     timeline = job.timeline()
-    write_overlay(job.path, folder / MASKS, folder / OVERLAY, timeline, class_names, binary)
+    if job.overlay_height is not None:
+        write_overlay(job.path, folder / MASKS, folder / OVERLAY, timeline, class_names, binary, job.overlay_height)
     write_json(folder / TIMELINE, timeline_document(job, models))
     return {"overlay": time.perf_counter() - clock}

@@ -29,11 +29,14 @@ def predict_videos(
     use_ray: bool = False,
     actors: int = 1,
     gpus_per_actor: float = 0,
+    recursive: bool = True,
+    overlay_height: int | None = 0,
 ) -> dict[str, Any]:
-    """``aavs predict``: every video of ``inputs`` into ``out/<name>/``; a summary (failures included)."""
+    """``aavs predict``: every video of ``inputs`` into ``out/<name>/``; a summary (failures included).
+    ``overlay_height``: overlay.mp4's height (0: the input's; None: no overlay)."""
     out = Path(out)
     started = time.perf_counter()
-    jobs = plan_jobs(inputs)
+    jobs = plan_jobs(inputs, recursive, overlay_height)
     outcomes: list[Outcome] = []
     todo: list[VideoJob] = []
     seconds = 0.0  # of the videos to do, as their headers declare (the progress bar's total)
