@@ -3,9 +3,11 @@ the summary of what became of each."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +78,17 @@ def _summary(outcomes: list[Outcome], out: Path, wall: float) -> dict[str, Any]:
 
 
 def run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView) -> list[Outcome]:
-    """One process: each video's windows through the steps, one after the other."""
+    """One process: each video's windows through the steps, one after the other; a video's overlay is
+    encoded (and its folder committed) in a second thread while the next video decodes and predicts."""
     models = Models(source)
     embedder = models.embedder()
     outcomes = []
-    for job in jobs:
-        try:
-            with atomic_dir(out / job.name) as folder:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aavs-overlay") as finisher:
+        finishing: list[Future[Outcome]] = []
+        for job in jobs:
+            stack = contextlib.ExitStack()
+            try:
+                folder = stack.enter_context(atomic_dir(out / job.name))
                 seconds = 0
                 for row in decode_rows(
                     {"path": str(job.path), "name": job.name, "folder": str(folder)}, models.image_size
@@ -92,9 +98,27 @@ def run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progre
                     n = job.add(write_row(predict_row(embed_row(row, embedder), models)))
                     seconds += n
                     view.second(n)
-                job.timings.update(finish_video(job, folder, models.class_names, models.binary, models.describe()))
-            outcomes.append(Outcome(job, "done", seconds=seconds))
-        except InputError as err:
-            outcomes.append(failed(job, err))
-        view.video()
+            except BaseException as err:
+                stack.__exit__(type(err), err, err.__traceback__)  # the temporary folder goes
+                if not isinstance(err, InputError):
+                    raise
+                outcomes.append(failed(job, err))
+                view.video()
+                continue
+            finishing.append(finisher.submit(_finish, job, folder, stack, models, seconds, view))
+        outcomes += [future.result() for future in finishing]
     return outcomes
+
+
+def _finish(
+    job: VideoJob, folder: Path, stack: contextlib.ExitStack, models: Models, seconds: int, view: ProgressView
+) -> Outcome:
+    """A predicted video's overlay and timeline, then its folder renamed into place (closing ``stack``)."""
+    try:
+        with stack:
+            job.timings.update(finish_video(job, folder, models.class_names, models.binary, models.describe()))
+        return Outcome(job, "done", seconds=seconds)
+    except InputError as err:
+        return failed(job, err)
+    finally:
+        view.video()
