@@ -33,7 +33,7 @@ lint: $(STAMP)
 # Two pytest processes (pytest-xdist): one runs every module that starts Ray or reads the session's tiny
 # run, in order; the other the rest (tests/conftest.py, tests/README.md).
 test: lint
-	$(BIN)/python -m pytest -q -m "not faults" -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -m "not faults" -n 2
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not faults"

@@ -180,30 +180,52 @@ def tiny_results(tiny_run: tuple[Path, str]) -> Path:
     return tiny_run[0]
 
 
+# The modules that start Ray or read the session's tiny run. Under pytest-xdist (`make test`: two
+# processes) they all run in one of them, in their order (one Ray at a time, the tiny run made once);
+# the other process takes the remaining tests as they come. Every run checks the list is complete.
+SERIAL_MODULES = frozenset(
+    {
+        *("test_cluster.py", "test_crash_consistency.py", "test_experiment.py", "test_faults.py"),
+        *("test_figures.py", "test_hostile_results.py", "test_leaderboard.py", "test_node_loss.py"),
+        *("test_predict.py", "test_rank_loss.py", "test_search_ray.py", "test_security.py", "test_submit.py"),
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect: the check below sees every test
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that reads the tiny run is slow (the run takes about a minute on 2 cores, and a test that
     reports on it up to another): `make test-fast` skips them all, so never starts the run.
 
     The modules with a test that uses the session's ray_cluster run last, whole and in their order:
     the cluster starts at the first such test and stops when the session ends, right after them.
-
-    Under pytest-xdist (`make test`: two processes, ``--dist loadgroup``) one process runs every
-    module that starts Ray or reads the tiny run, in that order (group ``ray``: one Ray at a time, the
-    session's tiny run made once); the other process takes the remaining tests as they come."""
+    A module with a test that starts Ray or reads the tiny run must be in :data:`SERIAL_MODULES`."""
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     shared_ray = {item.path for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
     items.sort(key=lambda item: item.path in shared_ray)  # stable: each group keeps its order
     serial = {
-        item.path
+        item.path.name
         for item in items
         if item.get_closest_marker("ray")
         or {"ray_cluster", "tiny_run", "tiny_results"} & set(getattr(item, "fixturenames", ()))
     }
-    for item in items:
-        if item.path in serial:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    if serial - SERIAL_MODULES:
+        raise pytest.UsageError(f"tests/conftest.py: add {sorted(serial - SERIAL_MODULES)} to SERIAL_MODULES")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scope scheduling with one scope for all of :data:`SERIAL_MODULES` and one per test
+    elsewhere: the serial modules go to one process, in collection order, the rest are shared out."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "serial" if module in SERIAL_MODULES else nodeid
+
+    return SerialModulesTogether(config, log)
 
 
 def kill_a_rank_once_reported(trial: Path, killed: list[int]) -> None:
