@@ -30,8 +30,8 @@ lint: $(STAMP)
 	for p in models datasets orchestrator; do ln -sfn ../../../$$p $(MYPY_TREE)/$$p; done
 	MYPYPATH=build/mypy $(BIN)/mypy -p aavs.models -p aavs.datasets -p aavs.orchestrator
 
-# Two pytest processes (pytest-xdist): one runs every module that starts Ray or reads the session's tiny
-# run, in order; the other the rest (tests/conftest.py, tests/README.md).
+# Two pytest processes (pytest-xdist): one runs every module that starts Ray, in order; the other the
+# rest (tests/conftest.py, tests/README.md).
 test: lint
 	$(BIN)/python -m pytest -q -m "not faults" -n 2
 

@@ -180,13 +180,12 @@ def tiny_results(tiny_run: tuple[Path, str]) -> Path:
     return tiny_run[0]
 
 
-# The modules that start Ray or read the session's tiny run. Under pytest-xdist (`make test`: two
-# processes) they all run in one of them, in their order (one Ray at a time, the tiny run made once);
-# the other process takes the remaining tests as they come. Every run checks the list is complete.
+# The modules that start Ray. Under pytest-xdist (`make test`: two processes) they all run in one of
+# them, in their order (one Ray at a time, the session's ray_cluster started once); the other process
+# takes the remaining tests as they come. Every run checks that the list is complete.
 SERIAL_MODULES = frozenset(
     {
-        *("test_cluster.py", "test_crash_consistency.py", "test_experiment.py", "test_faults.py"),
-        *("test_figures.py", "test_head_loss.py", "test_hostile_results.py", "test_leaderboard.py"),
+        *("test_cluster.py", "test_experiment.py", "test_faults.py", "test_head_loss.py"),
         *("test_node_loss.py", "test_predict.py", "test_rank_loss.py", "test_search_ray.py"),
         *("test_security.py", "test_submit.py"),
     }
@@ -200,7 +199,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     The modules with a test that uses the session's ray_cluster run last, whole and in their order:
     the cluster starts at the first such test and stops when the session ends, right after them.
-    A module with a test that starts Ray or reads the tiny run must be in :data:`SERIAL_MODULES`."""
+    A module with a test that starts Ray must be in :data:`SERIAL_MODULES`."""
     for item in items:
         if "tiny_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
@@ -209,8 +208,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     serial = {
         item.path.name
         for item in items
-        if item.get_closest_marker("ray")
-        or {"ray_cluster", "tiny_run", "tiny_results"} & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ())
     }
     if serial - SERIAL_MODULES:
         raise pytest.UsageError(f"tests/conftest.py: add {sorted(serial - SERIAL_MODULES)} to SERIAL_MODULES")
