@@ -186,7 +186,7 @@ def tiny_results(tiny_run: tuple[Path, str]) -> Path:
 SERIAL_MODULES = frozenset(
     {
         *("test_cluster.py", "test_experiment.py", "test_faults.py", "test_head_loss.py"),
-        *("test_node_loss.py", "test_predict.py", "test_rank_loss.py", "test_search_ray.py"),
+        *("test_node_loss.py", "test_predict_ray.py", "test_rank_loss.py", "test_search_ray.py"),
         *("test_security.py", "test_submit.py"),
     }
 )

@@ -477,33 +477,6 @@ def test_predict_video_api_matches_the_files(work, stage_one_out):
 
 
 # ---------------------------------------------------------------------------------- slow tests
-@pytest.mark.slow
-@pytest.mark.ray
-def test_ray_pipeline_writes_what_the_local_run_writes(work, two_stage_out, ray_cluster, tmp_path, capsys):
-    out = tmp_path / "ray"
-    code, stdout, _ = _run(
-        [
-            "predict",
-            str(work["videos"]),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(work["s2"]),
-            "--prior-checkpoint",
-            str(work["s1"]),
-            "--ray",
-            "--json",
-        ],
-        capsys,
-    )
-    assert code == 0 and json.loads(stdout)["done"] == len(work["records"])
-    for record in work["records"]:
-        assert _png_tree(out / record.uid) == _png_tree(two_stage_out / record.uid), record.uid
-        for name in ("timeline.json", "overlay.mp4"):
-            assert (out / record.uid / name).read_bytes() == (two_stage_out / record.uid / name).read_bytes(), name
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
-
-
 _PEAK = """
 import resource, sys
 from aavs.orchestrator.cli import main
