@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from aavs.datasets.atomic import atomic_dir, write_json
@@ -66,14 +66,13 @@ from aavs.models.modeling_aavs import (
     build_from_config,
     build_model,
     check_base_dir,
-    copy_state,
     set_phase,
 )
 from aavs.models.presets import PRESETS
+from aavs.models.weights import WEIGHTS_FILE, copy_state, read_state_dict, read_weights
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
 META_FILE = "aavs.json"
 FORMAT = "aavs-checkpoint"
 VERSION = 1
@@ -156,18 +155,6 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
-def read_weights(folder: str | Path) -> dict[str, Tensor]:
-    """The tensors of a checkpoint folder's ``model.safetensors``, without building a network (a
-    training run reloading its own checkpoints already has one)."""
-    weights_file = Path(folder) / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise InputError(f"{weights_file} is missing")
-    try:
-        return load_file(str(weights_file))
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
-
-
 # Bounds of a checkpoint's config, checked before any network is built from it (aavs.json may have
 # been edited by hand): the presets' numbers are far below them.
 MAX_CONFIG_INT = 2**24
@@ -246,9 +233,9 @@ def _load_ours(folder: Path, base: str | None, task: str | None) -> AAVS:
     model = build_from_config(config, load_base=not full)
     set_phase(model, meta["phase"])
     if full:
-        copy_state(model.state_dict(), state, True, f"the weights of {weights_file}")
+        copy_state(model.state_dict(), state, True, f"the weights of {weights_file}", "AAVS")
     else:
-        copy_state(model.trainable_state_dict(), state, True, f"the weights of {weights_file}")
+        copy_state(model.trainable_state_dict(), state, True, f"the weights of {weights_file}", "AAVS")
     return model
 
 
@@ -291,16 +278,7 @@ def reference_key(key: str) -> str | None:
 
 
 def _read_released(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a bad file; all mean the same to the user
-        raise InputError(f"{path}: not a loadable PyTorch state dict ({type(err).__name__}: {err})") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InputError(f"{path}: expected a state dict (names -> tensors) of the reference AAVS module")
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    state = read_state_dict(path, "the reference AAVS module")
     for key in (_QUERY_FEATURES, _CLASS_WEIGHT):
         if key not in state:
             raise InputError(f"{path}: key {key} is missing: not a Stepping Stones AAVS checkpoint")
@@ -392,7 +370,7 @@ def import_released(
             )
         else:
             weights = "trainable"
-    copy_state({k: own[k] for k in mapped}, mapped, True, f"the weights of {path}")
+    copy_state({k: own[k] for k in mapped}, mapped, True, f"the weights of {path}", "AAVS")
     return model, weights
 
 

@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -48,11 +46,11 @@ from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
 from aavs.models import registry
 from aavs.models.configuration_avsbench import AVSBenchConfig, make_config
-from aavs.models.modeling_avsbench import AVSBench, copy_state
+from aavs.models.modeling_avsbench import AVSBench
+from aavs.models.weights import WEIGHTS_FILE, copy_state, read_state_dict, read_weights, strip_data_parallel
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
 META_FILE = "avsbench.json"
 FORMAT = "aavs-avsbench-checkpoint"
 VERSION = 1
@@ -68,17 +66,6 @@ def save_checkpoint(model: AVSBench, folder: str | Path) -> Path:
         write_json(tmp / META_FILE, {"format": FORMAT, "version": VERSION, "config": model.config.to_dict()})
         registry.write_record(tmp, model.config, [WEIGHTS_FILE])
     return folder
-
-
-def read_weights(folder: str | Path) -> dict[str, Tensor]:
-    """The tensors of a checkpoint folder, without building a network."""
-    weights_file = Path(folder) / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise InputError(f"{weights_file} is missing")
-    try:
-        return load_file(str(weights_file))
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{weights_file}: not a readable safetensors file ({err})") from err
 
 
 def _read_config(folder: Path) -> AVSBenchConfig:
@@ -109,7 +96,7 @@ def load_model(path: str | Path, base: str | None = None, task: str | None = Non
     if task is not None and get_task(task).name != config.task:
         raise InputError(f"{path} holds a {config.task} network, not {task}")
     model = AVSBench(config)
-    copy_state(model.state_dict(), read_weights(path), True, f"the weights of {path / WEIGHTS_FILE}")
+    copy_state(model.state_dict(), read_weights(path), True, f"the weights of {path / WEIGHTS_FILE}", "AVSBench")
     model.set_phase("B")
     return model
 
@@ -158,20 +145,6 @@ def released_key(key: str) -> str | None:
     return key
 
 
-def _read_state(path: Path, what: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a bad file; all mean the same to the user
-        raise InputError(f"{path}: not a loadable PyTorch state dict ({type(err).__name__}: {err})") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InputError(f"{path}: expected a state dict (names -> tensors) of {what}")
-    if all(k.startswith("module.") for k in state):  # saved from the DataParallel wrapper
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
 def _fit(own: dict[str, Tensor], key: str, value: Tensor) -> Tensor:
     """A 1x1(x1) convolution's weight in the shape of ours (Conv3d -> Conv2d or Linear)."""
     if key in own and value.shape != own[key].shape and value.numel() == own[key].numel():
@@ -187,7 +160,9 @@ def import_released(
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such released checkpoint file")
-    return from_released_state(_read_state(path, "the public AVSBench Pred_endecoder"), task, base, classes, str(path))
+    return from_released_state(
+        read_state_dict(path, "the public AVSBench Pred_endecoder"), task, base, classes, str(path)
+    )
 
 
 def from_released_state(
@@ -199,8 +174,7 @@ def from_released_state(
 ) -> AVSBench:
     """The network of a public-code state dict (names as its ``Pred_endecoder`` has them, or with the
     ``module.`` prefix of its ``DataParallel`` wrapper); ``path`` names it in errors."""
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    state = strip_data_parallel(state)
     found = (
         "pvt-v2-b5"
         if any(k.startswith("encoder_backbone.") for k in state)
@@ -238,7 +212,7 @@ def from_released_state(
     lacking = sorted(k for k in own if k not in mapped and not k.startswith("prior_embedding."))
     if lacking:
         raise InputError(f"{path} lacks tensors the AVSBench network needs: {', '.join(lacking[:8])}")
-    copy_state(own, mapped, False, f"the weights of {path}")
+    copy_state(own, mapped, False, f"the weights of {path}", "AVSBench")
     model.set_phase("B")
     return model
 
@@ -256,12 +230,12 @@ def load_backbone_weights(model: AVSBench, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such backbone weights file (model.pretrained)")
-    state = load_file(str(path)) if path.suffix == ".safetensors" else _read_state(path, "an ImageNet backbone")
+    state = load_file(str(path)) if path.suffix == ".safetensors" else read_state_dict(path, "an ImageNet backbone")
     if model.config.backbone == "pvt-v2-b5":
         state = {pvt_key(k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc."))}
     own = model.backbone.state_dict()
-    copy_state(own, state, True, f"the backbone weights of {path}")
+    copy_state(own, state, True, f"the backbone weights of {path}", "AVSBench")
     log.info("backbone weights from %s", path)
 
 

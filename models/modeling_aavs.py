@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
@@ -55,10 +54,12 @@ from transformers.utils import logging as hf_logging
 
 from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import get_task
-from aavs.datasets.transforms import MASK_SIZE, normalize_frames
+from aavs.datasets.transforms import MASK_SIZE
 from aavs.models.adapters import AdaptedLinear, AdapterMode, attach_adapter, promote
+from aavs.models.clip_inference import chunked_scores, clip_inputs
 from aavs.models.configuration_aavs import AAVSConfig
 from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
+from aavs.models.weights import copy_state, few
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +372,7 @@ class AAVS(nn.Module):
     def load_trainable_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
         """Copy trainable weights in; any unknown key or wrong shape is an InputError naming it, and with
         ``strict`` so is a missing key."""
-        copy_state(self.trainable_state_dict(), state_dict, strict, "trainable weights")
+        copy_state(self.trainable_state_dict(), state_dict, strict, "trainable weights", network="AAVS")
 
     # The methods of the model protocol (aavs.models.protocol) that the functions below implement.
     def set_phase(self, phase: str) -> None:
@@ -487,44 +488,18 @@ class AAVS(nn.Module):
 
         Runs in eval mode (restoring the previous mode), ``batch_size`` frames at a time (default all).
         """
-        frames = _as_array(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise InputError(f"frames: expected RGB uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-        t = frames.shape[0]
-        if t == 0:
+        frames, audio_t, prior_t = clip_inputs(
+            frames,
+            audio,
+            prior,
+            audio_dim=self.config.audio_dim,
+            takes_prior=self.config.takes_prior,
+            task=self.config.task,
+        )
+        if frames.shape[0] == 0:
             return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
-        audio_t = torch.as_tensor(_as_array(audio), dtype=torch.float32)
-        if tuple(audio_t.shape) != (t, self.config.audio_dim):
-            raise InputError(
-                f"audio: expected [{t}, {self.config.audio_dim}] (one embedding per frame), got {list(audio_t.shape)}"
-            )
-        prior_t = None
-        if prior is not None:
-            if not self.config.takes_prior:
-                raise InputError(f"prior: the {self.config.task} network takes no prior (only avss does)")
-            prior_t = torch.as_tensor(_as_array(prior), dtype=torch.float32)
-            if prior_t.ndim != 3 or prior_t.shape[0] != t:
-                raise InputError(f"prior: expected [{t}, h, w], got {list(prior_t.shape)}")
-            if prior_t.numel() and (prior_t.min() < 0 or prior_t.max() > 1):
-                raise InputError(f"prior: values must lie in [0, 1], got [{prior_t.min():.3g}, {prior_t.max():.3g}]")
-        pixel_values = normalize_frames(frames, self.config.image_size)  # [T, 3, S, S]
-        device = next(self.parameters()).device
-        step = batch_size or max(t, 1)
-        was_training = self.training
-        self.eval()
-        try:
-            scores = []
-            for start in range(0, t, step):
-                chunk = slice(start, start + step)
-                output = self(
-                    pixel_values[chunk].to(device),
-                    audio_t[chunk].to(device),
-                    None if prior_t is None else prior_t[chunk].to(device),
-                )
-                scores.append(self.class_scores(output).float().cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(scores)
+        step = batch_size or frames.shape[0]
+        return chunked_scores(self, frames, audio_t, prior_t, self.config.image_size, step)
 
 
 # ----------------------------------------------------------------------------- loss targets
@@ -701,9 +676,7 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
         mask2former.class_predictor.reset_parameters()
     missing = sorted(key for key in info.get("missing_keys", ()) if not UNUSED_SWIN_NORM.search(key))
     if missing:
-        log.warning(
-            "%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(_few(missing))
-        )
+        log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(few(missing)))
     return mask2former
 
 
@@ -784,39 +757,7 @@ def _check_preset_architecture(preset: str, ours: Mask2FormerConfig, given: Mask
 
 
 @torch.no_grad()
-def copy_state(own: dict[str, Tensor], given: dict[str, Tensor], strict: bool, what: str) -> None:
-    """Copy ``given`` into the tensors of ``own`` (a state dict of live tensors) after checking it all:
-    unknown keys, wrong shapes and (``strict``) missing keys are one InputError naming them."""
-    unexpected = sorted(set(given) - set(own))
-    missing = sorted(set(own) - set(given)) if strict else []
-    wrong = [
-        f"{k} {list(v.shape)} (expected {list(own[k].shape)})"
-        for k, v in given.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems = [
-        f"{label}: {', '.join(_few(keys))}"
-        for label, keys in (("unexpected keys", unexpected), ("missing keys", missing), ("wrong shapes", wrong))
-        if keys
-    ]
-    if problems:
-        raise InputError(f"{what} do not fit this AAVS network: " + "; ".join(problems))
-    for key, value in given.items():
-        own[key].copy_(value)
-
-
 def _check_shape(name: str, tensor: Tensor, expected: tuple[int | None, ...]) -> None:
     if tensor.ndim != len(expected) or any(e is not None and s != e for s, e in zip(tensor.shape, expected)):
         want = ", ".join("*" if e is None else str(e) for e in expected)
         raise ValueError(f"{name}: expected shape [{want}], got {list(tensor.shape)}")
-
-
-def _as_array(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _few(items: Sequence[str], limit: int = 8) -> list[str]:
-    items = list(items)
-    return items if len(items) <= limit else [*items[:limit], f"... ({len(items) - limit} more)"]

@@ -36,14 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aavs.datasets.errors import InputError
-from aavs.datasets.transforms import MASK_SIZE, normalize_frames
+from aavs.datasets.transforms import MASK_SIZE
+from aavs.models.clip_inference import chunked_scores, clip_inputs
 from aavs.models.configuration_avsbench import AVSBenchConfig, make_config
+from aavs.models.weights import copy_state
 
 log = logging.getLogger(__name__)
 
@@ -320,37 +320,14 @@ class AVSBench(nn.Module):
 
         ``batch_size`` frames at a time, rounded to whole TPAVI groups (the result does not depend on it).
         """
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise InputError(f"frames: expected RGB uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-        t = frames.shape[0]
-        if t == 0:
+        frames, audio_t, prior_t = clip_inputs(
+            frames, audio, prior, audio_dim=128, takes_prior=self.config.semantic, task=self.config.task
+        )
+        if frames.shape[0] == 0:
             return torch.zeros(0, self.config.num_labels, MASK_SIZE, MASK_SIZE)
-        audio_t = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
-        if tuple(audio_t.shape) != (t, 128):
-            raise InputError(f"audio: expected [{t}, 128] (one embedding per frame), got {list(audio_t.shape)}")
-        prior_t = None if prior is None else torch.as_tensor(np.asarray(prior), dtype=torch.float32)
-        if prior_t is not None and (prior_t.ndim != 3 or prior_t.shape[0] != t):
-            raise InputError(f"prior: expected [{t}, h, w], got {list(prior_t.shape)}")
         group = self.config.group_frames
-        step = max(group, (batch_size or t) // group * group)
-        pixel_values = normalize_frames(frames, self.config.image_size)
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
-            scores = []
-            for start in range(0, t, step):
-                chunk = slice(start, start + step)
-                output = self(
-                    pixel_values[chunk].to(device),
-                    audio_t[chunk].to(device),
-                    None if prior_t is None else prior_t[chunk].to(device),
-                )
-                scores.append(self.class_scores(output).float().cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(scores)
+        step = max(group, (batch_size or frames.shape[0]) // group * group)
+        return chunked_scores(self, frames, audio_t, prior_t, self.config.image_size, step)
 
     # ------------------------------------------------------------------------ weights and phases
     def trainable_state_dict(self) -> dict[str, Tensor]:
@@ -358,7 +335,7 @@ class AVSBench(nn.Module):
         return self.state_dict()
 
     def load_trainable_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
-        copy_state(self.state_dict(), state_dict, strict, "the weights given")
+        copy_state(self.state_dict(), state_dict, strict, "the weights given", "AVSBench")
 
     def set_phase(self, phase: str) -> None:
         """No warm-up (the registry entry says so): every epoch is phase B, which trains everything."""
@@ -389,29 +366,6 @@ def matching_loss(output: AVSBenchOutput, foreground: Tensor, soft: bool) -> Ten
         kl = F.kl_div(pooled.log_softmax(-1), audio.float().softmax(-1), reduction="none").sum(-1)
         per_stage.append(kl)
     return torch.stack(per_stage).mean(0)
-
-
-def copy_state(own: dict[str, Tensor], given: dict[str, Tensor], strict: bool, what: str) -> None:
-    """Copy ``given`` into ``own`` in place; unknown names, other shapes and (``strict``) missing names
-    are an InputError naming them."""
-    unknown = sorted(set(given) - set(own))
-    shapes = sorted(k for k in given if k in own and own[k].shape != given[k].shape)
-    missing = sorted(set(own) - set(given)) if strict else []
-    if unknown or shapes or missing:
-        parts = []
-        if unknown:
-            parts.append(f"unknown tensors {unknown[:8]}")
-        if shapes:
-            parts.append(
-                "wrong shapes "
-                + ", ".join(f"{k} {list(given[k].shape)} (expected {list(own[k].shape)})" for k in shapes[:8])
-            )
-        if missing:
-            parts.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        raise InputError(f"{what}: " + "; ".join(parts))
-    with torch.no_grad():
-        for key, value in given.items():
-            own[key].copy_(value)
 
 
 def build_model(

@@ -290,7 +290,7 @@ register(
         description="AVSBench's baseline: TPAVI audio-visual fusion on PVT-v2 or ResNet-50 (Zhou et al., ECCV 2022)",
         build="aavs.models.modeling_avsbench:build_model",
         load="aavs.models.checkpoint_avsbench:load_model",
-        read_weights="aavs.models.checkpoint_avsbench:read_weights",
+        read_weights="aavs.models.weights:read_weights",
         presets=("tiny", "resnet-50", "pvt-v2-b5"),
         temporal=True,
         info="aavs.models.checkpoint_avsbench:model_info",
