@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -343,6 +343,11 @@ def _window(index: int, start: int, frames: list[np.ndarray], audio: tuple[np.nd
 
 
 # ------------------------------------------------------------------------------------- writing
+# Audio codecs an MP4 carries as they are: ``sound_from`` copies their packets, re-encodes others to AAC.
+COPIED_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
+AAC_BITRATE = 192_000  # the re-encoded sound: transparent for speech and music at 44.1-48 kHz stereo
+
+
 def write_video(
     path: str | os.PathLike,
     frames: Iterable[np.ndarray],
@@ -352,15 +357,23 @@ def write_video(
     options: dict[str, str] | None = None,
     audio: tuple[np.ndarray, int] | None = None,
     audio_codec: str = "pcm_s16le",
+    sound_from: str | os.PathLike | None = None,
 ) -> None:
     """Encode RGB uint8 frames ``[H, W, 3]`` (all one size) at a constant ``rate``, with optional int16
-    mono audio ``(samples, sample rate)``; the container follows the file's suffix."""
+    mono audio ``(samples, sample rate)``, or the first audio stream of the file ``sound_from`` (its
+    packets copied when the codec is one of :data:`COPIED_AUDIO`, else re-encoded to AAC); the container
+    follows the file's suffix."""
     av = _av()
-    with av.open(str(path), "w") as container:
+    with contextlib.ExitStack() as stack:
+        container = stack.enter_context(av.open(str(path), "w"))
+        source = stack.enter_context(av.open(str(sound_from))) if sound_from is not None else None
+        heard = source.streams.audio[0] if source is not None and source.streams.audio else None
         stream = None
         sound = None
         if audio is not None:
             sound = container.add_stream(audio_codec, rate=audio[1], layout="mono")
+        elif heard is not None:
+            sound = _sound_stream(container, heard)
         for i, rgb in enumerate(frames):
             if stream is None:
                 stream = container.add_stream(codec, rate=Fraction(rate), options=options or {})
@@ -373,6 +386,36 @@ def write_video(
             container.mux(stream.encode(None))
         if sound is not None and audio is not None:
             _write_audio(sound, container, audio[0])
+        elif sound is not None and heard is not None:
+            _copy_sound(source, heard, container, sound)
+
+
+def _sound_stream(container: Any, heard: Any) -> Any:
+    """The output stream for the input stream ``heard``: its own codec (copied), or AAC."""
+    if heard.codec_context.name in COPIED_AUDIO:
+        return container.add_stream_from_template(heard)
+    sound = container.add_stream("aac", rate=heard.codec_context.sample_rate)
+    sound.bit_rate = AAC_BITRATE
+    sound.format = "fltp"  # what FFmpeg's AAC encoder takes; frames are converted to it
+    sound.layout = "mono" if heard.codec_context.channels == 1 else "stereo"  # more: down-mixed
+    return sound
+
+
+def _copy_sound(source: Any, heard: Any, container: Any, sound: Any) -> None:
+    """The source's audio into ``sound``: its packets as they are, or decoded and encoded."""
+    copy = heard.codec_context.name in COPIED_AUDIO
+    for packet in source.demux(heard):
+        if packet.dts is None:  # the demuxer's end-of-stream marker
+            continue
+        if copy:
+            packet.stream = sound
+            container.mux(packet)
+            continue
+        for frame in packet.decode():
+            frame.pts = None  # the encoder numbers its own samples from 0
+            container.mux(sound.encode(frame))
+    if not copy:
+        container.mux(sound.encode(None))
 
 
 def _write_audio(

@@ -4,7 +4,6 @@ carries its codec as it is (AAC, MP3, AC-3, Opus, FLAC, ALAC), re-encoded to AAC
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -14,13 +13,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from aavs.datasets.palette import palette
-from aavs.datasets.video import iter_timed_frames, probe
+from aavs.datasets.video import iter_timed_frames, probe, write_video
 
 OVERLAY_ALPHA = 0.5
 # x264 with a fixed thread count is deterministic, so the same masks give the same overlay.mp4 bytes.
 OVERLAY_X264 = {"crf": "20", "preset": "veryfast", "threads": "2"}
-COPIED_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})  # MP4 takes them as they are
-AAC_BITRATE = 192_000  # the re-encoded sound: transparent for speech and music at 44.1-48 kHz stereo
 
 
 def _mask_layer(path: Path, binary: bool, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,37 +107,11 @@ def write_overlay(
 ) -> None:
     """overlay.mp4 at the video's own frame rate (1 fps when the header has none), with its sound;
     ``height`` pixels high (the width keeps the aspect ratio, both even), or the video's (0)."""
-    import av  # here, not at the top: PyAV loads FFmpeg's libraries, which only video needs
-
     fps = probe(video).fps or 1
     frames = overlay_frames(video, masks, timeline, class_names, binary)
     if height:
         frames = (_scaled(rgb, height) for rgb in frames)
-    first = next(frames, None)
-    with av.open(str(video)) as source, av.open(str(out), "w") as container:
-        picture = None
-        if first is not None:
-            picture = container.add_stream("libx264", rate=_rate(fps), options=OVERLAY_X264)
-            picture.height, picture.width = first.shape[:2]
-            picture.pix_fmt = "yuv420p"
-        heard = source.streams.audio[0] if source.streams.audio else None
-        sound = None
-        if heard is not None:
-            if heard.codec_context.name in COPIED_AUDIO:
-                sound = container.add_stream_from_template(heard)
-            else:
-                sound = container.add_stream("aac", rate=heard.codec_context.sample_rate)
-                sound.bit_rate = AAC_BITRATE
-                sound.format = "fltp"  # what FFmpeg's AAC encoder takes; frames are converted to it
-                sound.layout = "mono" if heard.codec_context.channels == 1 else "stereo"  # more: down-mixed
-        if picture is not None and first is not None:
-            for i, rgb in enumerate(itertools.chain([first], frames)):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame.pts = i
-                container.mux(picture.encode(frame))
-            container.mux(picture.encode(None))
-        if heard is not None and sound is not None:
-            _mux_sound(source, heard, container, sound, copy=heard.codec_context.name in COPIED_AUDIO)
+    write_video(out, frames, rate=_rate(fps), options=OVERLAY_X264, sound_from=video)
 
 
 def _scaled(rgb: np.ndarray, height: int) -> np.ndarray:
@@ -148,22 +119,6 @@ def _scaled(rgb: np.ndarray, height: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     size = (max(2, round(w * height / h / 2) * 2), max(2, height // 2 * 2))
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-
-
-def _mux_sound(source: Any, heard: Any, container: Any, sound: Any, copy: bool) -> None:
-    """The source's audio into ``sound``: its packets as they are (``copy``), or decoded and encoded."""
-    for packet in source.demux(heard):
-        if packet.dts is None:  # the demuxer's end-of-stream marker
-            continue
-        if copy:
-            packet.stream = sound
-            container.mux(packet)
-            continue
-        for frame in packet.decode():
-            frame.pts = None  # the encoder numbers its own samples from 0
-            container.mux(sound.encode(frame))
-    if not copy:
-        container.mux(sound.encode(None))
 
 
 def _rate(fps: float) -> Fraction:
