@@ -302,6 +302,21 @@ def _aligned_snr_db(reference: np.ndarray, signal: np.ndarray, max_lag: int = 40
     return float(10 * np.log10(np.sum(core**2) / max(np.sum(error**2), 1e-20)))
 
 
+def test_the_overlay_encoder_gives_the_same_bytes_every_time(tmp_path):
+    """predict --ray and the in-process run promise the same overlay.mp4 bytes; x264 with two threads
+    broke that about once in eight encodes here, so the overlay's settings are encoded 20 times over."""
+    from aavs.orchestrator.predict.overlay import OVERLAY_X264
+
+    rng = np.random.default_rng(0)
+    stills = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(5)]
+    frames = [np.roll(f, 3 * k, axis=1) for f in stills for k in range(25)]
+    encodes = set()
+    for _ in range(20):
+        write_video(tmp_path / "o.mp4", frames, 25, options=OVERLAY_X264)
+        encodes.add((tmp_path / "o.mp4").read_bytes())
+    assert len(encodes) == 1
+
+
 def test_a_folder_tree_with_an_aac_clip_sized_overlays_and_none(work, tmp_path, capsys):
     """A folder is searched into its subfolders (OUT keeps their paths); an AAC sound is copied into the
     overlay packet for packet; --overlay-height sizes it; --no-recursive and --no-overlay leave them out."""

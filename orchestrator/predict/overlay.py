@@ -16,8 +16,10 @@ from aavs.datasets.palette import palette
 from aavs.datasets.video import iter_timed_frames, probe, write_video
 
 OVERLAY_ALPHA = 0.5
-# x264 with a fixed thread count is deterministic, so the same masks give the same overlay.mp4 bytes.
-OVERLAY_X264 = {"crf": "20", "preset": "veryfast", "threads": "2"}
+# One x264 thread: the same masks give the same overlay.mp4 bytes, in this process or a Ray task. With
+# two threads, 1 to 4 encodes in 30 of the same frames came out different (this FFmpeg build, sliced
+# or frame threads alike); videos run side by side (a second thread here, a task each under --ray) instead.
+OVERLAY_X264 = {"crf": "20", "preset": "veryfast", "threads": "1"}
 
 
 def _mask_layer(path: Path, binary: bool, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
