@@ -7,12 +7,15 @@ training loader does: see :func:`source_frames` and :func:`read_sounding_maps`.
 
 Loading is cheap: audio embeddings are computed (or read from the disk cache) once at construction;
 when the split's resized frames, masks and priors fit in ``cache_mb`` they are decoded once at
-construction as well, otherwise each item reads its files. The object is picklable, so DataLoader
+construction as well; otherwise, given a ``frame_store`` folder, the frames and labels are decoded once
+into a memory-mapped store there (:mod:`aavs.datasets.frame_store`, the same bytes) and each item
+gathers its rows; without one, each item decodes its files. The object is picklable, so DataLoader
 workers (fork or spawn) work.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +29,7 @@ from torch.utils.data import Dataset
 
 from aavs.datasets.audio_features import align_to_frames, embed_videos
 from aavs.datasets.errors import InputError
+from aavs.datasets.frame_store import FrameStore, open_frame_store
 from aavs.datasets.layout import VideoRecord, select_videos
 from aavs.datasets.masks import first_missing, read_binary_masks, read_sounding, read_truth
 from aavs.datasets.progress import track
@@ -96,6 +100,20 @@ def read_sounding_maps(root: Path, record: VideoRecord, frames: Sequence[int]) -
     return _read_each(frames, read)
 
 
+def decode_video(
+    root: Path, image_size: int, with_sounding: bool, record: VideoRecord, frames: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """The files behind one video's items ``frames``: frames uint8 ``[T, S, S, 3]``, class map uint8,
+    and with ``with_sounding`` the reference's binary targets bool (binary training sets)."""
+    arrays = {
+        "frames": read_frames(root, record, image_size, frames),
+        "class_map": read_class_map(root, record, frames),
+    }
+    if with_sounding:
+        arrays["sounding"] = read_sounding_maps(root, record, frames)
+    return arrays
+
+
 class AVSBenchDataset(Dataset):
     """Videos of ``task`` in ``split`` under ``root``; see the module docstring.
 
@@ -104,6 +122,8 @@ class AVSBenchDataset(Dataset):
     ``embeddings``: optional precomputed ``{uid: [n_seconds, 128]}``, otherwise VGGish (``vggish``
     weights, ``vggish_pca`` parameters, random init without) through the disk cache ``cache_dir``.
     ``cache_mb``: memory budget for decoding the whole split once (0 disables it).
+    ``frame_store``: where a split that does not fit ``cache_mb`` keeps its decoded frames and labels
+    (written once, by ``store_workers`` processes); None: each item decodes its files.
     ``training``: items as the reference's training loader builds them, for the loss: frame 0 repeated
     in videos annotated only there (:func:`source_frames`) and, for binary tasks, ``labels`` from
     :func:`read_sounding_maps`. Evaluation sets (the default) keep every file frame and the
@@ -123,6 +143,8 @@ class AVSBenchDataset(Dataset):
         embeddings: dict[str, np.ndarray] | None = None,
         cache_mb: float = DEFAULT_CACHE_MB,
         training: bool = False,
+        frame_store: str | os.PathLike | None = None,
+        store_workers: int = 0,
     ) -> None:
         self.root = Path(root)
         self.task, self.split, self.image_size, self.training = task, split, int(image_size), training
@@ -138,8 +160,21 @@ class AVSBenchDataset(Dataset):
             )
         self.audio = self._align_audio(embeddings)
         self._cache: list[dict[str, np.ndarray]] | None = None
+        self._store: FrameStore | None = None
         if self._bytes_needed() <= cache_mb * 2**20:
             self._cache = self._load_all()
+        elif frame_store is not None:
+            self._store = open_frame_store(
+                Path(frame_store),
+                self.root,
+                self.records,
+                [source_frames(r, training) for r in self.records],
+                self.image_size,
+                ["frames", "class_map", *(["sounding"] if self.reference_targets else [])],
+                functools.partial(decode_video, self.root, self.image_size, self.reference_targets),
+                workers=store_workers,
+                label=f"{task}/{split}",
+            )
 
     @property
     def in_memory(self) -> bool:
@@ -177,21 +212,26 @@ class AVSBenchDataset(Dataset):
         )
         return per_frame * sum(r.num_frames for r in self.records)
 
+    @property
+    def frame_store(self) -> FrameStore | None:
+        """The memory-mapped store the items are read from, if any."""
+        return self._store
+
     def _load_all(self) -> list[dict[str, np.ndarray]]:
-        arrays = [self._load_arrays(record) for record in track(self.records, f"decoding {self.task}/{self.split}")]
+        label = f"decoding {self.task}/{self.split}"
+        arrays = [self._load_arrays(i) for i in track(range(len(self.records)), label)]
         log.debug("%s/%s: %d videos decoded into memory", self.task, self.split, len(self.records))
         return arrays
 
-    def _load_arrays(self, record: VideoRecord) -> dict[str, np.ndarray]:
-        """The decoded files of one video, per item: frames uint8, class map uint8, the reference's
+    def _load_arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The decoded files of video ``index``, per item: frames uint8, class map uint8, the reference's
         binary targets bool (binary training sets), prior float32 (from a folder)."""
+        record = self.records[index]
         frames = source_frames(record, self.training)
-        arrays = {
-            "frames": read_frames(self.root, record, self.image_size, frames),
-            "class_map": read_class_map(self.root, record, frames),
-        }
-        if self.reference_targets:
-            arrays["sounding"] = read_sounding_maps(self.root, record, frames)
+        if self._store is not None:
+            arrays = self._store.arrays(index, frames)
+        else:
+            arrays = decode_video(self.root, self.image_size, self.reference_targets, record, frames)
         if isinstance(self.prior, Path):
             arrays["prior"] = read_binary_masks(self.prior, record, frames)
         return arrays
@@ -201,7 +241,7 @@ class AVSBenchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        arrays = self._cache[index] if self._cache is not None else self._load_arrays(record)
+        arrays = self._cache[index] if self._cache is not None else self._load_arrays(index)
         class_map = torch.from_numpy(arrays["class_map"]).long()  # [T, 224, 224]
         annotated = torch.tensor([i in record.annotated_frames for i in source_frames(record, self.training)])
         item = {

@@ -72,9 +72,9 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch
     DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs)."""
     inputs = {
         "pixel_values": batch["pixel_values"].to(device, dtype, non_blocking=True),
-        "audio": batch["audio"].to(device, dtype),
+        "audio": batch["audio"].to(device, dtype, non_blocking=True),
     }
-    inputs["prior"] = batch["prior"].to(device, dtype) if "prior" in batch else None
+    inputs["prior"] = batch["prior"].to(device, dtype, non_blocking=True) if "prior" in batch else None
     inputs["video_frames"] = batch["frames_per_video"]
     return inputs
 
@@ -126,7 +126,13 @@ def accumulate(
     model.eval()
     metric = new_metric(task, model.config.num_labels)
     indices = list(range(len(dataset)) if videos is None else videos)[rank::world]
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers, collate_fn=collate_videos)
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=1,
+        num_workers=num_workers,
+        collate_fn=collate_videos,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     dtype = weights_dtype(model)
     for position, batch in enumerate(loader):
         out = model(**model_inputs(batch, device, dtype))

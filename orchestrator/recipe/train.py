@@ -34,6 +34,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from aavs.datasets import atomic
+from aavs.datasets.audio_features import default_cache_dir
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
 from aavs.datasets.layout import class_names
 from aavs.datasets.tasks import get_task
@@ -160,6 +161,9 @@ def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBe
     common: dict[str, Any] = dict(
         image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca, cache_dir=cfg.audio_cache
     )
+    if cfg.compute.frame_store:
+        cache = Path(cfg.audio_cache) if cfg.audio_cache else default_cache_dir()
+        common.update(frame_store=cache / "frames", store_workers=cfg.compute.loader_workers)
     train = AVSBenchDataset(
         cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, training=True, **common
     )
@@ -304,8 +308,8 @@ def _train_one_epoch(
         with accelerator.accumulate(model):
             out = model(
                 **model_inputs(batch, device, dtype),
-                labels=batch["labels"].to(device),
-                loss_frames=loss_frames.to(device),
+                labels=batch["labels"].to(device, non_blocking=True),
+                loss_frames=loss_frames.to(device, non_blocking=True),
             )
             loss = out.loss
             value = loss.detach().float().item()  # the step's one host sync
