@@ -10,6 +10,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
+from aavs.datasets.errors import InputError
 from aavs.datasets.tasks import task_names
 from aavs.orchestrator.cli.common import EXIT_INPUT, EXIT_OK, add_json, add_split, add_vggish, emit
 
@@ -20,16 +21,46 @@ log = logging.getLogger("aavs")
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
+    if args.shape is not None or args.shape_from is not None:
+        return _synth_shaped(args)
+    for flag, value in (("--scale", args.scale), ("--workers", args.workers)):
+        if value is not None:
+            raise InputError(f"{flag} applies to --shape avsbench (or --shape-from), not to the demo set")
     from aavs.datasets.synth import write_synthetic_avsbench
 
     root = write_synthetic_avsbench(
         args.out,
-        videos_per_split=args.videos_per_split,
+        videos_per_split=8 if args.videos_per_split is None else args.videos_per_split,
         seed=args.seed,
         eval_videos_per_split=args.eval_videos_per_split,
         layout=args.layout,
     )
     log.info("wrote a synthetic AVSBench data set to %s", root)
+    return EXIT_OK
+
+
+def _synth_shaped(args: argparse.Namespace) -> int:
+    """``--shape avsbench`` / ``--shape-from``: AVSBench's size and shape (aavs.datasets.synth_shape)."""
+    if args.layout != "avsbench-semantic":
+        raise InputError(
+            f"--shape avsbench writes AVSBench-semantic's layout; it cannot be combined with --layout {args.layout}"
+        )
+    for flag, value in (
+        ("--videos-per-split", args.videos_per_split),
+        ("--eval-videos-per-split", args.eval_videos_per_split),
+    ):
+        if value is not None:
+            raise InputError(f"{flag} sizes the demo set; with --shape the counts are AVSBench's (use --scale)")
+    from aavs.datasets.synth_shape import write_shaped_avsbench
+
+    root = write_shaped_avsbench(
+        args.out,
+        seed=args.seed,
+        scale=1.0 if args.scale is None else args.scale,
+        shape_from=args.shape_from,
+        workers=args.workers,
+    )
+    log.info("wrote an AVSBench-shaped synthetic data set to %s", root)
     return EXIT_OK
 
 
@@ -64,7 +95,7 @@ def register(sub: Subparsers) -> None:
     data = sub.add_parser("data", help="AVSBench data sets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a small learnable AVSBench-format data set")
     p.add_argument("out")
-    p.add_argument("--videos-per-split", type=int, default=8)
+    p.add_argument("--videos-per-split", type=int, help="videos of each subset in each split (default 8)")
     p.add_argument(
         "--eval-videos-per-split", type=int, help="videos of each subset in val and test (default: as train)"
     )
@@ -75,6 +106,19 @@ def register(sub: Subparsers) -> None:
         default="avsbench-semantic",
         help="the release layout: AVSBench-semantic's (all subsets, the default) or AVSBench-object's (S4 and MS3)",
     )
+    p.add_argument(
+        "--shape",
+        choices=("avsbench",),
+        help="AVSBench-semantic's size and shape instead of the demo set: its videos per subset and split, "
+        "71 classes with a long tail, frames at the releases' sizes (resumable; docs: README, data section)",
+    )
+    p.add_argument(
+        "--scale", type=float, help="with --shape: this fraction (0 < F <= 1) of every subset and split (default 1)"
+    )
+    p.add_argument(
+        "--shape-from", metavar="METADATA_CSV", help="the exact videos (uid, subset, split) of a real metadata.csv"
+    )
+    p.add_argument("--workers", type=int, help="with --shape: processes writing videos (default: every core)")
     p.set_defaults(func=cmd_data_synth)
 
     p = data.add_parser("check", help="validate a data root and report every problem")
