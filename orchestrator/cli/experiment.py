@@ -1,4 +1,5 @@
-"""Experiment commands: ``aavs run``, ``aavs schema``, ``aavs resume``, ``aavs stop`` and ``aavs submit``.
+"""Experiment commands: ``aavs run``, ``aavs estimate``, ``aavs schema``, ``aavs resume``, ``aavs stop`` and
+``aavs submit``.
 
 Each ``cmd_*`` imports the module it drives in its body (as in every module of the CLI), so that
 ``aavs --help`` does not import Ray, torch or the experiment driver.
@@ -21,9 +22,11 @@ from aavs.orchestrator.cli.common import (
     EXIT_INTERNAL,
     EXIT_OK,
     add_force,
+    add_json,
     add_results,
     add_set,
     console,
+    emit,
     write_through,
 )
 
@@ -61,7 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     """``aavs run --dry-run``: every problem ``aavs run`` would refuse before its first trial (the file,
     its data root, what the mode needs), one a line on stderr; exit status 2 if there is any. No results
-    folder is made."""
+    folder is made. A runnable file is ``valid``, followed on a terminal (or with ``--estimate``) by
+    ``aavs estimate``'s sheet for the experiment's own devices; an experiment too large to estimate
+    says why there and stays valid."""
+    from aavs.datasets.errors import InputError
     from aavs.orchestrator.experiment.preparation import experiment_problems
 
     problems = experiment_problems(args.experiment, args.set, local=args.local, results_root=args.results)
@@ -70,7 +76,67 @@ def _dry_run(args: argparse.Namespace) -> int:
     if problems:
         return EXIT_INPUT
     sys.stdout.write(f"{args.experiment}: valid\n")
+    if args.estimate or sys.stdout.isatty():
+        sys.stdout.flush()
+        try:
+            _estimate(args, gpu=None, cpu=None, gpus=None, mfu=None, peak=None, shape=None, loader_fps=None)
+        except InputError as err:
+            sys.stdout.write(f"no estimate: {err}\n")
     return EXIT_OK
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """``aavs estimate``: the sheet (:mod:`aavs.orchestrator.estimate.sheet`), a table or ``--json``."""
+    from aavs.datasets.errors import InputError
+
+    if args.device not in (None, "cpu"):
+        raise InputError(f"--device {args.device}: expected cpu (or --gpu NAME for a GPU)")
+    _estimate(
+        args,
+        gpu=args.gpu,
+        cpu=args.device == "cpu" or None,
+        gpus=args.gpus,
+        mfu=args.mfu,
+        peak=args.peak_tflops,
+        shape=args.shape,
+        loader_fps=args.loader_fps,
+    )
+    return EXIT_OK
+
+
+def _estimate(
+    args: argparse.Namespace,
+    gpu: str | None,
+    cpu: bool | None,
+    gpus: float | None,
+    mfu: float | None,
+    peak: float | None,
+    shape: str | None,
+    loader_fps: float | None,
+) -> None:
+    """The sheet of ``args.experiment`` on the devices given, or (none given) on the experiment's own:
+    GPUs (h100) when its workers take GPUs, else this machine's CPU."""
+    from aavs.datasets.errors import InputError
+    from aavs.orchestrator.estimate import devices
+    from aavs.orchestrator.estimate import sheet as estimate
+    from aavs.orchestrator.estimate.view import render_estimate
+    from aavs.orchestrator.experiment.spec import load_spec
+
+    spec, _ = load_spec(args.experiment, args.set)
+    if cpu is None:
+        cpu = gpu is None and spec.compute.gpus_per_worker == 0
+    if loader_fps is not None and not loader_fps > 0:
+        raise InputError(f"--loader-fps {loader_fps:g}: expected a positive number of frames per second")
+    device = devices.resolve_device(gpu, cpu, gpus, mfu, spec.compute.mixed_precision, peak)
+    options = estimate.Options(
+        device=device,
+        shape=shape,
+        local=args.local,
+        results_root=args.results,
+        loader_fps=loader_fps or devices.LOADER_FRAMES_PER_S_PER_WORKER,
+    )
+    sheet = estimate.estimate(spec, options, source=str(args.experiment))
+    emit(args, sheet, lambda out: render_estimate(out, sheet))
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -183,8 +249,47 @@ def register(sub: Subparsers) -> None:
         "needs), run nothing (exit status 2 on any problem); writes only the data check's cache "
         "($AAVS_CACHE_DIR/data-check)",
     )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: also print `aavs estimate`'s sheet when stdout is not a terminal (on one it is printed)",
+    )
     add_force(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, json=False)
+
+    p = sub.add_parser(
+        "estimate",
+        help="what an experiment will cost before it runs: frames, FLOPs, GPU-hours, wall time, checkpoints, "
+        "loader workers, per stage",
+    )
+    p.add_argument("experiment")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gpu", default=None, help="h100, h200 or a100 (default: h100 when the workers take GPUs)")
+    where.add_argument(
+        "--device", default=None, help="cpu: this machine's CPU, its peak measured (default when the workers take none)"
+    )
+    p.add_argument(
+        "--gpus",
+        type=float,
+        default=None,
+        help="GPUs in the cluster (--device cpu: CPU cores; default 1 GPU, or this machine's cores)",
+    )
+    p.add_argument(
+        "--mfu", type=float, default=None, help="model FLOP utilisation (default 0.4 on GPUs; measured on the CPU)"
+    )
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of one device, instead of the table's")
+    p.add_argument("--shape", default=None, help="avsbench: AVSBench's published video counts instead of the data root")
+    p.add_argument(
+        "--loader-fps",
+        type=float,
+        default=None,
+        help="frames/s one DataLoader worker delivers at 384 (default: a placeholder of 200 until the loader benchmark)",
+    )
+    p.add_argument("--local", action="store_true", help="as `aavs run --local` runs it: one trial at a time, no Ray")
+    add_set(p)
+    add_results(p, "results root the run would use (where model.pretrain's base goes; default ./results)")
+    add_json(p)
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("schema", help="the experiment file's JSON Schema (every key, its type and default)")
     p.set_defaults(func=cmd_schema)
