@@ -97,7 +97,10 @@ def test_mask_colour_of_a_class_the_data_lacks(synth_copy):
     assert check_data_root(synth_copy) == []  # a tenth class makes it valid
 
 
-def test_missing_and_unreadable_files(synth_copy):
+@pytest.mark.parametrize("per_worker", [10_000, 1], ids=["one-process", "a-process-per-core"])
+def test_missing_and_unreadable_files(synth_copy, monkeypatch, per_worker):
+    """The same problems whether one process decodes or one per core."""
+    monkeypatch.setattr("aavs.datasets.check.PER_WORKER", per_worker)
     video = synth_copy / V1S
     (video / "frames" / "3.jpg").unlink()
     (video / "frames" / "1.jpg").write_bytes((video / "frames" / "1.jpg").read_bytes()[:300])  # truncated
