@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from aavs.datasets.layout import select_videos
 from aavs.datasets.avsbench import source_frames
+from aavs.datasets.layout import select_videos
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 import bench_loader  # noqa: E402
@@ -17,7 +17,9 @@ import bench_loader  # noqa: E402
 
 def test_bench_loader_smoke(tmp_path):
     out = tmp_path / "report.json"
-    report = bench_loader.main(["--scale", "0.001", "--work", str(tmp_path), "--size", "64", "--json", str(out)])
+    report = bench_loader.main(
+        ["--scale", "0.001", "--work", str(tmp_path), "--size", "64", "--workers", "0", "--json", str(out)]
+    )
     assert json.loads(out.read_text()) == report
     records = select_videos(Path(report["data"]), "avss", "train")
     frames = sum(r.num_frames for r in records)  # every item of the epoch, both loaders
