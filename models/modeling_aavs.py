@@ -59,6 +59,7 @@ from aavs.models.adapters import AdaptedLinear, AdapterMode, attach_adapter, pro
 from aavs.models.clip_inference import chunked_scores, clip_inputs
 from aavs.models.configuration_aavs import AAVSConfig
 from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
+from aavs.models.video_loss import counted_frames, video_frames_or_one
 from aavs.models.weights import copy_state, few
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,7 @@ class AAVS(nn.Module):
         prior: Tensor | None = None,  # [N, h, w] in [0, 1] (stage two), typically 224 x 224
         labels: Tensor | None = None,  # [N, H, W] int64 class per pixel, typically 224 x 224
         loss_frames: Tensor | None = None,  # [N] bool, frames that count in the loss (default: all)
-        video_frames: Sequence[int] | None = None,  # frames per video: unused, AAVS's frames are independent
+        video_frames: Sequence[int] | None = None,  # frames per video (default: one video); only the loss uses it
     ) -> AAVSOutput:
         n = pixel_values.shape[0]
         _check_shape("pixel_values", pixel_values, (n, 3, None, None))
@@ -419,23 +420,31 @@ class AAVS(nn.Module):
             auxiliary_logits=out.auxiliary_logits,
         )
         if labels is not None:
-            output.loss = self._loss(output, labels, loss_frames)
+            output.loss = self._loss(output, labels, loss_frames, video_frames_or_one(video_frames, n))
         return output
 
-    def _loss(self, output: AAVSOutput, labels: Tensor, loss_frames: Tensor | None) -> Tensor:
-        """transformers' Mask2Former loss (matching, class CE, mask BCE + dice on sampled points, auxiliary
-        losses of every decoder layer) over the selected frames.
-
-        With no frame selected the loss is 0 times the loss of frame 0 against an all-background target:
-        a zero with a graph, and the library's loss still runs, so the all-reduce of the mask count it
-        does under accelerate stays in step across processes. The targets are the labels at the input
-        size (:func:`resize_labels`), as the reference's image processor makes them.
-        """
+    def _loss(
+        self, output: AAVSOutput, labels: Tensor, loss_frames: Tensor | None, video_frames: Sequence[int]
+    ) -> Tensor:
+        """The mean over the batch's videos of each video's Mask2Former loss over its selected frames
+        (:mod:`aavs.models.video_loss`): one library loss per video, so each is normalised by its own
+        number of masks, as when it trains alone."""
         n = labels.shape[0]
         _check_shape("labels", labels, (n, None, None))
         selected = torch.ones(n, dtype=torch.bool) if loss_frames is None else loss_frames.detach().bool().cpu()
         _check_shape("loss_frames", selected, (n,))
-        index = selected.nonzero().flatten()
+        losses = [self._frames_loss(output, labels, index) for index in counted_frames(selected, video_frames)]
+        return torch.stack(losses).sum() / len(video_frames)
+
+    def _frames_loss(self, output: AAVSOutput, labels: Tensor, index: Tensor) -> Tensor:
+        """transformers' Mask2Former loss (matching, class CE, mask BCE + dice on sampled points, auxiliary
+        losses of every decoder layer) over the frames ``index``.
+
+        With no frame the loss is 0 times the loss of frame 0 against an all-background target: a zero
+        with a graph, and the library's loss still runs once per video, so the all-reduce of the mask
+        count it does under accelerate stays in step across processes. The targets are the labels at the
+        input size (:func:`resize_labels`), as the reference's image processor makes them.
+        """
         if len(index) == 0:
             index = torch.zeros(1, dtype=torch.long)
             targets = torch.zeros_like(labels[:1])

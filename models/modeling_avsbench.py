@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from aavs.datasets.transforms import MASK_SIZE
 from aavs.models.clip_inference import chunked_scores, clip_inputs
 from aavs.models.configuration_avsbench import AVSBenchConfig, make_config
+from aavs.models.video_loss import frame_weights, video_frames_or_one
 from aavs.models.weights import copy_state
 
 log = logging.getLogger(__name__)
@@ -250,9 +251,7 @@ class AVSBench(nn.Module):
         n = pixel_values.shape[0]
         if tuple(audio.shape) != (n, 128):
             raise ValueError(f"audio: expected [{n}, 128], got {list(audio.shape)}")
-        video_frames = [n] if video_frames is None else list(video_frames)
-        if sum(video_frames) != n:
-            raise ValueError(f"video_frames {video_frames} do not add up to the {n} frames given")
+        video_frames = video_frames_or_one(video_frames, n)
         groups = torch.tensor(frame_groups(video_frames, self.config.group_frames), device=pixel_values.device)
         # The public code's VGGish ends in a ReLU; ours gives the last layer's raw output (models/vggish.py).
         audio = F.relu(audio.to(pixel_values.dtype))
@@ -270,19 +269,22 @@ class AVSBench(nn.Module):
             x = self.fusion[stage](x, maps[stage])
         output = AVSBenchOutput(logits=self.head(x), stage_maps=maps, audio_embeds=audio_embeds)
         if labels is not None:
-            output.loss = self._loss(output, labels, loss_frames)
+            output.loss = self._loss(output, labels, loss_frames, video_frames)
         return output
 
     # ------------------------------------------------------------------------------ the loss
-    def _loss(self, output: AVSBenchOutput, labels: Tensor, loss_frames: Tensor | None) -> Tensor:
-        """Segmentation loss + ``avm_weight`` x matching loss, each averaged over the frames that count
-        (module docstring). With none, zero times the loss of every frame: a zero with a graph."""
+    def _loss(
+        self, output: AVSBenchOutput, labels: Tensor, loss_frames: Tensor | None, video_frames: Sequence[int]
+    ) -> Tensor:
+        """Segmentation loss + ``avm_weight`` x matching loss, each averaged over a video's frames that
+        count (module docstring), then over the batch's videos (:mod:`aavs.models.video_loss`). With no
+        frame that counts, zero times the loss of every frame: a zero with a graph."""
         n = labels.shape[0]
         selected = torch.ones(n, dtype=torch.bool) if loss_frames is None else loss_frames.detach().bool().cpu()
         scale = 1.0
         if not selected.any():
-            selected, scale = torch.ones(n, dtype=torch.bool), 0.0
-        index = selected.nonzero().flatten().to(labels.device)
+            selected, scale, video_frames = torch.ones(n, dtype=torch.bool), 0.0, [n]
+        weights = frame_weights(selected, video_frames).to(labels.device)  # [N], sums to 1 over videos with frames
         logits = output.logits.float()
         if logits.shape[-2:] != labels.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
@@ -293,12 +295,10 @@ class AVSBench(nn.Module):
             target = (labels > 0).float()
             per_frame = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none").mean((1, 2))
             foreground = logits  # pooled, then a sigmoid (the public code's order)
-        loss = per_frame[index].mean()
+        loss = (per_frame * weights).sum()
         if self.config.avm_weight:
-            loss = (
-                loss
-                + self.config.avm_weight * matching_loss(output, foreground, not self.config.semantic)[index].mean()
-            )
+            matching = matching_loss(output, foreground, not self.config.semantic)  # [N]
+            loss = loss + self.config.avm_weight * (matching * weights).sum()
         return loss * scale
 
     # ------------------------------------------------------------------------------ inference

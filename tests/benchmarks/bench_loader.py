@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> dict:
     decoded = AVSBenchDataset(root, args.task, "train", **common)  # embeds the audio once (cached)
     construction = time.perf_counter() - start
     start = time.perf_counter()
-    stored = AVSBenchDataset(root, args.task, "train", frame_store=work / "store", store_workers=args.workers, **common)
+    stored = AVSBenchDataset(
+        root, args.task, "train", frame_store=work / "store", store_workers=args.store_workers, **common
+    )
     build = time.perf_counter() - start
     assert stored.frame_store is not None
     compared = same_items(decoded, stored, args.compare)
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", help="folder for the generated set, caches and the store (default: a temporary one)")
     parser.add_argument("--task", default="avss")
     parser.add_argument("--size", type=int, default=384)
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes of the timed epochs")
+    parser.add_argument("--store-workers", type=int, default=0, help="processes that decode into the store (once)")
     parser.add_argument("--gpu-frames", type=float, default=1000.0)
     parser.add_argument("--compare", type=int, default=20, help="items compared between the store and decoding")
     parser.add_argument("--json", help="write the figures to this file")
