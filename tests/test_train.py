@@ -282,3 +282,47 @@ def test_training_state_of_a_frozen_base_holds_none_of_its_weights(synth_root, t
     base_bytes = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k in frozen)
     state_bytes = sum(p.stat().st_size for p in (trial / "checkpoints" / "last").rglob("*") if p.is_file())
     assert state_bytes < base_bytes
+
+
+def test_progress_within_an_epoch_reaches_the_log_and_the_plain_lines(synth_root, tmp_path, monkeypatch):
+    """A slow step (0.3 s, six steps) and a 0.5 s interval: lines in the trial's log and status.json
+    progress records, at least an interval apart; each record a plain line of the live view."""
+    from aavs.orchestrator import results
+    from aavs.orchestrator.experiment.runners.base import logged_trial
+    from aavs.orchestrator.recipe import train
+    from aavs.orchestrator.views.live import event_lines
+
+    slow_frames = train.training_frames
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return slow_frames(*args, **kwargs)
+
+    written: list[results.StatusRecord] = []
+    write_status = results.write_status
+
+    def keep(trial_dir, record):
+        written.append(record)
+        write_status(trial_dir, record)
+
+    monkeypatch.setattr(train, "training_frames", slow)
+    monkeypatch.setattr(results, "write_status", keep)
+    trial = tmp_path / "trials" / "t000"
+    small = {"preset": "tiny", "overrides": {"image_size": 64}}
+    logged_trial(
+        str(trial), True, train_func, config(synth_root, trial, epochs=1, progress_interval_s=0.5, model=small)
+    )
+    shown = [r.progress for r in written if r.progress]
+    assert 2 <= len(shown) <= 6  # steps 2..5 of 6 can be shown (the last step never: the epoch ends)
+    assert all(b["time"] - a["time"] >= 0.5 for a, b in zip(shown, shown[1:]))
+    assert [p["step"] for p in shown] == sorted({p["step"] for p in shown}) and shown[-1]["steps"] == 6
+    logged = [line for line in (trial / "log.txt").read_text().splitlines() if " step " in line]
+    assert [line.split(": ", 1)[1] for line in logged] == [results.progress_line(p) for p in shown]
+
+    def board(progress):
+        trial_row = {"trial_id": "t000", "status": "running", "epochs": 1, "history": {"epoch": []}}
+        stage = {"name": "localize", "status": "running", "trials": [dict(trial_row, progress=progress)]}
+        return {"progress": {"trials_done": 0, "trials": 1, "epochs_done": 0, "epochs": 1}, "stages": [stage]}
+
+    (event,) = event_lines(board(shown[0]), board(shown[1]))
+    assert event.text == f"[0/1 trials 0/1 epochs] localize t000 {results.progress_line(shown[1])}"

@@ -209,6 +209,9 @@ class TrainConfig(Hyperparameters):
     # Under Ray Tune: every this many epochs a report carries the trial's training state as a Tune
     # checkpoint, for population-based training to hand to other trials (0: never; reporter.py).
     report_checkpoints: int = Field(0, ge=0)
+    # Where a running epoch stands (step, frames/s, ETAs) goes to status.json and the trial's log at
+    # most this often: a swin-base epoch on AVSBench takes many minutes.
+    progress_interval_s: float = Field(30.0, gt=0)
     # --local: a file whose appearance (``aavs stop``, Ctrl-C) ends the trial after its current step
     # (aavs.orchestrator.experiment.stopping); under Ray, Tune ends trials itself.
     stop_file: str | None = None

@@ -33,6 +33,8 @@ class Reporter(Protocol):
 
     def status(self, status: TrialStatus, **extra: Any) -> None: ...
 
+    def progress(self, progress: dict[str, float]) -> None: ...
+
 
 class LocalReporter:
     """Appends one JSON line per report to ``metrics.jsonl`` and keeps ``status.json`` current.
@@ -59,8 +61,19 @@ class LocalReporter:
 
     def status(self, status: TrialStatus, **extra: Any) -> None:
         """``status.json`` now: ``extra`` are StatusRecord's fields (epoch, epochs, best, error)."""
+        self._last: tuple[TrialStatus, dict[str, Any]] = (status, extra)
         if self.is_main:
             results.write_status(self.trial_dir, results.StatusRecord(status=status, time=time.time(), **extra))
+
+    def progress(self, progress: dict[str, float]) -> None:
+        """Where the running epoch stands: into ``status.json`` (the live view's in-epoch line) beside
+        the last status, and a line of the trial's log."""
+        if not self.is_main:
+            return
+        status, extra = getattr(self, "_last", (TrialStatus.RUNNING, {}))
+        record = results.StatusRecord(status=status, time=progress["time"], **{**extra, "progress": progress})
+        results.write_status(self.trial_dir, record)
+        log.info("%s", results.progress_line(progress))
 
 
 class RayReporter(LocalReporter):
@@ -149,3 +162,38 @@ def epoch_line(metrics: dict[str, Any]) -> str:
         if k not in ("epoch", "phase") and isinstance(v, (int, float, str))
     )
     return f"{head}{f' (phase {phase})' if phase else ''}: {values}"
+
+
+class EpochProgress:
+    """Tells ``reporter`` where an epoch stands, at most every ``interval`` seconds: its step, the
+    training frames per second so far, when the epoch's training steps end and when the trial ends (the
+    epochs left at this epoch's pace, validation included as the last epoch took it)."""
+
+    def __init__(
+        self, reporter: Reporter, epoch: int, epochs: int, steps: int, interval: float, last_epoch_s: float | None
+    ) -> None:
+        self.reporter, self.epoch, self.epochs, self.steps, self.interval = reporter, epoch, epochs, steps, interval
+        self.last_epoch_s = last_epoch_s  # the previous epoch's whole time (training and validation)
+        self.start = self.shown = time.monotonic()
+
+    def step(self, step: int, frames: int) -> None:
+        """After ``step`` steps (of ``steps``) and ``frames`` training frames of this epoch."""
+        now = time.monotonic()
+        if now - self.shown < self.interval or step >= self.steps:
+            return
+        self.shown = now
+        elapsed = now - self.start
+        epoch_eta = elapsed / step * (self.steps - step)
+        this_epoch = self.last_epoch_s or elapsed + epoch_eta
+        self.reporter.progress(
+            {
+                "epoch": self.epoch,
+                "epochs": self.epochs,
+                "step": step,
+                "steps": self.steps,
+                "frames_per_s": frames / max(elapsed, 1e-9),
+                "epoch_eta_s": epoch_eta,
+                "trial_eta_s": epoch_eta + (self.epochs - self.epoch - 1) * this_epoch,
+                "time": time.time(),
+            }
+        )

@@ -45,7 +45,7 @@ from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.accelerator import make_accelerator, release
 from aavs.orchestrator.recipe.config import TrainConfig
 from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
-from aavs.orchestrator.recipe.reporter import make_reporter
+from aavs.orchestrator.recipe.reporter import EpochProgress, make_reporter
 from aavs.orchestrator.recipe.threads import cpu_threads
 from aavs.orchestrator.results import TrialStatus
 
@@ -96,6 +96,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     state = state or checkpointing.TrainerState()
     accelerator: Accelerator | None = None
     data: tuple[AVSBenchDataset, AVSBenchDataset] | None = None  # train and val
+    last_epoch_s: float | None = None  # the previous epoch's time, training and validation (progress ETAs)
     try:
         for epoch in range(start, cfg.epochs):
             phase = cfg.phase_of(epoch)
@@ -108,7 +109,16 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if data is None:  # the network decides the input size
                 data = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_set, val_set = data
-            train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank)
+            progress = EpochProgress(
+                reporter,
+                epoch,
+                cfg.epochs,
+                _steps(cfg, train_set, epoch, world, rank),
+                cfg.progress_interval_s,
+                last_epoch_s,
+            )
+            epoch_start = time.monotonic()
+            train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank, progress)
             metrics = evaluate(
                 accelerator.unwrap_model(model),
                 val_set,
@@ -118,6 +128,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 world=world,
                 num_workers=cfg.compute.loader_workers,
             )
+            last_epoch_s = time.monotonic() - epoch_start
             row: dict[str, Any] = {
                 "epoch": epoch,
                 "phase": phase,
@@ -272,6 +283,11 @@ def epoch_videos(cfg: TrainConfig, dataset: Dataset[Any], epoch: int, world: int
     return indices
 
 
+def _steps(cfg: TrainConfig, dataset: Dataset[Any], epoch: int, world: int, rank: int) -> int:
+    """Training steps of this worker in ``epoch`` (batches of ``batch_size`` videos)."""
+    return math.ceil(len(epoch_videos(cfg, dataset, epoch, world, rank)) / cfg.batch_size)
+
+
 def _train_one_epoch(
     cfg: TrainConfig,
     model: torch.nn.Module,
@@ -281,9 +297,11 @@ def _train_one_epoch(
     epoch: int,
     world: int,
     rank: int,
+    progress: EpochProgress | None = None,
 ) -> dict[str, float]:
     """One pass over this worker's videos; an optimiser step per ``grad_accum`` batches, except where
-    no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`)."""
+    no worker had a frame that counts in the loss in any of them (see :func:`_step_outcome`);
+    ``progress`` hears after every step."""
     indices = epoch_videos(cfg, dataset, epoch, world, rank)
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices),
@@ -327,6 +345,8 @@ def _train_one_epoch(
                 window_counts = False
         losses.append(value)
         frames += batch["pixel_values"].shape[0]
+        if progress is not None:
+            progress.step(step + 1, frames)
         t_ready = time.perf_counter()
         if cfg.stop_file and os.path.exists(cfg.stop_file):
             raise TrialStopped(f"stopped on request after epoch {epoch + 1}'s step {step + 1}")

@@ -103,6 +103,28 @@ class StatusRecord(Record):
     best: dict[str, Any] | None = None  # the best epoch's val metrics
     error: str | None = None
     log: str | None = None  # the trial's log file, once it failed
+    # Within the running epoch, at most every progress_interval_s: epoch, step, steps, frames_per_s,
+    # epoch_eta_s, trial_eta_s and time (aavs.orchestrator.recipe.reporter.EpochProgress).
+    progress: dict[str, float] | None = None
+
+
+def progress_line(progress: dict[str, float]) -> str:
+    """``epoch 3/60 step 120/480: 12.3 frames/s, epoch ends in 4m10s, trial in 3h02m``."""
+    return (
+        f"epoch {int(progress['epoch']) + 1}/{int(progress['epochs'])} "
+        f"step {int(progress['step'])}/{int(progress['steps'])}: {progress['frames_per_s']:.1f} frames/s, "
+        f"epoch ends in {duration(progress['epoch_eta_s'])}, trial in {duration(progress['trial_eta_s'])}"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``4m10s``, ``3h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def write_status(trial_dir: str | os.PathLike[str], record: StatusRecord) -> None:

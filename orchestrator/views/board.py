@@ -253,6 +253,8 @@ def _trial(results_dir: Path, trial_dir: Path, ranked: RankedTrial | None, metri
         "rank": None,
         "status": status_doc.status if status_doc else TrialStatus.PENDING,
         "error": status_doc.error if status_doc else None,
+        # where its running epoch stands (step, frames/s, ETAs), while it runs
+        "progress": status_doc.progress if status_doc and status_doc.status == TrialStatus.RUNNING else None,
         "log": str(log_file) if log_file.exists() else None,
         "params": params,
         "configuration": configuration_key(params),

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from aavs.orchestrator.recipe.output_capture import tail
-from aavs.orchestrator.results import StageStatus, TrialStatus
+from aavs.orchestrator.results import StageStatus, TrialStatus, progress_line
 from aavs.orchestrator.views.board import build_leaderboard, pct, sources_digest, write_leaderboard
 from aavs.orchestrator.views.leaderboard import render_leaderboard, status_label
 
@@ -241,8 +241,8 @@ class LiveView:
 
 
 def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
-    """What changed between two leaderboards, a line each: epochs reported, trials ended (a failed one
-    with the last lines of its log and the log's path), stages done."""
+    """What changed between two leaderboards, a line each: where a running epoch stands, epochs
+    reported, trials ended (a failed one with the last lines of its log and the log's path), stages done."""
     p = new["progress"]
     prefix = f"[{p['trials_done']}/{p['trials']} trials {p['epochs_done']}/{p['epochs']} epochs]"
     before = {(s["name"], t["trial_id"]): t for s in old["stages"] for t in s["trials"]}
@@ -263,6 +263,9 @@ def event_lines(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
                         f" (best {pct(trial['best'])}, rank {trial['rank'] or '-'})"
                     )
                 )
+            moved = trial.get("progress")
+            if moved and moved != (was or {}).get("progress"):  # the trial writes it at most every interval
+                lines.append(Event(f"{prefix} {stage['name']} {trial['trial_id']} {progress_line(moved)}"))
             if (
                 trial["status"] != (was["status"] if was else TrialStatus.PENDING)
                 and trial["status"] != TrialStatus.RUNNING
