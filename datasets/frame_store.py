@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,14 @@ ARRAYS = ("frames", "class_map", "sounding")
 
 # One video's distinct frames, decoded: {"frames": [U, S, S, 3], "class_map": [U, 224, 224], ...}.
 Decode = Callable[[VideoRecord, Sequence[int]], dict[str, np.ndarray]]
+
+
+def default_store_dir() -> Path:
+    """``frames/`` of ``$AAVS_CACHE_DIR`` (default ~/.cache/aavs): a node's own disk, shared by every
+    experiment on the same data (the key tells stores apart), never the results storage, which may be
+    a network filesystem where memory-mapped reads are slow."""
+    env = os.environ.get("AAVS_CACHE_DIR")
+    return (Path(env) if env else Path.home() / ".cache" / "aavs") / "frames"
 
 
 def row_shape(name: str, image_size: int) -> tuple[int, ...]:

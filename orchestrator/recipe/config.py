@@ -149,8 +149,9 @@ class ComputeConfig(Strict):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     loader_workers: int = Field(2, ge=0)  # DataLoader worker processes per training process
-    # A split too large for the loader's in-memory cache is decoded once into a memory-mapped store
-    # under the cache folder (aavs.datasets.frame_store: the same bytes, no JPEG decoding per epoch).
+    # A split too large for the loader's in-memory cache is decoded once into a memory-mapped store on
+    # the node's disk, $AAVS_CACHE_DIR/frames (aavs.datasets.frame_store: the same bytes, no JPEG
+    # decoding per epoch).
     frame_store: bool = True
     max_failures: int = Field(1, ge=0)  # Ray retries a failed trial from its last checkpoint this many times
 

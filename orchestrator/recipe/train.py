@@ -34,8 +34,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from aavs.datasets import atomic
-from aavs.datasets.audio_features import default_cache_dir
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
+from aavs.datasets.frame_store import default_store_dir
 from aavs.datasets.layout import class_names
 from aavs.datasets.tasks import get_task
 from aavs.models import registry
@@ -173,8 +173,7 @@ def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBe
         image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca, cache_dir=cfg.audio_cache
     )
     if cfg.compute.frame_store:
-        cache = Path(cfg.audio_cache) if cfg.audio_cache else default_cache_dir()
-        common.update(frame_store=cache / "frames", store_workers=cfg.compute.loader_workers)
+        common.update(frame_store=default_store_dir(), store_workers=cfg.compute.loader_workers)
     train = AVSBenchDataset(
         cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, training=True, **common
     )
