@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aavs.datasets.atomic import FS, durable_tree, make_dirs, write_json
+from aavs.datasets.errors import InputError
 from aavs.datasets.layout import VideoRecord
 from aavs.datasets.progress import track
 from aavs.datasets.transforms import MASK_SIZE
@@ -169,10 +171,24 @@ def open_frame_store(
     if (done / STORE_JSON).is_file():
         return store
     make_dirs(base)
+    _check_space(base, store.nbytes())
     with _exclusive(base / f".{key}.lock"):
         if not (done / STORE_JSON).is_file():  # another process may have written it meanwhile
             _build(store, base / f".{key}.partial", records, frames, decode, workers, label)
     return store
+
+
+def _check_space(base: Path, needed: int) -> None:
+    """Refuse a store the disk cannot hold: writes into a memory map on a full disk kill the process
+    (SIGBUS) instead of raising. A partial store already there counts as written."""
+    partial = sum(p.stat().st_blocks * 512 for p in base.glob(".*.partial/*.u8"))
+    free = shutil.disk_usage(base).free
+    if needed - partial > free:
+        raise InputError(
+            f"{base}: the frame store needs {needed / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free "
+            "(free some space, point $AAVS_CACHE_DIR at a larger disk, or set compute.frame_store: false "
+            "to decode every frame each epoch)"
+        )
 
 
 def _starts(frames: Sequence[Sequence[int]]) -> list[int]:

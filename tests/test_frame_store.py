@@ -4,6 +4,7 @@ written once and rewritten when a file changes, and a killed build continues whe
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from aavs.datasets import frame_store
 from aavs.datasets.avsbench import AVSBenchDataset, decode_video, source_frames
+from aavs.datasets.errors import InputError
 from aavs.datasets.layout import select_videos
 
 SIZE = 64
@@ -115,3 +117,18 @@ def test_the_store_pickles_without_its_maps(synth_root, tmp_path):
     copy = pickle.loads(pickle.dumps(data))
     assert copy.frame_store._maps == {}
     assert torch.equal(copy[1]["pixel_values"], data[1]["pixel_values"])
+
+
+def test_a_store_the_disk_cannot_hold_is_refused_before_writing(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(frame_store.shutil, "disk_usage", lambda path: SimpleNamespace(free=5000))
+    with pytest.raises(InputError, match=r"needs 0\.0 GB and the disk has 0\.0 GB free .*compute.frame_store: false"):
+        AVSBenchDataset(
+            synth_root,
+            "s4",
+            "train",
+            image_size=SIZE,
+            cache_mb=0,
+            frame_store=tmp_path,
+            embeddings=_embeddings(synth_root, "s4"),
+        )
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written
