@@ -63,6 +63,8 @@ def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float |
         # Some trainable weights sit out a forward: the prior embeddings of a semantic network run
         # without a prior, Swin's final norm (Mask2Former reads the stage outputs before it).
         kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if compute.compile:  # accelerate compiles the prepared model last (after autocast and DDP / the engine)
+        kwargs["dynamo_backend"] = "inductor"
     accelerator = Accelerator(**kwargs)
     if compute.strategy == "deepspeed":
         # We hand accelerate no DataLoader, so DeepSpeed cannot infer its micro batch size.
@@ -71,6 +73,12 @@ def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float |
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else accelerator.num_processes
         ds_config["train_batch_size"] = micro_batch * grad_accum * world
     return accelerator
+
+
+def adamw_kwargs(device: torch.device) -> dict[str, Any]:
+    """AdamW's implementation on ``device``: the fused kernel on CUDA (one launch updates every
+    parameter), PyTorch's default elsewhere, so CPU steps stay as they were."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def release(accelerator: Accelerator) -> None:

@@ -148,6 +148,8 @@ class ComputeConfig(Strict):
     strategy: Literal["plain", "ddp", "deepspeed"] = "plain"  # plain: one device; deepspeed: ZeRO via accelerate
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # torch.compile the model in each phase (accelerate's inductor backend; the first steps compile)
+    compile: bool = False
     loader_workers: int = Field(2, ge=0)  # DataLoader worker processes per training process
     # A split too large for the loader's in-memory cache is decoded once into a memory-mapped store on
     # the node's disk, $AAVS_CACHE_DIR/frames (aavs.datasets.frame_store: the same bytes, no JPEG

@@ -42,7 +42,7 @@ from aavs.models import registry
 from aavs.models.protocol import SegmentationModel
 from aavs.orchestrator import results
 from aavs.orchestrator.recipe import checkpointing
-from aavs.orchestrator.recipe.accelerator import make_accelerator, release
+from aavs.orchestrator.recipe.accelerator import adamw_kwargs, make_accelerator, release
 from aavs.orchestrator.recipe.config import TrainConfig
 from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
 from aavs.orchestrator.recipe.reporter import EpochProgress, make_reporter
@@ -229,6 +229,7 @@ def _enter_phase(
         betas=(0.9, 0.999),
         eps=1e-8,
         weight_decay=cfg.weight_decay,
+        **adamw_kwargs(accelerator.device),
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if resumed:
