@@ -455,13 +455,21 @@ class AAVS(nn.Module):
         mask_labels, class_labels = frame_targets(
             resize_labels(targets, self.config.image_size), self.config.num_labels
         )
-        masks_logits, class_logits = output.logits()
-        index = index.to(masks_logits.device)
+        device = output.masks_queries_logits.device
+        index = index.to(device)
         # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
-        # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them. transformers
+        # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them; autocast (bf16
+        # mixed precision) is off here, or the matcher's cost products would run in bf16. transformers
         # annotates the targets and auxiliary predictions as one Tensor (one dict); they are per-frame
         # (per-layer) lists.
-        loss_dict = self.model.get_loss_dict(
+        with torch.autocast(device.type, enabled=False):
+            loss_dict = self._loss_dict(output, index, mask_labels, class_labels)
+        return self.model.get_loss(loss_dict) * scale
+
+    def _loss_dict(self, output: AAVSOutput, index: Tensor, mask_labels: Any, class_labels: Any) -> dict[str, Tensor]:
+        """transformers' loss terms of the frames ``index``, from fp32 logits."""
+        masks_logits, class_logits = output.logits()
+        return self.model.get_loss_dict(
             masks_queries_logits=masks_logits[index].float(),
             class_queries_logits=class_logits[index].float(),
             mask_labels=[m.float() for m in mask_labels],  # type: ignore[arg-type]
@@ -470,7 +478,6 @@ class AAVS(nn.Module):
                 {k: v[index].float() for k, v in aux.items()} for aux in output.auxiliary_logits or []
             ],
         )
-        return self.model.get_loss(loss_dict) * scale
 
     def class_scores(self, output: AAVSOutput) -> Tensor:
         """Per-class score maps ``[N, C, 224, 224]`` (no-object excluded), before any argmax.
