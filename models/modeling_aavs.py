@@ -455,7 +455,7 @@ class AAVS(nn.Module):
         mask_labels, class_labels = frame_targets(
             resize_labels(targets, self.config.image_size), self.config.num_labels
         )
-        device = output.masks_queries_logits.device
+        device = output.logits()[0].device
         index = index.to(device)
         # The loss runs in fp32 whatever the weights' dtype: the library's matcher samples points with
         # fp32 coordinates, and a bf16 module (DeepSpeed keeps one) would not match them; autocast (bf16
@@ -466,7 +466,9 @@ class AAVS(nn.Module):
             loss_dict = self._loss_dict(output, index, mask_labels, class_labels)
         return self.model.get_loss(loss_dict) * scale
 
-    def _loss_dict(self, output: AAVSOutput, index: Tensor, mask_labels: Any, class_labels: Any) -> dict[str, Tensor]:
+    def _loss_dict(
+        self, output: AAVSOutput, index: Tensor, mask_labels: list[Tensor], class_labels: list[Tensor]
+    ) -> dict[str, Tensor]:
         """transformers' loss terms of the frames ``index``, from fp32 logits."""
         masks_logits, class_logits = output.logits()
         return self.model.get_loss_dict(
