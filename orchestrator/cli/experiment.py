@@ -283,7 +283,8 @@ def register(sub: Subparsers) -> None:
         "--loader-fps",
         type=float,
         default=None,
-        help="frames/s one DataLoader worker delivers at 384 (default: a placeholder of 200 until the loader benchmark)",
+        help="frames/s one DataLoader worker delivers at 384 (default 270: the frame store read from a slow disk, "
+        "docs/scale.md)",
     )
     p.add_argument("--local", action="store_true", help="as `aavs run --local` runs it: one trial at a time, no Ray")
     add_set(p)

@@ -29,9 +29,11 @@ from typing import Any
 from aavs.datasets.errors import InputError
 
 DEFAULT_MFU = 0.4
-# Frames per second one DataLoader worker delivers with everything a training step takes, at 384 x 384.
-# A placeholder until tests/benchmarks/bench_loader.py (being written for issue 21) measures it.
-LOADER_FRAMES_PER_S_PER_WORKER = 200.0
+# Frames per second one DataLoader worker delivers with everything a training step takes, at 384 x 384,
+# reading the frame store: 270.8 in tests/benchmarks/bench_loader.py's full-size epoch with the page
+# cache dropped on the 2-core development machine, whose disk (about 106 MB/s) was the limit; from the
+# page cache a worker delivers about 1,900 (docs/scale.md). The disk-bound figure, to be safe.
+LOADER_FRAMES_PER_S_PER_WORKER = 270.0
 LOADER_IMAGE_SIZE = 384
 
 _MEASURED_BF16 = (

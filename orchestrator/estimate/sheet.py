@@ -392,6 +392,7 @@ def _notes(spec: ExperimentSpec, device: dev.Device, options: Options, costs: li
     if options.loader_fps == dev.LOADER_FRAMES_PER_S_PER_WORKER:
         notes.append(
             f"loader: {dev.LOADER_FRAMES_PER_S_PER_WORKER:g} frames/s per worker at {dev.LOADER_IMAGE_SIZE} "
-            "is a placeholder until tests/benchmarks/bench_loader.py measures it (--loader-fps)"
+            "from the frame store, as tests/benchmarks/bench_loader.py measured it on a ~106 MB/s disk with a "
+            "cold page cache (docs/scale.md; --loader-fps for your nodes)"
         )
     return notes
