@@ -79,7 +79,7 @@ def _check_label2idx(path: Path) -> tuple[list[Problem], int]:
 def _check_videos(root: Path, records: list[VideoRecord], num_classes: int) -> list[Problem]:
     """Every video's problems, in metadata order; decoded by one process per core (the whole
     AVSBench is ~87k frames and ~73k masks: docs/scale.md)."""
-    check = functools.partial(_check_one, root, num_classes)
+    check = functools.partial(check_video, root, num_classes=num_classes)
     workers = min(os.cpu_count() or 1, max(1, len(records) // PER_WORKER))
     if workers == 1:
         return [p for video in track(map(check, records), "checking videos", len(records)) for p in video]
@@ -87,10 +87,6 @@ def _check_videos(root: Path, records: list[VideoRecord], num_classes: int) -> l
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
         found = pool.imap(check, records, chunksize=16)
         return [p for video in track(found, "checking videos", len(records)) for p in video]
-
-
-def _check_one(root: Path, num_classes: int, record: VideoRecord) -> list[Problem]:
-    return check_video(root, record, num_classes)
 
 
 def check_video(root: Path, record: VideoRecord, num_classes: int) -> list[Problem]:

@@ -45,6 +45,7 @@ class LocalReporter:
     def __init__(self, trial_dir: str | os.PathLike, is_main: bool = True, exchange: int = 0):
         self.trial_dir = Path(trial_dir)
         self.is_main, self.exchange = is_main, exchange
+        self._last: tuple[TrialStatus, dict[str, Any]] = (TrialStatus.RUNNING, {})  # what progress() keeps
         if is_main:
             self.trial_dir.mkdir(parents=True, exist_ok=True)
 
@@ -61,7 +62,7 @@ class LocalReporter:
 
     def status(self, status: TrialStatus, **extra: Any) -> None:
         """``status.json`` now: ``extra`` are StatusRecord's fields (epoch, epochs, best, error)."""
-        self._last: tuple[TrialStatus, dict[str, Any]] = (status, extra)
+        self._last = (status, extra)
         if self.is_main:
             results.write_status(self.trial_dir, results.StatusRecord(status=status, time=time.time(), **extra))
 
@@ -70,7 +71,7 @@ class LocalReporter:
         the last status, and a line of the trial's log."""
         if not self.is_main:
             return
-        status, extra = getattr(self, "_last", (TrialStatus.RUNNING, {}))
+        status, extra = self._last
         record = results.StatusRecord(status=status, time=progress["time"], **{**extra, "progress": progress})
         results.write_status(self.trial_dir, record)
         log.info("%s", results.progress_line(progress))
@@ -170,27 +171,27 @@ class EpochProgress:
     epochs left at this epoch's pace, validation included as the last epoch took it)."""
 
     def __init__(
-        self, reporter: Reporter, epoch: int, epochs: int, steps: int, interval: float, last_epoch_s: float | None
+        self, reporter: Reporter, epoch: int, epochs: int, interval: float, last_epoch_s: float | None
     ) -> None:
-        self.reporter, self.epoch, self.epochs, self.steps, self.interval = reporter, epoch, epochs, steps, interval
+        self.reporter, self.epoch, self.epochs, self.interval = reporter, epoch, epochs, interval
         self.last_epoch_s = last_epoch_s  # the previous epoch's whole time (training and validation)
         self.start = self.shown = time.monotonic()
 
-    def step(self, step: int, frames: int) -> None:
-        """After ``step`` steps (of ``steps``) and ``frames`` training frames of this epoch."""
+    def step(self, step: int, steps: int, frames: int) -> None:
+        """After ``step`` of the epoch's ``steps`` steps and ``frames`` training frames."""
         now = time.monotonic()
-        if now - self.shown < self.interval or step >= self.steps:
+        if now - self.shown < self.interval or step >= steps:
             return
         self.shown = now
         elapsed = now - self.start
-        epoch_eta = elapsed / step * (self.steps - step)
+        epoch_eta = elapsed / step * (steps - step)
         this_epoch = self.last_epoch_s or elapsed + epoch_eta
         self.reporter.progress(
             {
                 "epoch": self.epoch,
                 "epochs": self.epochs,
                 "step": step,
-                "steps": self.steps,
+                "steps": steps,
                 "frames_per_s": frames / max(elapsed, 1e-9),
                 "epoch_eta_s": epoch_eta,
                 "trial_eta_s": epoch_eta + (self.epochs - self.epoch - 1) * this_epoch,

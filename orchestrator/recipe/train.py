@@ -109,14 +109,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if data is None:  # the network decides the input size
                 data = _datasets(cfg, accelerator.unwrap_model(model).config.image_size)
             train_set, val_set = data
-            progress = EpochProgress(
-                reporter,
-                epoch,
-                cfg.epochs,
-                _steps(cfg, train_set, epoch, world, rank),
-                cfg.progress_interval_s,
-                last_epoch_s,
-            )
+            progress = EpochProgress(reporter, epoch, cfg.epochs, cfg.progress_interval_s, last_epoch_s)
             epoch_start = time.monotonic()
             train_stats = _train_one_epoch(cfg, model, optimizer, accelerator, train_set, epoch, world, rank, progress)
             metrics = evaluate(
@@ -283,11 +276,6 @@ def epoch_videos(cfg: TrainConfig, dataset: Dataset[Any], epoch: int, world: int
     return indices
 
 
-def _steps(cfg: TrainConfig, dataset: Dataset[Any], epoch: int, world: int, rank: int) -> int:
-    """Training steps of this worker in ``epoch`` (batches of ``batch_size`` videos)."""
-    return math.ceil(len(epoch_videos(cfg, dataset, epoch, world, rank)) / cfg.batch_size)
-
-
 def _train_one_epoch(
     cfg: TrainConfig,
     model: torch.nn.Module,
@@ -346,7 +334,7 @@ def _train_one_epoch(
         losses.append(value)
         frames += batch["pixel_values"].shape[0]
         if progress is not None:
-            progress.step(step + 1, frames)
+            progress.step(step + 1, len(loader), frames)
         t_ready = time.perf_counter()
         if cfg.stop_file and os.path.exists(cfg.stop_file):
             raise TrialStopped(f"stopped on request after epoch {epoch + 1}'s step {step + 1}")
