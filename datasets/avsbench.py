@@ -128,6 +128,12 @@ class AVSBenchDataset(Dataset):
     in videos annotated only there (:func:`source_frames`) and, for binary tasks, ``labels`` from
     :func:`read_sounding_maps`. Evaluation sets (the default) keep every file frame and the
     nearest-neighbour masks the AVSBench metrics are defined on.
+    ``compact``: items in the dtypes they are stored in, converted after the copy to the accelerator
+    (:func:`~aavs.orchestrator.recipe.evaluation.model_inputs`, the training loop, the evaluation):
+    ``pixel_values`` the resized uint8 ``[T, S, S, 3]`` (normalised there), ``class_map``, ``labels`` and
+    a ground-truth ``prior`` uint8. A third of the bytes through the loader's processes, the pinned copy and the bus,
+    and a loader worker's main cost (normalising) off the CPU (docs/scale.md); the same values. Otherwise
+    pixels float32 ``[T, 3, S, S]`` normalised here, class map and labels int64, prior float32.
     """
 
     def __init__(
@@ -145,9 +151,11 @@ class AVSBenchDataset(Dataset):
         training: bool = False,
         frame_store: str | os.PathLike | None = None,
         store_workers: int = 0,
+        compact: bool = False,
     ) -> None:
         self.root = Path(root)
         self.task, self.split, self.image_size, self.training = task, split, int(image_size), training
+        self.compact = compact
         self.records = select_videos(self.root, task, split)
         if not self.records:
             raise InputError(f"{self.root / 'metadata.csv'}: no {task} videos in split {split!r}")
@@ -242,10 +250,13 @@ class AVSBenchDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         arrays = self._cache[index] if self._cache is not None else self._load_arrays(index)
-        class_map = torch.from_numpy(arrays["class_map"]).long()  # [T, 224, 224]
+        class_map = torch.from_numpy(arrays["class_map"])  # uint8 [T, 224, 224]
+        if not self.compact:
+            class_map = class_map.long()
         annotated = torch.tensor([i in record.annotated_frames for i in source_frames(record, self.training)])
+        frames = arrays["frames"]  # uint8 [T, S, S, 3]
         item = {
-            "pixel_values": normalize_resized(arrays["frames"]),  # [T, 3, S, S]
+            "pixel_values": torch.from_numpy(frames) if self.compact else normalize_resized(frames),
             "class_map": class_map,
             "labels": self._labels(arrays, class_map),
             "annotated": annotated,  # [T]
@@ -254,16 +265,18 @@ class AVSBenchDataset(Dataset):
             "subset": record.subset,
         }
         if self.prior == GROUND_TRUTH:
-            item["prior"] = (class_map != 0).float()  # [T, 224, 224]
-        elif self.prior is not None:
+            item["prior"] = (class_map != 0).to(torch.uint8 if self.compact else torch.float32)  # [T, 224, 224]
+        elif self.prior is not None:  # a soft map in [0, 1]
             item["prior"] = torch.from_numpy(np.array(arrays["prior"], dtype=np.float32))  # [T, 224, 224]
         return item
 
     def _labels(self, arrays: dict[str, np.ndarray], class_map: torch.Tensor) -> torch.Tensor:
-        """int64 ``[T, 224, 224]``: the class map (AVSS), or sounding = 1 (binary tasks)."""
+        """``[T, 224, 224]`` (int64, or uint8 when ``compact``): the class map (AVSS), or sounding = 1
+        (binary tasks)."""
+        dtype = torch.uint8 if self.compact else torch.int64
         if self.reference_targets:
-            return torch.from_numpy(arrays["sounding"]).long()
-        return (class_map != 0).long() if self.binary else class_map
+            return torch.from_numpy(arrays["sounding"]).to(dtype)
+        return (class_map != 0).to(dtype) if self.binary else class_map
 
 
 FRAME_KEYS = (  # per-frame tensors of a batch: [N, ...], N the frames of all its videos

@@ -41,12 +41,15 @@ def resize_frame(frame: Image.Image | np.ndarray, size: int) -> np.ndarray:
 
 
 def normalize_resized(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 ``[T, S, S, 3]`` (already resized) -> float32 ``[T, 3, S, S]``, ImageNet-normalised.
+    """uint8 ``[T, S, S, 3]`` (already resized) -> float32 ``[T, 3, S, S]``, ImageNet-normalised, on the
+    frames' device.
 
     ``(x / 255 - mean) / std`` per element, in place on a channels-first copy: three times faster than
-    on channels-last (a loader worker's main cost once frames come from the store), the same bits."""
-    x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).contiguous().float()  # [T, 3, S, S]
-    return x.div_(255.0).sub_(_MEAN_CHW).div_(_STD_CHW)
+    on channels-last, the same bits. Elementwise IEEE float32 arithmetic, so a GPU gives the bits the
+    CPU gives: the training loop runs it after the copy to the accelerator (``uint8_pixels``)."""
+    x = torch.as_tensor(frames if isinstance(frames, torch.Tensor) else np.asarray(frames))
+    x = x.permute(0, 3, 1, 2).contiguous().float()  # [T, 3, S, S]
+    return x.div_(255.0).sub_(_MEAN_CHW.to(x.device)).div_(_STD_CHW.to(x.device))
 
 
 def normalize_frames(frames: Sequence[Image.Image | np.ndarray] | np.ndarray, size: int) -> torch.Tensor:

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from aavs.datasets import frame_store
-from aavs.datasets.avsbench import AVSBenchDataset, decode_video, source_frames
+from aavs.datasets.avsbench import AVSBenchDataset, collate_videos, decode_video, source_frames
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import select_videos
+from aavs.orchestrator.recipe.evaluation import model_inputs
 
 SIZE = 64
 
@@ -50,6 +51,30 @@ def test_items_from_the_store_are_the_decoded_items(synth_root, tmp_path, task):
                 assert torch.equal(value, b[key]), key
             else:
                 assert value == b[key], key
+
+
+@pytest.mark.parametrize("task", ["avss", "s4"])
+def test_compact_items_reach_the_network_as_the_full_ones(synth_root, tmp_path, task):
+    """What the training loop feeds (compact items from the store: uint8 frames, masks and prior,
+    converted by model_inputs and the loop on the accelerator) equals the full items, bit for bit."""
+    common = dict(image_size=SIZE, prior="ground-truth", training=True, cache_mb=0)
+    full = AVSBenchDataset(synth_root, task, "train", embeddings=_embeddings(synth_root, task), **common)
+    compact = AVSBenchDataset(
+        synth_root,
+        task,
+        "train",
+        embeddings=_embeddings(synth_root, task),
+        frame_store=tmp_path,
+        compact=True,
+        **common,
+    )
+    for i in range(len(full)):
+        a, b = collate_videos([full[i]]), collate_videos([compact[i]])
+        assert b["pixel_values"].dtype == b["labels"].dtype == b["prior"].dtype == torch.uint8
+        x, y = model_inputs(a, "cpu", torch.float32), model_inputs(b, "cpu", torch.float32)
+        for key in ("pixel_values", "audio", "prior"):
+            assert x[key].dtype == torch.float32 and torch.equal(x[key], y[key]), key
+        assert torch.equal(a["labels"], b["labels"].long()) and torch.equal(a["class_map"], b["class_map"].long())
 
 
 def test_written_once_and_again_for_a_changed_frame(synth_copy, tmp_path):
@@ -101,7 +126,7 @@ def test_a_killed_build_continues_after_its_last_flush(synth_root, tmp_path, mon
 
 
 def test_the_store_pickles_without_its_maps(synth_root, tmp_path):
-    """DataLoader workers get the store by pickling (spawn) and map the files themselves."""
+    """DataLoader workers get the store by pickling (spawn) and open the files themselves."""
     import pickle
 
     data = AVSBenchDataset(
@@ -115,7 +140,7 @@ def test_the_store_pickles_without_its_maps(synth_root, tmp_path):
     )
     data[0]  # maps the files in this process
     copy = pickle.loads(pickle.dumps(data))
-    assert copy.frame_store._maps == {}
+    assert copy.frame_store._files == {}
     assert torch.equal(copy[1]["pixel_values"], data[1]["pixel_values"])
 
 

@@ -24,6 +24,7 @@ from aavs.datasets.layout import SPLITS, VideoRecord, class_list_mismatch, class
 from aavs.datasets.masks import write_binary_masks, write_class_masks
 from aavs.datasets.metrics import BinaryMetric, SemanticMetric
 from aavs.datasets.tasks import MASK_EXPORT_TASK, Task, get_task, same_kind
+from aavs.datasets.transforms import normalize_resized
 from aavs.models import registry
 from aavs.models.protocol import SegmentationModel
 from aavs.orchestrator.recipe.device import pick_device
@@ -69,9 +70,13 @@ def training_frames(batch: dict[str, Any], task: str, temporal: bool = False) ->
 
 def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
     """The network's inputs of a batch on ``device``; floating ones in ``dtype`` (the weights' dtype:
-    DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs)."""
+    DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs). uint8 frames (a dataset's
+    ``compact``) cross as bytes and are normalised there, in float32 before the cast."""
+    pixels = batch["pixel_values"]
+    if pixels.dtype == torch.uint8:  # [N, S, S, 3]
+        pixels = normalize_resized(pixels.to(device, non_blocking=True))  # float32 [N, 3, S, S]
     inputs = {
-        "pixel_values": batch["pixel_values"].to(device, dtype, non_blocking=True),
+        "pixel_values": pixels.to(device, dtype, non_blocking=True),
         "audio": batch["audio"].to(device, dtype, non_blocking=True),
     }
     inputs["prior"] = batch["prior"].to(device, dtype, non_blocking=True) if "prior" in batch else None
@@ -146,7 +151,7 @@ def accumulate(
         else:
             pred = scores.argmax(1)
             if ann.any():
-                metric.update(pred[ann], batch["class_map"][ann])
+                metric.update(pred[ann], batch["class_map"][ann].long())
         if save_masks is not None:
             video = dataset.records[indices[position]]
             if binary:
@@ -222,6 +227,7 @@ def evaluate_checkpoint(
         vggish=vggish,
         vggish_pca=vggish_pca,
         cache_dir=cache_dir,
+        compact=True,
     )
     return evaluate(model, dataset, task, pick_device(), save_masks=save_masks)
 
@@ -254,6 +260,7 @@ def export_masks(
             vggish=vggish,
             vggish_pca=vggish_pca,
             cache_dir=cache_dir,
+            compact=True,
         )
         scores[split] = evaluate(model, dataset, MASK_EXPORT_TASK, pick_device(), save_masks=out)
     return scores

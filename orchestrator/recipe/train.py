@@ -163,7 +163,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
     """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
     common: dict[str, Any] = dict(
-        image_size=image_size, vggish=cfg.model.vggish, vggish_pca=cfg.model.vggish_pca, cache_dir=cfg.audio_cache
+        image_size=image_size,
+        vggish=cfg.model.vggish,
+        vggish_pca=cfg.model.vggish_pca,
+        cache_dir=cfg.audio_cache,
+        compact=True,  # items in uint8, converted on the accelerator (model_inputs)
     )
     if cfg.compute.frame_store:
         common.update(frame_store=default_store_dir(), store_workers=cfg.compute.loader_workers)
@@ -314,7 +318,7 @@ def _train_one_epoch(
         with accelerator.accumulate(model):
             out = model(
                 **model_inputs(batch, device, dtype),
-                labels=batch["labels"].to(device, non_blocking=True),
+                labels=batch["labels"].to(device, non_blocking=True).long(),  # uint8 from a compact dataset
                 loss_frames=loss_frames.to(device, non_blocking=True),
             )
             loss = out.loss

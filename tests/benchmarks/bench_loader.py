@@ -1,5 +1,7 @@
-"""Frames per second one DataLoader worker delivers to a training step: today's loader (every item
-decodes its JPEGs and PNGs) against the frame store (aavs.datasets.frame_store), in one run.
+"""Frames per second one DataLoader worker delivers to a training step: the loader before the frame
+store (every item decodes its JPEGs and PNGs and normalises the frames) against the training loop's
+(compact items read from the frame store, aavs.datasets.frame_store, normalised on the accelerator),
+in one run.
 
     .venv/bin/python tests/benchmarks/bench_loader.py --scale 1 --work /data/bench   # AVSBench's size
     .venv/bin/python tests/benchmarks/bench_loader.py --data DATA_ROOT               # a real release
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,7 @@ from torch.utils.data import DataLoader, Subset
 
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
 from aavs.orchestrator.recipe.config import TrainConfig
+from aavs.orchestrator.recipe.evaluation import model_inputs
 from aavs.orchestrator.recipe.train import epoch_videos
 
 SEED = 3407
@@ -62,6 +66,13 @@ def drop_page_cache(*folders: Path, everything: bool = False) -> str:
         return "fadvise"
 
 
+def peak_rss_kib() -> int:
+    """The larger peak RSS of this process and of its largest finished child (a loader worker)."""
+    return max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+
+
 def epoch(data: AVSBenchDataset, workers: int) -> tuple[int, float]:
     """(frames, seconds) of one training-order epoch through a DataLoader with ``workers`` processes."""
     cfg = TrainConfig(task=data.task, data_root=str(data.root), trial_dir=".", seed=SEED, shuffle=True)
@@ -74,14 +85,21 @@ def epoch(data: AVSBenchDataset, workers: int) -> tuple[int, float]:
 
 
 def same_items(a: AVSBenchDataset, b: AVSBenchDataset, count: int) -> int:
-    """Compares ``count`` evenly spread items of the two datasets; returns how many were compared."""
+    """Compares ``count`` evenly spread items of the two datasets as the network and the loss get them
+    (``b`` compact: converted by model_inputs); returns how many were compared."""
     step = max(1, len(a) // count)
     picked = range(0, len(a), step)
     for i in picked:
-        x, y = a[i], b[i]
-        for key, value in x.items():
-            if isinstance(value, torch.Tensor) and not torch.equal(value, y[key]):
-                raise SystemExit(f"item {i} ({x['uid']}): {key} differs between the store and decoding")
+        x, y = collate_videos([a[i]]), collate_videos([b[i]])
+        inputs_x, inputs_y = model_inputs(x, "cpu", torch.float32), model_inputs(y, "cpu", torch.float32)
+        for key in ("pixel_values", "audio", "prior", "labels", "class_map"):
+            same = (
+                torch.equal(x[key], y[key].long())
+                if key in ("labels", "class_map")
+                else torch.equal(inputs_x[key], inputs_y[key])
+            )
+            if not same:
+                raise SystemExit(f"item {i} ({x['uids'][0]}): {key} differs between the store and decoding")
     return len(picked)
 
 
@@ -104,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
     construction = time.perf_counter() - start
     start = time.perf_counter()
     stored = AVSBenchDataset(
-        root, args.task, "train", frame_store=work / "store", store_workers=args.store_workers, **common
+        root, args.task, "train", frame_store=work / "store", store_workers=args.store_workers, compact=True, **common
     )
     build = time.perf_counter() - start
     assert stored.frame_store is not None
@@ -131,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
             "frames_per_s_per_worker": round(per_worker, 1),
             "workers_per_gpu": math.ceil(args.gpu_frames / per_worker),
         }
+    report["peak_rss_mib"] = round(peak_rss_kib() / 1024, 1)
     report["speedup"] = round(
         report["store"]["frames_per_s_per_worker"] / report["decode"]["frames_per_s_per_worker"], 2
     )
@@ -163,6 +182,7 @@ def show(report: dict) -> None:
     console.print(
         f"store: {report['store_bytes'] / 1e9:.2f} GB, built in {report['store_build_s']} s; "
         f"{report['speedup']}x per worker; {report['items_compared']} items equal to decoding; "
+        f"peak RSS {report['peak_rss_mib']:.0f} MiB; "
         f"page cache dropped by {report['page_cache']}"
     )
 

@@ -8,8 +8,9 @@ e.g. a DataLoader worker):
     synth      aavs data synth --shape avsbench --scale F   (skipped with --data; resumed if cut off)
     check      aavs data check
     features   aavs features (VGGish embeddings of every clip into the cache; random weights here)
-    dataset    AVSBenchDataset of AVSS train at 384 px, cache_mb=0 (embeddings from the cache)
-    epoch      one epoch of that dataset through a DataLoader (2 workers), decoding every item
+    dataset    AVSBenchDataset of AVSS train at 384 px as training builds it: cache_mb=0, embeddings
+               from the cache, compact items from the frame store in <work>/store (built there first)
+    epoch      one epoch of that dataset through a DataLoader (2 workers)
     export     stage one's masks: `aavs evaluate --save-masks` of a tiny-preset avss-binary network,
                val, test, then train (the largest)
     score      aavs score of the exported test masks (after export-test)
@@ -46,8 +47,8 @@ DATASET = """
 import time, torch
 from torch.utils.data import DataLoader
 from aavs.datasets.avsbench import AVSBenchDataset, collate_videos
-root, cache, epoch = ARGV
-data = AVSBenchDataset(root, "avss", "train", image_size=384, prior="ground-truth", training=True, cache_mb=0, cache_dir=cache)
+root, cache, store, epoch = ARGV
+data = AVSBenchDataset(root, "avss", "train", image_size=384, prior="ground-truth", training=True, cache_mb=0, cache_dir=cache, frame_store=store, store_workers=2, compact=True)
 if epoch == "1":
     frames = 0
     for batch in DataLoader(data, batch_size=1, num_workers=2, collate_fn=collate_videos):
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan += [
         ("check", CLI, ["data", "check", str(root), "--json"]),
         ("features", CLI, ["features", str(root), "--json"]),
-        ("dataset", DATASET, [str(root), str(cache), "0"]),
-        ("epoch", DATASET, [str(root), str(cache), "1"]),
+        ("dataset", DATASET, [str(root), str(cache), str(work / "store"), "0"]),
+        ("epoch", DATASET, [str(root), str(cache), str(work / "store"), "1"]),
         ("tiny", TINY, [str(tiny)]),
     ]
     for split in ("val", "test", "train"):  # train last: the largest, and stage two trains on the true masks
