@@ -145,7 +145,7 @@ class FrameStore:
             shape = row_shape(name, self.image_size)
             block = np.empty((span, *shape), np.uint8)
             row_bytes = block[0].nbytes
-            if os.preadv(self._fd(name), [memoryview(block)], first * row_bytes) != block.nbytes:
+            if os.preadv(self._fd(name), [block.data], first * row_bytes) != block.nbytes:
                 raise OSError(f"{self.folder / name}.u8: rows {first}..{first + span} past the end (a truncated store)")
             in_order = rows == list(range(first, first + span))  # the common case: no gather
             out[name] = block if in_order else block[[r - first for r in rows]]
