@@ -68,6 +68,15 @@ def training_frames(batch: dict[str, Any], task: str, temporal: bool = False) ->
     return out, loss_frames
 
 
+def loss_targets(batch: dict[str, Any], loss_frames: torch.Tensor, device: torch.device | str) -> dict[str, Any]:
+    """The loss's targets on ``device``: the labels as int64 (uint8 from a compact dataset, converted
+    there) and the frames that count (:func:`training_frames`)."""
+    return {
+        "labels": batch["labels"].to(device, non_blocking=True).long(),
+        "loss_frames": loss_frames.to(device, non_blocking=True),
+    }
+
+
 def model_inputs(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
     """The network's inputs of a batch on ``device``; floating ones in ``dtype`` (the weights' dtype:
     DeepSpeed keeps a bf16 module in bf16, and it does not cast its inputs). uint8 frames (a dataset's

@@ -44,7 +44,7 @@ from aavs.orchestrator import results
 from aavs.orchestrator.recipe import checkpointing
 from aavs.orchestrator.recipe.accelerator import adamw_kwargs, make_accelerator, release
 from aavs.orchestrator.recipe.config import TrainConfig
-from aavs.orchestrator.recipe.evaluation import evaluate, model_inputs, training_frames, weights_dtype
+from aavs.orchestrator.recipe.evaluation import evaluate, loss_targets, model_inputs, training_frames, weights_dtype
 from aavs.orchestrator.recipe.reporter import EpochProgress, make_reporter
 from aavs.orchestrator.recipe.threads import cpu_threads
 from aavs.orchestrator.results import TrialStatus
@@ -316,11 +316,7 @@ def _train_one_epoch(
         batch, loss_frames = training_frames(batch, cfg.task, temporal)
         window_counts = window_counts or bool(loss_frames.any())
         with accelerator.accumulate(model):
-            out = model(
-                **model_inputs(batch, device, dtype),
-                labels=batch["labels"].to(device, non_blocking=True).long(),  # uint8 from a compact dataset
-                loss_frames=loss_frames.to(device, non_blocking=True),
-            )
+            out = model(**model_inputs(batch, device, dtype), **loss_targets(batch, loss_frames, device))
             loss = out.loss
             value = loss.detach().float().item()  # the step's one host sync
             learns = _step_outcome(value, window_counts, accelerator, epoch, step)

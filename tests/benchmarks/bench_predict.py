@@ -1,6 +1,11 @@
 """`aavs predict` throughput on this CPU with the tiny preset (not part of the test run).
 
     .venv/bin/python tests/benchmarks/bench_predict.py [--videos 3] [--seconds 60] [--size 640x360] [--fps 25]
+    .venv/bin/python tests/benchmarks/bench_predict.py --mixed
+
+``--mixed``: issue 26's folder instead: 10 clips of 5 s from 320x240 to 1280x720 at 15 to 30 fps, AAC
+at 16 and 44.1 kHz, predicted by the ``aavs predict FOLDER`` command in a fresh process (the wall clock
+includes starting Python and loading the networks), overlay.mp4 at the input's size and frame rate.
 
 Writes ``--videos`` clips (H.264 + AAC, a moving picture and a tone) and tiny stage-one and stage-two
 checkpoints, then predicts them with Stepping Stones (stage one feeding stage two), in this process and
@@ -47,13 +52,68 @@ def _report(label: str, summary: dict) -> None:
     )
 
 
+# (width, height, fps, audio rate) of the --mixed folder: the sizes and rates phones and YouTube give.
+MIXED = [
+    (320, 240, 15, 16000),
+    (426, 240, 30, 44100),
+    (480, 360, 25, 16000),
+    (640, 360, 30, 44100),
+    (640, 480, 24, 16000),
+    (854, 480, 25, 44100),
+    (960, 540, 30, 16000),
+    (1024, 576, 15, 44100),
+    (1280, 720, 24, 16000),
+    (1280, 720, 30, 44100),
+]
+
+
+def mixed(work: Path) -> None:
+    """Issue 26's done-when: ``aavs predict`` over the mixed folder, wall clock with the model's load."""
+    import json
+    import subprocess
+    import sys
+
+    videos = work / "videos"
+    videos.mkdir()
+    for i, (width, height, fps, rate) in enumerate(MIXED):
+        write_video(
+            videos / f"clip{i}_{width}x{height}_{fps}fps.mp4",
+            _frames(5, fps, height, width),
+            fps,
+            options={"preset": "veryfast"},
+            audio=(_tone(5, rate), rate),
+            audio_codec="aac",
+        )
+    torch.manual_seed(0)
+    save_checkpoint(build_model("avss-binary", preset="tiny"), work / "s1")
+    save_checkpoint(build_model("avss", preset="tiny"), work / "s2")
+    command = [sys.executable, "-m", "aavs.orchestrator.cli", "predict", str(videos), "--out", str(work / "out")]
+    command += ["--checkpoint", str(work / "s2"), "--prior-checkpoint", str(work / "s1"), "--cache", str(work / "c")]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    summary = json.loads(done.stdout)
+    seconds = 5 * len(MIXED)
+    totals = {stage: sum(v["timings"][stage] for v in summary["videos"]) for stage in STAGES}
+    print(
+        f"{len(MIXED)} clips, {seconds} s of video in {wall:.1f} s wall (Python's start and the model's load "
+        f"included) = {seconds / wall:.2f} video-s/s on {os.cpu_count()} CPUs | "
+        + ", ".join(f"{stage} {value:.1f} s" for stage, value in totals.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--mixed", action="store_true", help="issue 26's folder of 10 mixed clips, by the CLI")
     args = parser.parse_args()
+    if args.mixed:
+        with tempfile.TemporaryDirectory() as tmp:
+            mixed(Path(tmp))
+        return
     width, height = map(int, args.size.split("x"))
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
