@@ -58,15 +58,17 @@ def test_bench_gpu_dry_run_prints_the_table_without_ray_deepspeed_pydantic_av() 
         ("bf16", "1", "5"),
         ("bf16", "4", "20"),
         ("bf16 torch.compile", "1", "5"),
+        ("bf16 loader-fed (uint8 from pinned memory)", "1", "5"),
+        ("bf16 stage two (avss, prior)", "1", "5"),
         ("bf16 DeepSpeed ZeRO-2", "4", "20"),
     ]
     assert all(r[3:7] == ["-"] * 4 for r in rows)  # a dry run measures nothing
-    assert [r[7] for r in rows] == ["67 TFLOP/s"] * 2 + ["790 TFLOP/s"] * 4
+    assert [r[7] for r in rows] == ["67 TFLOP/s"] * 2 + ["790 TFLOP/s"] * 6
     # it names the peaks it divides by and where they come from
     assert re.search(r"bf16: 790 TFLOP/s \(the bf16 matrix-product rate measured", out)
     assert re.search(r"fp32: 67 TFLOP/s \(NVIDIA H100 SXM / H200 datasheet", out)
     # the tiny step really ran, in both precisions, and its FLOPs were counted
-    assert re.search(r"loss fp32 \d+\.\d+ / bf16 \d+\.\d+", out)
+    assert re.search(r"loss fp32 \d+\.\d+ / bf16 \d+\.\d+ / loader-fed \d+\.\d+ / stage two \d+\.\d+", out)
     assert re.search(r"tiny preset on the CPU: \d+\.\d+ GFLOP", out)
 
 
@@ -89,7 +91,12 @@ def test_bench_gpu_peaks_by_gpu_name_or_flag() -> None:
     assert unknown["bf16"][0] is None and "--peak-tflops" in unknown["bf16"][1]
     given = bench.peaks("NVIDIA L4", bench.parse(["--peak-tflops", "121", "--peak-tflops-fp32", "30"]))
     assert given == {"bf16": (121e12, "--peak-tflops"), "fp32": (30e12, "--peak-tflops-fp32")}
-    assert [row.name for row in bench.rows(bench.parse(["--no-compile", "--videos", "2"]))] == ["fp32", "bf16"]
+    assert [row.name for row in bench.rows(bench.parse(["--no-compile", "--videos", "2"]))] == [
+        "fp32",
+        "bf16",
+        "bf16 loader-fed (uint8 from pinned memory)",
+        "bf16 stage two (avss, prior)",
+    ]
 
 
 @pytest.mark.parametrize("compile_", [False, True])

@@ -10,7 +10,11 @@ loss read back once a step. Inputs are random tensors of the real shapes (``--fr
 of 384 x 384 per video, a VGGish embedding per frame, a square sounding object in the 224 x 224
 labels), so the numbers measure the step, not the disk.
 
-Rows: fp32 and bf16 at 1 and 4 videos a step, then bf16 at 1 video through ``torch.compile``. bf16 is
+Rows: fp32 and bf16 at 1 and 4 videos a step, then bf16 at 1 video through ``torch.compile``; then the
+rows of the real run's path (issue 22): bf16 at 1 video with the inputs as the training loop gets them
+from its loader (compact: uint8 frames and labels in pinned host memory, copied without blocking and
+normalised on the GPU each step), and stage two's network (``avss``: 71 classes, the prior as an input)
+at 1 video. bf16 is
 ``torch.autocast`` over the model's forward, which computes the loss, as accelerate's
 ``mixed_precision: bf16`` wraps it in the recipe; the backward runs outside it, the weights stay fp32.
 fp32 is PyTorch's default (its matrix products without TF32). Each row runs ``--warmup`` steps, then
@@ -55,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import aavs.models as models  # loads its names on first use: importing this script stays quick
 
 TASK = "avss-binary"  # stage one's network
+STAGE_TWO_TASK = "avss"  # stage two's: the data's 71 classes, stage one's masks as its prior
 PHASE = "B"  # every trainable part: the Swin adapters too, so the backward runs through the backbone
 LR = 1e-4  # phase B's rate: lr 1e-3 / 10
 WEIGHT_DECAY = 0.05
@@ -86,11 +91,17 @@ class Row:
     videos: int
     compiled: bool = False
     deepspeed: bool = False
+    loader_fed: bool = False  # compact inputs from pinned host memory, converted on the device each step
+    stage_two: bool = False  # the avss network (71 classes, a prior) instead of stage one's
 
     @property
     def name(self) -> str:
         if self.deepspeed:
             return f"{self.precision} DeepSpeed ZeRO-2"
+        if self.loader_fed:
+            return f"{self.precision} loader-fed (uint8 from pinned memory)"
+        if self.stage_two:
+            return f"{self.precision} stage two ({STAGE_TWO_TASK}, prior)"
         return self.precision + (" torch.compile" if self.compiled else "")
 
 
@@ -107,6 +118,7 @@ def rows(args: argparse.Namespace) -> list[Row]:
     table = [Row(precision, videos) for precision in ("fp32", "bf16") for videos in args.videos]
     if not args.no_compile:
         table.append(Row("bf16", 1, compiled=True))
+    table += [Row("bf16", 1, loader_fed=True), Row("bf16", 1, stage_two=True)]
     if args.deepspeed:
         table.append(Row("bf16", max(args.videos), deepspeed=True))
     return table
@@ -140,8 +152,8 @@ def tflops(flops: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------ a step
-def network(preset: str, device: torch.device) -> Any:
-    model = models.build_model(TASK, preset=preset)
+def network(preset: str, device: torch.device, task: str = TASK) -> Any:
+    model = models.build_model(task, preset=preset)
     models.set_phase(model, PHASE)
     return model.to(device).train()
 
@@ -162,6 +174,35 @@ def inputs(model: Any, videos: int, frames: int, device: torch.device, dtype: to
     }
 
 
+def loader_fed(batch: dict, device: torch.device) -> Callable[[], dict]:
+    """``batch`` as a compact loader delivers it (uint8 ``[N, S, S, 3]`` frames and uint8 labels, pinned
+    where CUDA is), and a function that makes the model's inputs of it on ``device`` each call as the
+    recipe's model_inputs and loss_targets do: a non-blocking copy, then the conversion there."""
+    from aavs.datasets.transforms import normalize_resized
+
+    g = torch.Generator().manual_seed(0)
+    n, size = batch["pixel_values"].shape[0], batch["pixel_values"].shape[-1]
+    pin = device.type == "cuda"
+    frames = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+    labels = batch["labels"].to("cpu", torch.uint8)
+    frames, labels = (frames.pin_memory(), labels.pin_memory()) if pin else (frames, labels)
+    rest = {k: v for k, v in batch.items() if k not in ("pixel_values", "labels")}
+
+    def fed() -> dict:
+        return {
+            **rest,
+            "pixel_values": normalize_resized(frames.to(device, non_blocking=True)),
+            "labels": labels.to(device, non_blocking=True).long(),
+        }
+
+    return fed
+
+
+def with_prior(batch: dict) -> dict:
+    """Stage two's inputs: the frame's true sounding mask as its prior."""
+    return {**batch, "prior": (batch["labels"] != 0).to(batch["pixel_values"].dtype)}
+
+
 def optimizer_for(model: Any, device: torch.device) -> torch.optim.Optimizer:
     """AdamW as the recipe's ``_enter_phase`` makes it."""
     groups = models.phase_parameter_groups(model, PHASE, lr=LR, weight_decay=WEIGHT_DECAY)
@@ -171,16 +212,23 @@ def optimizer_for(model: Any, device: torch.device) -> torch.optim.Optimizer:
 
 
 def make_step(
-    model: Any, forward: Callable[..., Any], optimizer: torch.optim.Optimizer, batch: dict, precision: str
+    model: Any,
+    forward: Callable[..., Any],
+    optimizer: torch.optim.Optimizer,
+    batch: dict | Callable[[], dict],
+    precision: str,
 ) -> Callable[[], float]:
     """One training step as the recipe's loop runs it on one device: forward and loss (under bf16
-    autocast for a bf16 row), backward, the clipped gradient norm, AdamW, the loss read back."""
-    device_type = batch["pixel_values"].device.type
+    autocast for a bf16 row), backward, the clipped gradient norm, AdamW, the loss read back. ``batch``
+    may be a function that makes the inputs each step (:func:`loader_fed`)."""
+    fed = batch if callable(batch) else None
+    device_type = next(model.parameters()).device.type
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> float:
+        inputs_ = fed() if fed is not None else batch
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = forward(**batch).loss
+            loss = forward(**inputs_).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
         optimizer.step()
@@ -214,14 +262,25 @@ def timed(step: Callable[[], float], warmup: int, seconds: float) -> tuple[int, 
 
 
 # ---------------------------------------------------------------------------------- the rows
+def row_batch(model: Any, row: Row, frames_per_video: int, device: torch.device) -> dict | Callable[[], dict]:
+    """A row's inputs: random tensors on the device, fed from host memory for a loader-fed row, with a
+    prior for stage two."""
+    batch = inputs(model, row.videos, frames_per_video, device)
+    if row.stage_two:
+        batch = with_prior(batch)
+    return loader_fed(batch, device) if row.loader_fed else batch
+
+
 def measure(model: Any, row: Row, args: argparse.Namespace, device: torch.device) -> Result:
     """One row on the shared network (a fresh optimizer, a fresh peak-memory count)."""
     frames = row.videos * args.frames_per_video
     try:
         torch.cuda.reset_peak_memory_stats()
+        if row.stage_two:  # its own network, built here and freed after the row
+            model = network(args.preset, device, STAGE_TWO_TASK)
         optimizer = optimizer_for(model, device)
         forward = torch.compile(model) if row.compiled else model
-        batch = inputs(model, row.videos, args.frames_per_video, device)
+        batch = row_batch(model, row, args.frames_per_video, device)
         steps, elapsed = timed(make_step(model, forward, optimizer, batch, row.precision), args.warmup, args.seconds)
         result = Result(steps, steps * frames / elapsed, torch.cuda.max_memory_allocated())
         if row.compiled:
@@ -340,11 +399,17 @@ def dry_run(args: argparse.Namespace, reason: str) -> None:
     for precision in ("fp32", "bf16"):
         batch = inputs(model, 2, 1, cpu)  # two videos of a frame: the per-video loss of a batch
         losses.append(make_step(model, model, optimizer_for(model, cpu), batch, precision)())
+    # the real run's rows too: loader-fed inputs, and stage two's network with its prior
+    fed = row_batch(model, Row("bf16", 2, loader_fed=True), 1, cpu)
+    losses.append(make_step(model, model, optimizer_for(model, cpu), fed, "bf16")())
+    two = network(DRY_PRESET, cpu, STAGE_TWO_TASK)
+    batch = row_batch(two, Row("bf16", 2, stage_two=True), 1, cpu)
+    losses.append(make_step(two, two, optimizer_for(two, cpu), batch, "bf16")())
     chosen = peaks(DRY_GPU, args)
     device_line = (
         f"dry run ({reason}): the layout only, with the peaks of an {DRY_GPU} / H200; one training step of "
         f"the {DRY_PRESET} preset ran on the CPU, 2 videos of 1 frame, loss fp32 {losses[0]:.4f} / bf16 "
-        f"{losses[1]:.4f}, in {time.perf_counter() - started:.1f} s; torch {torch.__version__}"
+        f"{losses[1]:.4f} / loader-fed {losses[2]:.4f} / stage two {losses[3]:.4f}, in {time.perf_counter() - started:.1f} s; torch {torch.__version__}"
     )
     print_header(
         args, GPU_IMAGE_SIZE, device_line, f"- ({DRY_PRESET} preset on the CPU: {fpf / 1e9:.3f} GFLOP)", chosen
