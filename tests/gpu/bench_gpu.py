@@ -459,7 +459,7 @@ def gpu_run(args: argparse.Namespace) -> None:
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row, after the warm-up")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per row, after the warm-up")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (the compiled row compiles)")
     parser.add_argument("--frames-per-video", type=int, default=5)
     parser.add_argument("--videos", type=int, nargs="+", default=[1, 4], help="videos per step, fp32 and bf16 rows")
