@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> dict:
         "gpu_frames_per_s": args.gpu_frames,
     }
     for name, data in (("decode", decoded), ("store", stored)):
+        if name not in args.loaders:
+            continue
         report["page_cache"] = drop_page_cache(root, work / "store", everything=args.drop_caches)
         frames, seconds = epoch(data, args.workers)
         per_worker = frames / seconds / max(1, args.workers)
@@ -150,9 +152,10 @@ def run(args: argparse.Namespace) -> dict:
             "workers_per_gpu": math.ceil(args.gpu_frames / per_worker),
         }
     report["peak_rss_mib"] = round(peak_rss_kib() / 1024, 1)
-    report["speedup"] = round(
-        report["store"]["frames_per_s_per_worker"] / report["decode"]["frames_per_s_per_worker"], 2
-    )
+    if {"decode", "store"} <= set(report):
+        report["speedup"] = round(
+            report["store"]["frames_per_s_per_worker"] / report["decode"]["frames_per_s_per_worker"], 2
+        )
     return report
 
 
@@ -169,6 +172,8 @@ def show(report: dict) -> None:
     ):
         table.add_column(column, justify="right")
     for name in ("decode", "store"):
+        if name not in report:
+            continue
         row = report[name]
         table.add_row(
             name,
@@ -181,7 +186,8 @@ def show(report: dict) -> None:
     console.print(table)
     console.print(
         f"store: {report['store_bytes'] / 1e9:.2f} GB, built in {report['store_build_s']} s; "
-        f"{report['speedup']}x per worker; {report['items_compared']} items equal to decoding; "
+        + (f"{report['speedup']}x per worker; " if "speedup" in report else "")
+        + f"{report['items_compared']} items equal to decoding; "
         f"peak RSS {report['peak_rss_mib']:.0f} MiB; "
         f"page cache dropped by {report['page_cache']}"
     )
@@ -200,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gpu-frames", type=float, default=1000.0)
     parser.add_argument("--compare", type=int, default=20, help="items compared between the store and decoding")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--loaders", nargs="+", default=["decode", "store"], choices=["decode", "store"], help="the epochs to time"
+    )
     parser.add_argument(
         "--drop-caches", action="store_true", help="also drop the whole machine's page cache (root) before each epoch"
     )
