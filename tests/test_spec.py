@@ -72,6 +72,7 @@ def test_parsed_values_and_defaults():
             "batch_size": 1,
             "grad_accum": 1,
             "seed": 3407,
+            "prior_train": "ground-truth",  # a stage with a prior: the paper's training prior
         }
         and two.shuffle is False
     )

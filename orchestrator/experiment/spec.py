@@ -253,6 +253,14 @@ class StageSpec(Strict):
         if problem:
             raise Expected(problem, at=("tune", "scheduler"), got=self.tune.scheduler_name)
         defaults = {**Hyperparameters().model_dump(), **task_defaults(self.task)}
+        if self.prior is None:  # prior_train chooses among a prior's sources: a stage without one has none
+            if "prior_train" in self.params:
+                raise Expected(
+                    "no prior_train on a stage without a prior (it says which masks stage two trains on)",
+                    at=("params", "prior_train"),
+                    got=dict(self.params)["prior_train"],
+                )
+            del defaults["prior_train"]
         shuffle = defaults.pop("shuffle")
         if "shuffle" not in self.model_fields_set:
             self.shuffle = shuffle

@@ -25,8 +25,11 @@ def stage_inputs(
 
     placement = ("resources",)  # where a stage runs does not change what it computes
     c = spec.compute
+    dumped = stage.model_dump(mode="json", exclude=set(placement))
+    if dumped["params"].get("prior_train") == "ground-truth":  # added after format 2: left out at its default
+        del dumped["params"]["prior_train"]
     return {
-        "stage": stage.model_dump(mode="json", exclude=set(placement)),
+        "stage": dumped,
         # Keys added since a format's first release are left out while unset, so that a stage that
         # completed before them stays complete.
         "model": _without_unset(spec.model.model_dump(mode="json"), "pretrain"),

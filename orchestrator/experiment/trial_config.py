@@ -80,7 +80,8 @@ def effective_config(spec: ExperimentSpec, results_root: str | Path = "results")
         given = fixed(stage.params)
         resolved = TrainConfig.load({**config, **given, "trial_dir": "<trial folder>"})
         # The search spaces as written; model and compute are the experiment's, shown once below.
-        shown = {**resolved.model_dump(mode="json", exclude={"trial_dir", "model", "compute"}), **stage.params}
+        hidden = {"trial_dir", "model", "compute"} | (set() if stage.prior else {"prior_train"})  # no prior, no choice
+        shown = {**resolved.model_dump(mode="json", exclude=hidden), **stage.params}
         if stage.params.get("lr_b") is None:  # the task defaults fill it in: None means lr / 10
             shown["lr_b"] = resolved.learning_rate_b if "lr" in given else "lr / 10"
         if "adapter_warmup" in given:

@@ -156,6 +156,10 @@ class ComputeConfig(Strict):
     # decoding per epoch).
     frame_store: bool = True
     max_failures: int = Field(1, ge=0)  # Ray retries a failed trial from its last checkpoint this many times
+    # How a multi-worker trial's workers are placed (its Ray Train placement group's strategy): pack,
+    # Ray's default, fills a node before the next (DDP over local links); spread puts them on as many
+    # nodes as it can. A one-worker trial is one bundle, where either is the same.
+    placement: Literal["pack", "spread"] = "pack"
 
     @model_validator(mode="after")
     def _parallel_strategy(self) -> ComputeConfig:
@@ -183,6 +187,10 @@ class Hyperparameters(Strict):
     batch_size: int = Field(1, ge=1)  # videos per step per worker
     grad_accum: int = Field(1, ge=1)
     seed: int = 3407
+    # A stage with a prior (stage two): the prior its training set carries. ground-truth, the paper's, is
+    # the true sounding mask; stage-one is stage one's exported masks of the training split, the prior
+    # it is validated and tested on. Filled in only for a stage with a prior (StageSpec).
+    prior_train: Literal["ground-truth", "stage-one"] = "ground-truth"
 
 
 def task_defaults(task: str) -> dict[str, Any]:
@@ -201,7 +209,7 @@ class TrainConfig(Hyperparameters):
     trial_dir: str
     model: ModelConfig = ModelConfig(preset="tiny")
     audio_cache: str | None = None  # embeddings cache folder (default: $AAVS_CACHE_DIR or ~/.cache/aavs)
-    prior: str | None = None  # stage two: stage one's masks for val/test; training uses the true mask
+    prior: str | None = None  # stage two: stage one's masks for val/test, and for training with prior_train stage-one
     init_from: str | None = None  # a checkpoint folder whose matching trainable weights start this run
     epochs: int = Field(60, ge=1)
     metric: Metric = "val/miou"
@@ -224,6 +232,12 @@ class TrainConfig(Hyperparameters):
         for key, value in task_defaults(self.task).items():
             if key not in self.model_fields_set:
                 setattr(self, key, value)
+        return self
+
+    @model_validator(mode="after")
+    def _stage_one_prior_needs_masks(self) -> TrainConfig:
+        if self.prior_train == "stage-one" and self.prior is None:
+            raise Expected("ground-truth without a prior (stage-one trains on its masks)", at=("prior_train",))
         return self
 
     @classmethod

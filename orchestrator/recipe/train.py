@@ -161,7 +161,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- phases
 def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBenchDataset]:
-    """Train and val videos; stage two trains on the true sounding mask and validates on stage one's."""
+    """Train and val videos; stage two validates on stage one's masks and trains on the true sounding
+    mask (``prior_train: ground-truth``, the paper's) or on stage one's masks of the training split
+    (``stage-one``: the export every trial of the stage shares, written once by the stage's mask task)."""
     common: dict[str, Any] = dict(
         image_size=image_size,
         vggish=cfg.model.vggish,
@@ -171,9 +173,8 @@ def _datasets(cfg: TrainConfig, image_size: int) -> tuple[AVSBenchDataset, AVSBe
     )
     if cfg.compute.frame_store:
         common.update(frame_store=default_store_dir(), store_workers=cfg.compute.loader_workers)
-    train = AVSBenchDataset(
-        cfg.data_root, cfg.task, "train", prior="ground-truth" if cfg.prior else None, training=True, **common
-    )
+    train_prior = (cfg.prior if cfg.prior_train == "stage-one" else "ground-truth") if cfg.prior else None
+    train = AVSBenchDataset(cfg.data_root, cfg.task, "train", prior=train_prior, training=True, **common)
     return train, AVSBenchDataset(cfg.data_root, cfg.task, "val", prior=cfg.prior, **common)
 
 
