@@ -6,8 +6,8 @@ the IoU of the two background masks) and the best over 255 thresholds of the fra
 
 Semantic (AVSS): per frame and class, intersection, prediction area and label area; per-class sums of
 IoU and F over the frames where the class occurs in the union; mIoU = mean over all classes of
-sum / count (never-seen classes count 0). "No background" drops class 0; note that the reference code
-drops the *last* class instead (``miou_pc[:-1]``), we follow the stated definition.
+sum / count (never-seen classes count 0). "No background" drops class 0, the background, as the
+reference code does (``miou_pc[1:]``).
 """
 
 from __future__ import annotations

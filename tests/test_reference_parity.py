@@ -39,11 +39,19 @@ def our_scores(model, inputs: dict[str, np.ndarray], stride: int) -> np.ndarray:
 
 
 def assert_matches_reference(ours: np.ndarray, reference: np.ndarray) -> None:
+    """Within a relative error of 1e-4 of the reference's score maps.
+
+    No separate check that the predicted classes agree: on these tiny random networks the reference's
+    argmax is one class on every pixel (background for ``avs``, one class for ``avss``), so agreement
+    would test nothing. The relative-error bound carries it: a pixel's class can change only where the
+    error moves two of its scores apart by the reference's margin between its top two classes, which
+    takes an error of at least margin / sqrt(2); the bound allows less (checked first)."""
     assert ours.shape == reference.shape
+    top_two = np.sort(reference, axis=1)[:, -2:]
+    margin = float((top_two[:, 1] - top_two[:, 0]).min())
+    assert 1e-4 * np.linalg.norm(reference) < margin / np.sqrt(2), "the bound no longer implies the classes"
     relative = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
-    agreement = (ours.argmax(1) == reference.argmax(1)).mean()
     assert relative < 1e-4, f"relative error {relative:.3g}"
-    assert agreement > 0.999, f"argmax agreement {agreement:.5f}"
 
 
 @pytest.mark.parametrize("variant,task", NETWORKS)
