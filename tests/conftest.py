@@ -185,9 +185,9 @@ def tiny_results(tiny_run: tuple[Path, str]) -> Path:
 # takes the remaining tests as they come. Every run checks that the list is complete.
 SERIAL_MODULES = frozenset(
     {
-        *("test_cluster.py", "test_experiment.py", "test_faults.py", "test_head_loss.py"),
-        *("test_node_loss.py", "test_predict_ray.py", "test_rank_loss.py", "test_search_ray.py"),
-        *("test_security.py", "test_submit.py"),
+        *("test_cluster.py", "test_experiment.py", "test_faults.py", "test_gpu_cluster.py", "test_head_loss.py"),
+        *("test_node_check.py", "test_node_loss.py", "test_predict_ray.py", "test_rank_loss.py"),
+        *("test_search_ray.py", "test_security.py", "test_submit.py"),
     }
 )
 

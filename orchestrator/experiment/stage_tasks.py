@@ -8,10 +8,15 @@ features it needs, so that the same call runs in this process (``--local``) or a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aavs.datasets import atomic
 from aavs.models import registry
@@ -39,9 +44,40 @@ def ray_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def record_node(trial_dir: str) -> None:
-    """``node.json`` in the trial folder: which node ran it (a stage's ``resources`` decide where)."""
-    results.write_node(trial_dir, ray_node_id())
+@contextlib.contextmanager
+def recording_node(trial_dir: str, rank: int = 0) -> Iterator[None]:
+    """The rank's node record in the trial folder (``node.json``, rank N > 0 ``node.rankN.json``) around
+    its training: which node ran it (a stage's ``resources`` decide where), the GPU ids Ray assigned to
+    this process and the ``CUDA_VISIBLE_DEVICES`` it saw (Ray Train shows a worker every GPU its node's
+    workers hold), its process group's backend, when it started and, once it ended (or raised), when,
+    and where accelerate computed."""
+    import ray  # here, not at the top: a Ray trial or worker has imported it already
+    import torch.distributed as dist  # likewise (train_func's torch)
+
+    placement: dict[str, Any] = {
+        "rank": rank,
+        "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()] if ray.is_initialized() else [],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "backend": str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None,
+        "start": time.time(),
+    }
+    results.write_node(trial_dir, ray_node_id(), **placement)
+    try:
+        yield
+    finally:
+        results.write_node(trial_dir, ray_node_id(), **placement, **_accelerate_placement(), end=time.time())
+
+
+def _accelerate_placement() -> dict[str, str]:
+    """The device and distributed type of this process's accelerate state ({} before its first
+    Accelerator). Read from the state every Accelerator of the process shares, without making one: a
+    ``PartialState()`` made here would initialise it."""
+    from accelerate.state import PartialState  # here, not at the top: it imports torch
+
+    shared = PartialState._shared_state
+    if "device" not in shared:
+        return {}
+    return {"device": str(shared["device"]), "distributed": shared["distributed_type"].value}
 
 
 def masks_ready(out: Path, checkpoint: str) -> bool:

@@ -59,7 +59,9 @@ def make_accelerator(compute: ComputeConfig, grad_accum: int, grad_clip: float |
             gradient_clipping=grad_clip or 0.0,
         )
     else:
-        kwargs["cpu"] = compute.cpu
+        # The CPU where CUDA is absent too: accelerate takes a process group on the CPU for DDP only
+        # with cpu=True (without it, ranks that ask for GPUs they cannot use would train unsynchronised).
+        kwargs["cpu"] = use_cpu
         # Some trainable weights sit out a forward: the prior embeddings of a semantic network run
         # without a prior, Swin's final norm (Mask2Former reads the stage outputs before it).
         kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]

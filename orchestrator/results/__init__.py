@@ -23,7 +23,10 @@ them reads and writes it through this package, so its layout is stated once, her
     <stage>/tune/                         Ray Tune (experiment state)     aavs resume (Tuner.restore)      Tune's own
     <stage>/trials/<id>/schedule.json     the trial, when PBT exploits    leaderboard                      Schedule
     <stage>/trials/<id>/config.json       train_func                      leaderboard                      dict (TrainConfig.to_dict())
-    <stage>/trials/<id>/node.json         the trial (rank 0, Ray)         people, tests                    NodeRecord
+    <stage>/trials/<id>/node.json         the trial (rank 0, Ray; ranks   people, tests                    NodeRecord
+                                          N > 0: node.rankN.json), the
+                                          Ray runner (the end of a trial
+                                          Tune ended)
     <stage>/trials/<id>/status.json       train_func, output_capture,     driver, leaderboard, logs        StatusRecord
                                           the Ray runner (stopped)
     <stage>/trials/<id>/metrics.jsonl     train_func (one line a report)  leaderboard, train_func (resume) MetricsRow
@@ -154,6 +157,7 @@ from aavs.orchestrator.results.trial_files import (
     StatusRecord,
     append_metrics,
     clear_metrics,
+    end_node,
     keep_metrics_through,
     metrics_line,
     progress_line,
@@ -257,6 +261,7 @@ __all__ = [
     "clear_metrics",
     "clear_stop",
     "configuration_key",
+    "end_node",
     "fixed",
     "folder_files",
     "folder_version",

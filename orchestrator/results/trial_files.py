@@ -76,20 +76,53 @@ def read_trial_config(trial_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
 
 # ------------------------------------------------------------------------------ where it stands
 class NodeRecord(Record):
-    """``node.json``: the Ray node the trial last ran on (its rank 0); None outside Ray. Format 2:
-    also the host and process id of that rank (to find it, e.g. to see what the out-of-memory killer took)."""
+    """``node.json``: where the trial last ran (its rank 0; rank N > 0 of a multi-worker trial writes
+    ``node.rankN.json``); ``node_id`` None outside Ray. Format 2: also the host and process id of that
+    rank (to find it, e.g. to see what the out-of-memory killer took). Then, in the same layout (the keys
+    are optional: an older record reads with them None, unknown): the rank's placement, what Ray gave it
+    and what it saw, written as it starts and again, with ``end`` and where accelerate computed, as it
+    ends. A rank ended from outside (Ray Tune stopping its trial, a killed process) cannot write its
+    end: the driver writes when Tune ended the trial (:func:`end_node`); a rank no one saw end keeps
+    ``end`` None."""
 
     node_id: str | None
     host: str | None = None
     pid: int | None = None
+    rank: int = 0
+    gpu_ids: list[str] | None = None  # ray.get_gpu_ids() of the rank's process ([] without GPUs)
+    cuda_visible_devices: str | None = None  # as the rank's process saw it (None: unset)
+    backend: str | None = None  # its torch.distributed process group's (gloo, nccl); None: one process
+    device: str | None = None  # where accelerate computed (cpu, cuda:0)
+    distributed: str | None = None  # accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED)
+    start: float | None = None
+    end: float | None = None
 
 
-def write_node(trial_dir: str | os.PathLike[str], node_id: str | None) -> None:
-    write_record(Path(trial_dir) / NODE_FILE, NodeRecord(node_id=node_id, host=socket.gethostname(), pid=os.getpid()))
+def node_file(trial_dir: str | os.PathLike[str], rank: int = 0) -> Path:
+    """A rank's ``node.json`` (rank 0) or ``node.rankN.json``."""
+    return Path(trial_dir) / (NODE_FILE if rank == 0 else f"node.rank{rank}.json")
 
 
-def read_node(trial_dir: str | os.PathLike[str]) -> NodeRecord | None:
-    return read_record(Path(trial_dir) / NODE_FILE, NodeRecord)
+def write_node(trial_dir: str | os.PathLike[str], node_id: str | None, **placement: Any) -> None:
+    """This process's node record (of ``placement["rank"]``, 0 by default): its node, host and pid,
+    and ``placement``, NodeRecord's other keys."""
+    record = NodeRecord(node_id=node_id, host=socket.gethostname(), pid=os.getpid(), **placement)
+    write_record(node_file(trial_dir, record.rank), record)
+
+
+def read_node(trial_dir: str | os.PathLike[str], rank: int = 0) -> NodeRecord | None:
+    return read_record(node_file(trial_dir, rank), NodeRecord)
+
+
+def end_node(trial_dir: str | os.PathLike[str], rank: int, end: float) -> bool:
+    """A rank's record that has a start and no end (ended from outside) gets ``end``, the rest as it
+    was; False where there is none such."""
+    record = read_node(trial_dir, rank)
+    if record is None or record.start is None or record.end is not None:
+        return False
+    record.end = end
+    write_record(node_file(trial_dir, rank), record)
+    return True
 
 
 class StatusRecord(Record):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import stopping
 from aavs.orchestrator.experiment.runners.base import logged_call, logged_trial
-from aavs.orchestrator.experiment.runners.trainable import Launch, retrain, run_trial, tune_trial, tune_trial_dirname
+from aavs.orchestrator.experiment.runners.trainable import (
+    Launch,
+    cuda_usable,
+    retrain,
+    run_trial,
+    tune_trial,
+    tune_trial_dirname,
+)
 from aavs.orchestrator.experiment.schedulers import make_scheduler
 from aavs.orchestrator.experiment.search import make_searcher, tune_space
 from aavs.orchestrator.experiment.search_space import planned_trials
@@ -49,6 +57,7 @@ class RayRunner:
     def __init__(self, spec: ExperimentSpec, results_dir: Path, quiet: bool = True) -> None:
         self.spec, self.results_dir = spec, results_dir
         self.quiet, self.cpus = quiet, spec.compute.cpus_per_worker
+        self._backends: dict[tuple[tuple[str, float], ...], str] = {}  # by a stage's custom resources
         # Tune's console output off (with verbose=0, its new engine still prints a header per
         # stage): the live view (aavs.orchestrator.views.live) shows the trials instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -69,7 +78,34 @@ class RayRunner:
             name=stage.name,
             resources=dict(stage.resources),
             quiet=self.quiet,
+            backend=self._backend(stage),
+            placement=c.placement.upper(),
         )
+
+    def _backend(self, stage: StageSpec) -> str | None:
+        """The process group of the stage's multi-worker trials (None: one worker, none): gloo on the
+        CPU; with GPUs, nccl where CUDA works on a node with the workers' resources, else gloo (Ray
+        Train's default for workers with GPUs, nccl, fails without CUDA: a node may declare GPUs it
+        cannot use, or lack the driver). Asked once per set of resources, of a Ray task with one
+        worker's resources (where the workers will run, not where this driver or a trial's actor
+        runs), and logged."""
+        c = self.spec.compute
+        if c.workers_per_trial == 1:
+            return None
+        if not c.gpus_per_worker:
+            return "gloo"
+        key = tuple(sorted(stage.resources.items()))
+        if key not in self._backends:
+            usable = self.call(cuda_usable, resources=stage.resources)
+            self._backends[key] = "nccl" if usable else "gloo"
+            log.info(
+                "stage %s: %d-worker trials on the %s backend (CUDA %s on a node with the workers' resources)",
+                stage.name,
+                c.workers_per_trial,
+                self._backends[key],
+                "works" if usable else "is not usable",
+            )
+        return self._backends[key]
 
     def run_search(self, stage: StageSpec, base: dict[str, Any], stage_dir: Path) -> None:
         """The stage as one Tune experiment under ``<stage>/tune``; an interrupted one is restored with
@@ -119,7 +155,7 @@ class RayRunner:
                 run_config=tune.RunConfig(
                     name=experiment.name,
                     storage_path=str(experiment.parent),
-                    callbacks=callbacks,
+                    callbacks=[*callbacks, _EndingNodeRecords()],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=c.max_failures),
                 ),
@@ -171,13 +207,43 @@ class RayRunner:
         return max((float(r.get("CPU", 0)) for r in nodes), default=0.0) or float(self.cpus)
 
 
+class _EndingNodeRecords(tune.Callback):
+    """The end of a trial that Tune ended from outside, in its ranks' node records: a scheduler's stop
+    (ASHA's at the last epoch too) ends the trial's process before the ranks can write when they ended
+    (aavs.orchestrator.experiment.stage_tasks.recording_node). The time is Tune's decision: after the
+    trial's last report, on which it blocked (a function trial reports synchronously), and before its
+    resources go to another trial."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _end_node_records(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _end_node_records(trial)
+
+
+def _end_node_records(trial: Any) -> None:
+    trial_dir = Path(trial.config["stage_dir"]) / "trials" / tune_trial_dirname(trial)
+    end = time.time()
+    for rank in range(trial.config["launch"]["workers"]):
+        results.end_node(trial_dir, rank, end)
+
+
 def _end_running_trials(stage_dir: Path, status: results.TrialStatus, error: str | None = None) -> None:
-    """After Tune's run: the trials whose status.json still says running end ``status``."""
+    """After Tune's run: the trials whose status.json still says running end ``status``, or done when they
+    reported their last epoch: a scheduler whose limit is the stage's epochs (ASHA's ``max_t``) stops a
+    trial on that report, before train_func writes that it is done."""
     for trial_dir in trial_dirs(stage_dir):
         record = results.read_status(trial_dir)
-        if record and record.status == results.TrialStatus.RUNNING:
+        if record is None or record.status != results.TrialStatus.RUNNING:
+            continue
+        rows = results.read_metrics(trial_dir)
+        best = results.read_checkpoint_metrics(trial_dir / results.BEST)
+        if record.epochs and rows and rows[-1].epoch == record.epochs - 1 and best is not None:
+            record.status, record.epoch, record.best = results.TrialStatus.DONE, record.epochs, best.to_json()
+            record.progress = None
+        else:
             record.status, record.error = status, error or record.error
-            results.write_status(trial_dir, record)
+        results.write_status(trial_dir, record)
 
 
 class _TrialTaskFailed(logging.Filter):

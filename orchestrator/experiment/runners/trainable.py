@@ -9,18 +9,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any, TypedDict
 
 import ray.train
 import ray.tune
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment.runners.base import logged_trial
 from aavs.orchestrator.experiment.search_space import trial_name
-from aavs.orchestrator.experiment.stage_tasks import record_node
+from aavs.orchestrator.experiment.stage_tasks import recording_node
 from aavs.orchestrator.experiment.trial_config import trial_config
 from aavs.orchestrator.recipe import checkpointing
 
@@ -38,6 +39,8 @@ class Launch(TypedDict):
     name: str  # the stage's
     resources: dict[str, float]  # the stage's custom Ray resources
     quiet: bool
+    backend: str | None  # a multi-worker trial's process group (nccl, gloo; RayRunner._backend); None: one worker
+    placement: str  # its placement group's strategy: PACK or SPREAD (compute.placement)
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -62,14 +65,15 @@ def run_trial(train_config: dict[str, Any], launch: Launch, trial_id: str) -> No
     from aavs.orchestrator.recipe.train import train_func  # here, not at the top: torch, transformers
 
     if launch["workers"] == 1:
-        record_node(train_config["trial_dir"])
-        if train_config["report_checkpoints"]:
-            _continue_from_exchanged_state(Path(train_config["trial_dir"]), ray.tune.get_checkpoint())
-        train_func(train_config)
+        with recording_node(train_config["trial_dir"]):
+            if train_config["report_checkpoints"]:
+                _continue_from_exchanged_state(Path(train_config["trial_dir"]), ray.tune.get_checkpoint())
+            train_func(train_config)
         return
     trainer = TorchTrainer(
         functools.partial(_train_func_recording_node, quiet=launch["quiet"]),
         train_loop_config=train_config,
+        torch_config=TorchConfig(backend=launch["backend"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=launch["workers"],
             use_gpu=launch["gpus"] > 0,
@@ -78,6 +82,7 @@ def run_trial(train_config: dict[str, Any], launch: Launch, trial_id: str) -> No
                 **({"GPU": launch["gpus"]} if launch["gpus"] else {}),
                 **launch["resources"],
             },
+            placement_strategy=launch["placement"],
         ),
         run_config=ray.train.RunConfig(
             name=f"{launch['name']}-{trial_id}",
@@ -102,7 +107,7 @@ def retrain(trial_dir: str, config: dict[str, Any], quiet: bool) -> None:
     """A one-worker trial trained again outside its Tune experiment (a repair reset it)."""
     from aavs.orchestrator.recipe.train import TrainingDiverged, train_func  # here: torch, transformers
 
-    with contextlib.suppress(TrainingDiverged):  # status.json says so
+    with contextlib.suppress(TrainingDiverged), recording_node(trial_dir):  # status.json says so
         logged_trial(trial_dir, quiet, train_func, config)
 
 
@@ -125,11 +130,25 @@ def _continue_from_exchanged_state(trial_dir: Path, checkpoint: Any) -> None:
     results.write_schedule(trial_dir, schedule)
 
 
+def cuda_usable() -> bool:
+    """Whether CUDA works in this process (a Ray task with a trial worker's resources: on a node that
+    has them)."""
+    import torch  # here, not at the top: only where the task runs
+
+    return torch.cuda.is_available()
+
+
 def _train_func_recording_node(config: dict[str, Any], quiet: bool = True) -> Any:
-    """``train_func`` on a Ray Train worker, output in the trial's log of its rank; rank 0 records its node."""
+    """``train_func`` on a Ray Train worker, output in the trial's log of its rank; each rank records its
+    node (aavs.orchestrator.experiment.stage_tasks.recording_node)."""
+    import torch  # here, not at the top: Ray Train has imported it in its workers
+
     from aavs.orchestrator.recipe.train import train_func  # here, not at the top: torch, transformers
 
+    if not torch.cuda.is_available():
+        # Ray Train points accelerate at the GPU it assigned (ACCELERATE_TORCH_DEVICE=cuda:N) whether
+        # or not CUDA works here; without it accelerate takes the CPU, as pick_device does.
+        os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
     rank = ray.train.get_context().get_world_rank()
-    if rank == 0:
-        record_node(config["trial_dir"])
-    return logged_trial(config["trial_dir"], quiet, train_func, config, rank=rank)
+    with recording_node(config["trial_dir"], rank):
+        return logged_trial(config["trial_dir"], quiet, train_func, config, rank=rank)
