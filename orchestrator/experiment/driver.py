@@ -15,8 +15,9 @@ trials read the masks stage one exported. Object-store URIs (s3://...) are refus
 read and written as files.
 
 The modules it drives, in the order a stage meets them: :mod:`.preparation` (checks, data, embeddings,
-base), :mod:`.stage_state` (inputs, "unchanged", supersession), :mod:`.trial_config`, a runner
-(:mod:`.runners`), :mod:`.selection` (the best trial), :mod:`.stage_tasks` (masks, test), :mod:`.notify`.
+base), on Ray :mod:`.node_check` (every node that runs trials sees this data root and results folder),
+:mod:`.stage_state` (inputs, "unchanged", supersession), :mod:`.trial_config`, a runner (:mod:`.runners`),
+:mod:`.selection` (the best trial), :mod:`.stage_tasks` (masks, test), :mod:`.notify`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aavs.datasets import atomic
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
 from aavs.orchestrator.experiment import lock, notify, repair, stopping
+from aavs.orchestrator.experiment.node_check import check_nodes
 from aavs.orchestrator.experiment.preparation import (
     check_runnable,
     check_writable,
@@ -156,9 +158,11 @@ def run_stages(
 
 def _run_stages(spec: ExperimentSpec, results_dir: Path, local: bool, quiet: bool) -> dict[str, results.BestTrial]:
     data_root = prepare_data(spec, results_dir)
+    runner = make_runner(spec, results_dir, local, quiet)
+    if not local:  # every node that runs trials sees this data and this results folder (node_check.py)
+        check_nodes(spec, data_root, results_dir)
     cache = results_dir / results.CACHE_DIR
     precompute_embeddings(spec, data_root, cache)
-    runner = make_runner(spec, results_dir, local, quiet)
     inputs_spec, spec = spec, prepare_base(spec, results_dir, runner)  # stage inputs name the pretrain settings
     stages = _StageRun(spec, results_dir, data_root, cache, runner)
     reported = False
