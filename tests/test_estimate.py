@@ -136,10 +136,10 @@ def test_gpu_hours_and_loader_workers_follow_from_the_flops(sheet: dict[str, Any
     s_train, s_eval = semantic["flops_per_frame"]["train"], semantic["flops_per_frame"]["eval"]
     s_flops = 60 * (s_train["A"] + 2 * s_train["B"]) + 40 * (s_eval["A"] + 2 * s_eval["B"]) + 40 * s_eval["B"]
     assert semantic["device_hours"] == pytest.approx(s_flops / RATE / 3600)
-    # A GPU trains RATE / (FLOPs of a frame in the cheaper phase) frames/s; a worker delivers 270 (devices.py).
+    # A GPU trains RATE / (FLOPs of a frame in the cheaper phase) frames/s; a worker delivers 720 (devices.py).
     frames_per_s = RATE / train["A"]
     assert localize["loader"]["frames_per_s_per_device"] == pytest.approx(frames_per_s)
-    assert localize["loader"]["workers_needed_per_device"] == math.ceil(frames_per_s / 270)
+    assert localize["loader"]["workers_needed_per_device"] == math.ceil(frames_per_s / 720)
     assert sheet["device"]["peak_flops_per_s"] == 312e12 and "A100 datasheet" in sheet["device"]["peak_source"]
 
 

@@ -30,10 +30,11 @@ from aavs.datasets.errors import InputError
 
 DEFAULT_MFU = 0.4
 # Frames per second one DataLoader worker delivers with everything a training step takes, at 384 x 384,
-# reading the frame store: 270.8 in tests/benchmarks/bench_loader.py's full-size epoch with the page
-# cache dropped on the 2-core development machine, whose disk (about 106 MB/s) was the limit; from the
-# page cache a worker delivers about 1,900 (docs/scale.md). The disk-bound figure, to be safe.
-LOADER_FRAMES_PER_S_PER_WORKER = 270.0
+# as the training loop reads them (compact items from the frame store, one pread per array):
+# 721.2 in tests/benchmarks/bench_loader.py's full-size epoch with the page cache dropped, alone on the
+# 2-core development machine (docs/scale.md); 456.9 in the same epoch beside other work. The quiet figure,
+# rounded down.
+LOADER_FRAMES_PER_S_PER_WORKER = 720.0
 LOADER_IMAGE_SIZE = 384
 
 _MEASURED_BF16 = (
