@@ -126,6 +126,18 @@ def staged(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}{suffix}")
 
 
+def probe_write(path: Path, content: bytes) -> None:
+    """Whether a folder takes writes, tried: a new file ``path`` (never an existing one) written, fsynced
+    and removed; the OSError of the first step that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
 def make_dirs(folder: Path) -> None:
     """``folder`` and its missing parents created, each new entry fsynced in its parent, so that what is
     then written into it survives a power loss with its folder."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def keep_ray_address_file() -> Callable[[], None]:
+    """A function that puts back, as it is now, the address file a bare ``ray.init()`` on this machine
+    reads: a test cluster (``ray.cluster_utils.Cluster``) writes its own there, and other Ray users on
+    the machine must never join it. Ray exposes the file's path only through ``ray._common.utils``."""
+    from ray._common.utils import get_ray_address_file
+
+    address_file = Path(get_ray_address_file(None))
+    before = address_file.read_text() if address_file.exists() else None
+
+    def restore() -> None:
+        if before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(before)
+
+    return restore
 
 
 @pytest.fixture(scope="session")

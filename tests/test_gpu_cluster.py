@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_spec
+from conftest import keep_ray_address_file, tiny_spec
 
 from aavs.datasets.errors import InputError
 from aavs.orchestrator import results
@@ -51,18 +51,9 @@ def gpu_nodes():
     yields their node ids. The address file that a bare ``ray.init()`` on this machine reads is put
     back as it was: other Ray users here never connect to this cluster."""
     import ray
-    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
-    address_file = Path(get_ray_address_file(None))
-    before = address_file.read_text() if address_file.exists() else None
-
-    def restore_address_file() -> None:
-        if before is None:
-            address_file.unlink(missing_ok=True)
-        else:
-            address_file.write_text(before)
-
+    restore_address_file = keep_ray_address_file()
     temp_dir = tempfile.mkdtemp(prefix="aavs-gpu-", dir="/tmp")
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": False}

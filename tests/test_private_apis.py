@@ -62,7 +62,7 @@ def test_transformers_internal_forwards_keep_the_signatures_aavs_overrides(name,
 
 
 def test_ray_address_file_helper_used_by_the_cluster_test():
-    """``tests/test_cluster.py``: a two-node test cluster must put back the address file a bare
+    """``keep_ray_address_file`` in conftest.py: a test cluster must put back the address file a bare
     ``ray.init()`` reads, so other Ray users on the machine never join it; Ray exposes the file's
     path only through ``ray._common.utils``."""
     from ray._common.utils import get_ray_address_file

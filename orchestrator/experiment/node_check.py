@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aavs.datasets.atomic import probe_write
 from aavs.datasets.errors import InputError
 from aavs.datasets.layout import LABEL2IDX, METADATA, OBJECT_SUBSETS, SUBSETS
 
@@ -88,13 +89,7 @@ def results_view(results_dir: str, marker: str) -> dict[str, str | None]:
         return {"problem": "missing", "marker": None}
     probe = path / MARKER.format(token=f"{uuid.uuid4().hex}-probe")
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"aavs node check\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
+        probe_write(probe, b"aavs node check\n")
     except OSError as err:
         return {"problem": f"not writable ({err.strerror})", "marker": None}
     try:

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from aavs.datasets import atomic
 from aavs.datasets.check import Problem
 from aavs.datasets.check_cache import cached_check_data_root
 from aavs.datasets.errors import InputError
@@ -103,13 +104,7 @@ def check_writable(results_dir: Path) -> None:
         raise InputError(f"results folder {results_dir}: {where} is not a folder")
     probe = where / PROBE.format(pid=os.getpid())
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"aavs probe\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
+        atomic.probe_write(probe, b"aavs probe\n")
         free = shutil.disk_usage(where).free
     except OSError as err:
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
