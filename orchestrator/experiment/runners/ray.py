@@ -151,6 +151,11 @@ class RayRunner:
                     num_samples=stage.tune.num_samples if stage.tune.pbt else planned_trials(stage),
                     trial_dirname_creator=tune_trial_dirname,
                     trial_name_creator=tune_trial_dirname,
+                    # A trial's actor takes the stage's next trial (Tune's reset_config): one actor
+                    # start, and one import of torch and the model code, per concurrent slot, not per
+                    # trial. train_func holds no state between calls (--local runs a stage's trials in
+                    # one process too).
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=experiment.name,
