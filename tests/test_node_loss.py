@@ -9,7 +9,8 @@ train_func resumes from checkpoints/last.
 
 Both tests read one run (the module's fixture): the reference, uninterrupted, runs stage one in this
 process (``--local`` drives the same seeded searcher: the same trials in the same order), before the
-cluster starts."""
+cluster starts. They are ``faults`` tests (about a minute alone on 2 cores, 1.5 to 2 in `make test`'s
+company): `make test-faults` runs them, as it runs the other kills of the fault matrix."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from conftest import tiny_spec
 from aavs.models.registry import checkpoint_digest
 from aavs.orchestrator.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.faults]
 
 NAME = "node-loss"
 SPEC = tiny_spec(
