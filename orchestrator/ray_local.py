@@ -11,6 +11,9 @@ with Ray 2.60, they listen on all interfaces whatever ``_node_ip_address`` says,
 (with its job API) follows ``dashboard_host``. What guards those ports is Ray's token authentication,
 which Ray 2.60 turns on by default for a new local Ray (the token in ~/.ray/auth_token);
 ``RAY_AUTH_MODE=disabled`` turns it off, and aavs then says so.
+
+The workers compute with the driver's kernel pins (aavs.orchestrator.recipe.kernels): a Ray started here
+inherits this process's environment, a joined cluster's workers get them as the job's ``env_vars``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import logging
 import os
 from typing import Any
 
+from aavs.orchestrator.recipe.kernels import worker_env
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -26,9 +31,10 @@ LOOPBACK = "127.0.0.1"
 
 def local_ray_kwargs() -> dict[str, Any]:
     """``ray.init`` arguments that start a fresh Ray on the loopback address (never one found running
-    on the machine); none when ``RAY_ADDRESS`` names the cluster to join."""
+    on the machine); when ``RAY_ADDRESS`` names the cluster to join, only the kernel pins for its workers."""
     if os.environ.get("RAY_ADDRESS"):
-        return {}
+        env = worker_env()
+        return {"runtime_env": {"env_vars": env}} if env else {}
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         log.warning(
             "RAY_AUTH_MODE=disabled: the Ray that aavs starts takes work from anyone who reaches "

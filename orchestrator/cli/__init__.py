@@ -25,6 +25,7 @@ from aavs.datasets.errors import InputError
 from aavs.orchestrator.cli import data, experiment, model, views
 from aavs.orchestrator.cli.common import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, Command
 from aavs.orchestrator.experiment.stopping import ExperimentStopped
+from aavs.orchestrator.recipe import kernels
 
 __all__ = ["build_parser", "main"]
 
@@ -74,9 +75,27 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its exit status (an uncaught exception is the internal failure, status 1)."""
+    """Run one command; its exit status (an uncaught exception is the internal failure, status 1).
+
+    Without ``argv`` (a program's start: the ``aavs`` script, ``python -m aavs.orchestrator.cli``, a Ray
+    job's entrypoint) the math libraries' CPU code paths are pinned first, before anything imports torch
+    (aavs.orchestrator.recipe.kernels); a caller that passes ``argv`` (a notebook, the tests) has its
+    libraries loaded already and keeps its environment as it is."""
+    replaced: dict[str, str] = {}
+    if argv is None:
+        try:
+            replaced = kernels.pin_kernels()
+        except InputError as err:
+            sys.stderr.write(f"aavs: error: {err}\n")
+            return EXIT_INPUT
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if replaced:
+        logging.getLogger("aavs").info(
+            "kernel pins replace %s (the same numbers on every AVX2 machine; %s=1 keeps yours)",
+            ", ".join(f"{name}={value}" for name, value in replaced.items()),
+            kernels.FAST_KERNELS,
+        )
     func: Command = args.func
     try:
         return func(args)
