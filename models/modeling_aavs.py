@@ -692,10 +692,28 @@ def _instantiate(config: AAVSConfig, load_base: bool) -> Mask2FormerForUniversal
         log.info("re-initialised for the %s task (sizes differ from %s): %s", config.task, folder, ", ".join(resized))
     if any(key.startswith("class_predictor.") for key in resized):
         mask2former.class_predictor.reset_parameters()
+    _reset_resized_queries(mask2former, resized)
     missing = sorted(key for key in info.get("missing_keys", ()) if not UNUSED_SWIN_NORM.search(key))
     if missing:
         log.warning("%s lacks %d weights, left randomly initialised: %s", folder, len(missing), ", ".join(few(missing)))
     return mask2former
+
+
+# The query tables a base with another number of queries (ADE20k's 100 against the binary network's 30)
+# cannot give: Mask2Former's names for them, relative to Mask2FormerForUniversalSegmentation.
+QUERY_TABLES = ("queries_embedder", "queries_features")
+
+
+def _reset_resized_queries(mask2former: Mask2FormerForUniversalSegmentation, resized: Sequence[str]) -> None:
+    """Query tables whose size differs from the base's start from PyTorch's default ``nn.Embedding`` init,
+    N(0, 1), as the reference's 4.35.2 ``from_pretrained`` left them (it counted a resized module as
+    loaded). transformers 5 re-initialises a resized table itself (its ``_init_weights``: N(0, 1) in
+    5.25); drawn here, the values do not depend on what a release of transformers does with mismatched
+    sizes (docs/method.md §4)."""
+    module = mask2former.model.transformer_module
+    for name in QUERY_TABLES:
+        if any(key.startswith(f"model.transformer_module.{name}.") for key in resized):
+            getattr(module, name).reset_parameters()
 
 
 @contextmanager
