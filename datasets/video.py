@@ -159,13 +159,21 @@ def second_of(time_s: Fraction) -> int:
     return math.floor(time_s + Fraction(1, 2))
 
 
-def iter_timed_frames(path: str | os.PathLike) -> Iterator[tuple[Fraction, Fraction, av.VideoFrame]]:
+def iter_timed_frames(
+    path: str | os.PathLike, threads: bool = True
+) -> Iterator[tuple[Fraction, Fraction, av.VideoFrame]]:
     """(start, end, frame) of every decoded frame, in seconds from the video stream's start; ``end`` is
     the next frame's start (the last frame lasts its own duration, or one frame period). A clip whose
-    frames stop well before the length its header declares is refused as truncated."""
+    frames stop well before the length its header declares is refused as truncated. ``threads``: FFmpeg
+    decodes with frame and slice threads (faster alone, more CPU in all); else in this thread only (for
+    work that already runs beside other work: a third less CPU time)."""
     with open_video(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_type = "AUTO"
+        else:
+            stream.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
         origin = _start(stream)
         previous: tuple[Fraction, av.VideoFrame] | None = None
         end = Fraction(0)
@@ -214,6 +222,37 @@ def iter_second_frames(path: str | os.PathLike, size: int | None = None) -> Iter
 def _rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     rgb = frame.to_ndarray(format="rgb24")
     return rgb if size is None else resize_frame(rgb, size)
+
+
+# ----------------------------------------------------------------------------- yuv420p frames
+def as_yuv420p(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> av.VideoFrame:
+    """A decoded frame as yuv420p, unconverted when it is (its planes as decoded; an odd width or height
+    is left for :func:`yuv420p_planes` to crop), or scaled (bilinear) to ``size`` (width, height). Any
+    other format (RGB, 4:2:2, 4:4:4, full-range JPEG, 10-bit) goes the way an encoder fed RGB takes it:
+    to RGB (cropped to even width and height), then to yuv420p (BT.601)."""
+    if frame.format.name != "yuv420p":
+        rgb = frame.to_ndarray(format="rgb24")
+        frame = _av().VideoFrame.from_ndarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2], format="rgb24")
+    elif size is None:
+        return frame
+    width, height = size or (frame.width, frame.height)
+    return frame.reformat(width=width, height=height, format="yuv420p", interpolation="BILINEAR")
+
+
+def yuv420p_planes(frame: av.VideoFrame, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views (no copy; writable) of the Y, U and V planes of a yuv420p frame's top-left ``width`` x
+    ``height`` pixels (both even): Y ``[height, width]``, U and V ``[height / 2, width / 2]``."""
+    sizes = ((height, width), (height // 2, width // 2), (height // 2, width // 2))
+    y, u, v = (
+        np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+        for plane, (rows, cols) in zip(frame.planes, sizes, strict=True)
+    )
+    return y, u, v
+
+
+def new_yuv420p(width: int, height: int) -> av.VideoFrame:
+    """An uninitialised yuv420p frame of ``width`` x ``height`` pixels, with no decoder's metadata."""
+    return _av().VideoFrame(width, height, "yuv420p")
 
 
 # --------------------------------------------------------------------------------------- audio
@@ -350,7 +389,7 @@ AAC_BITRATE = 192_000  # the re-encoded sound: transparent for speech and music 
 
 def write_video(
     path: str | os.PathLike,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[np.ndarray | av.VideoFrame],
     rate: int | Fraction,
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
@@ -359,7 +398,8 @@ def write_video(
     audio_codec: str = "pcm_s16le",
     sound_from: str | os.PathLike | None = None,
 ) -> None:
-    """Encode RGB uint8 frames ``[H, W, 3]`` (all one size) at a constant ``rate``, with optional int16
+    """Encode RGB uint8 frames ``[H, W, 3]`` or PyAV frames (all one size; a frame already in ``pix_fmt``
+    goes to the encoder unconverted) at a constant ``rate``, with optional int16
     mono audio ``(samples, sample rate)``, or the first audio stream of the file ``sound_from`` (its
     packets copied when the codec is one of :data:`COPIED_AUDIO`, else re-encoded to AAC); the container
     follows the file's suffix."""
@@ -374,12 +414,15 @@ def write_video(
             sound = container.add_stream(audio_codec, rate=audio[1], layout="mono")
         elif heard is not None:
             sound = _sound_stream(container, heard)
-        for i, rgb in enumerate(frames):
+        for i, item in enumerate(frames):
+            if isinstance(item, np.ndarray):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(item), format="rgb24")
+            else:
+                frame = item
             if stream is None:
                 stream = container.add_stream(codec, rate=Fraction(rate), options=options or {})
-                stream.height, stream.width = rgb.shape[:2]
+                stream.height, stream.width = frame.height, frame.width
                 stream.pix_fmt = pix_fmt
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts = i
             container.mux(stream.encode(frame))
         if stream is not None:
