@@ -79,13 +79,15 @@ def _summary(outcomes: list[Outcome], out: Path, wall: float) -> dict[str, Any]:
 
 def run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: ProgressView) -> list[Outcome]:
     """One process: each video's windows through the steps, one after the other; a video's overlay is
-    encoded (and its folder committed) in a second thread while the next video decodes and predicts."""
+    encoded (and its folder committed) in a second thread while the next video decodes and predicts.
+    The videos with the most overlay work (pixels x frames) go first, so that the overlay left to
+    encode once the last video is predicted is a small one."""
     models = Models(source)
     embedder = models.embedder()
     outcomes = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aavs-overlay") as finisher:
         finishing: list[Future[Outcome]] = []
-        for job in jobs:
+        for job in sorted(jobs, key=_overlay_work, reverse=True):
             stack = contextlib.ExitStack()
             try:
                 folder = stack.enter_context(atomic_dir(out / job.name))
@@ -108,6 +110,15 @@ def run_local(jobs: list[VideoJob], out: Path, source: ModelSource, view: Progre
             finishing.append(finisher.submit(_finish, job, folder, stack, models, seconds, view))
         outcomes += [future.result() for future in finishing]
     return outcomes
+
+
+def _overlay_work(job: VideoJob) -> float:
+    """What a video's overlay costs, roughly: its pixels x its frames (as its header says); 0 when
+    none is made or the header does not tell."""
+    info = job.info
+    if job.overlay_height is None or info is None:
+        return 0.0
+    return info.width * info.height * (info.fps or 1) * (info.seconds or 0)
 
 
 def _finish(
