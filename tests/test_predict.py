@@ -304,17 +304,76 @@ def _aligned_snr_db(reference: np.ndarray, signal: np.ndarray, max_lag: int = 40
 
 def test_the_overlay_encoder_gives_the_same_bytes_every_time(tmp_path):
     """predict --ray and the in-process run promise the same overlay.mp4 bytes; x264 with two threads
-    broke that about once in eight encodes here, so the overlay's settings are encoded 20 times over."""
+    broke that about once in eight encodes here, and so did preset veryfast with one thread (its
+    macroblock tree and look-ahead: 2 or 3 different encodes in 30, inside pytest), so the overlay's
+    settings are encoded 20 times over, fed yuv420p frames as the overlay feeds them."""
+    import av
+
     from aavs.orchestrator.predict.overlay import OVERLAY_X264
 
     rng = np.random.default_rng(0)
     stills = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(5)]
-    frames = [np.roll(f, 3 * k, axis=1) for f in stills for k in range(25)]
+    rgb = [np.roll(f, 3 * k, axis=1) for f in stills for k in range(25)]
+    frames = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p") for f in rgb]
     encodes = set()
     for _ in range(20):
         write_video(tmp_path / "o.mp4", frames, 25, options=OVERLAY_X264)
         encodes.add((tmp_path / "o.mp4").read_bytes())
     assert len(encodes) == 1
+
+
+def test_overlay_blends_the_mask_at_half_alpha_over_the_input(tmp_path):
+    """overlay.mp4, decoded, against its input decoded to RGB: where the mask sounds, (1 - alpha) x the
+    frame + alpha x the class colour; elsewhere, and in a second where nothing sounds (no legend
+    either), the frame; the legend's swatch in the class colour. Within H.264's error at crf 20, for an
+    H.264 input (its yuv420p planes blended as decoded) and an RGB one of odd size (cropped to even)."""
+    import av
+
+    from aavs.datasets.palette import palette
+    from aavs.orchestrator.predict.overlay import OVERLAY_ALPHA, write_overlay
+
+    def decoded(path: Path) -> np.ndarray:
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(float)
+
+    def frames(h: int, w: int):  # smooth: H.264's error stays small
+        y, x = np.mgrid[0:h, 0:w]
+        for i in range(2 * FPS):
+            yield np.stack([40 + x + 2 * i, 30 + y, np.full((h, w), 90 + 10 * i)], axis=-1).astype(np.uint8)
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    left = np.zeros((224, 224), np.uint8)
+    left[:, :112] = 255  # second 0: the left half sounds
+    Image.fromarray(left).save(masks / "0.png")
+    Image.fromarray(np.zeros_like(left)).save(masks / "1.png")  # second 1: nothing
+    timeline = [
+        {"second": 0, "sounding": [{"index": 1, "name": "sounding", "score": 1.0, "share": 0.5}]},
+        {"second": 1, "sounding": []},
+    ]
+    colour = palette(2)[1].astype(float)
+    inputs = {"clip.mp4": ((120, 160), {"options": {"crf": "12"}}), "odd.mkv": ((121, 161), LOSSLESS)}
+    for name, ((h, w), how) in inputs.items():
+        write_video(tmp_path / name, frames(h, w), FPS, **how)
+        write_overlay(tmp_path / name, masks, tmp_path / f"{name}.mp4", timeline, ("background", "sounding"), True)
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            assert container.streams.video[0].average_rate == FPS
+        frame = decoded(tmp_path / name)[:, : h // 2 * 2, : w // 2 * 2]
+        overlay = decoded(tmp_path / f"{name}.mp4")
+        assert overlay.shape == frame.shape == (2 * FPS, h // 2 * 2, w // 2 * 2, 3), name
+        edge = w // 2  # the mask's edge (nearest-resized from 224 columns): 4 pixels either side are left out
+        regions = {
+            "masked": (slice(0, FPS), slice(30, None), slice(0, edge - 4)),  # below the legend
+            "unmasked": (slice(0, FPS), slice(None), slice(edge + 4, None)),
+            "second 1": (slice(FPS, None),),
+        }
+        expected = frame.copy()
+        expected[regions["masked"]] = (1 - OVERLAY_ALPHA) * frame[regions["masked"]] + OVERLAY_ALPHA * colour
+        for region, where in regions.items():
+            error = np.abs(overlay[where] - expected[where])
+            assert error.mean() < 2.5 and np.percentile(error, 99) <= 8, (name, region, error.mean())
+        swatch = overlay[0, 10:13, 10:13].reshape(-1, 3)  # the legend's first swatch: 8 x 8 at (8, 8)
+        assert np.abs(swatch - colour).max() <= 6, (name, swatch.mean(axis=0))
 
 
 def test_a_folder_tree_with_an_aac_clip_sized_overlays_and_none(work, tmp_path, capsys):

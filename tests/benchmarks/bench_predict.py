@@ -12,7 +12,10 @@ checkpoints, then predicts them with Stepping Stones (stage one feeding stage tw
 as the Ray Data pipeline (``ray.init`` on all cores, outside the timing), each with a cold embedding
 cache. Prints seconds of video per wall-clock second and, summed over the videos, the seconds spent in
 each step (decode, audio, model, write, overlay; under Ray the steps overlap, so they add up to more
-than the wall time).
+than the wall time). In this process too, a video's overlay is encoded in a second thread while the
+next video decodes and predicts (the videos with the most pixels x frames first), so the steps add up
+to more than the wall time there as well, and each step's seconds are wall-clock seconds in its thread:
+on 2 cores the model's grow while an overlay is encoded beside it (torch's threads wait on each other).
 """
 
 from __future__ import annotations
