@@ -58,6 +58,7 @@ from aavs.datasets.transforms import MASK_SIZE
 from aavs.models.adapters import AdaptedLinear, AdapterMode, attach_adapter, promote
 from aavs.models.clip_inference import chunked_scores, clip_inputs
 from aavs.models.configuration_aavs import AAVSConfig
+from aavs.models.deformable_attention import FusedMultiscaleDeformableAttention
 from aavs.models.presets import DEFAULT_IMAGE_SIZE, PRESETS, preset_config, task_sizes
 from aavs.models.video_loss import counted_frames, video_frames_or_one
 from aavs.models.weights import copy_state, few
@@ -285,6 +286,8 @@ class AAVS(nn.Module):
         decoder.conditioning = None
         decoder.prior_embeddings = nn.Embedding(3, hidden) if config.takes_prior else None
         promote(decoder.mask_predictor, AAVSMaskPredictor).pending_attention_mask = None
+        for layer in mask2former.model.pixel_level_module.decoder.encoder.layers:
+            promote(layer.self_attn, FusedMultiscaleDeformableAttention)  # the same numbers, faster on the CPU
         self._init_added_weights()
         self._set_swin_drop_path()
         mask2former.criterion.matcher.cost_class = MATCHER_CLASS_COST

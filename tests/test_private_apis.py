@@ -48,13 +48,29 @@ def test_accelerate_reset_state_clears_the_singleton():
             ),
         ),
         ("Mask2FormerMaskPredictor", ("outputs", "pixel_embeddings", "attention_mask_target_size")),
+        (
+            "Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention",
+            (
+                "hidden_states",
+                "attention_mask",
+                "encoder_hidden_states",
+                "encoder_attention_mask",
+                "position_embeddings",
+                "reference_points",
+                "spatial_shapes_list",
+                "level_start_index",
+                "output_attentions",
+            ),
+        ),
     ],
 )
 def test_transformers_internal_forwards_keep_the_signatures_aavs_overrides(name, ours):
-    """``models/modeling_aavs.py``: AAVS subclasses two internal Mask2Former modules and promotes the
+    """``models/modeling_aavs.py``: AAVS subclasses three internal Mask2Former modules and promotes the
     library's instances to them (docs/method.md §3), so that parameter names stay those of the released
-    checkpoints without copying the model. The overrides call ``super().forward`` with these
-    parameters; transformers may change an internal signature in any release (pinned < 6)."""
+    checkpoints without copying the model. Two overrides call ``super().forward`` with these
+    parameters; the deformable attention's (``models/deformable_attention.py``) is called by the
+    library's encoder layer with them. transformers may change an internal signature in any release
+    (pinned < 6)."""
     from transformers.models.mask2former import modeling_mask2former
 
     parameters = inspect.signature(getattr(modeling_mask2former, name).forward).parameters
