@@ -275,13 +275,14 @@ class AAVS(nn.Module):
         )
         self.model = mask2former
         self._add_adapters()
-        # Risk: private transformers API. The promotions below swap the class of two internal Mask2Former
+        # Risk: private transformers API. The promotions below swap the class of three internal Mask2Former
         # modules in place, so they rely on what no release promises: the attribute paths
-        # (transformer_module.decoder, decoder.mask_predictor), the two internal classes and their
-        # forward signatures (our overrides call super().forward by keyword), and the decoder taking
-        # each layer's attention mask from its mask predictor. tests/test_private_apis.py pins the
-        # signatures (transformers < 6); a release that changes the rest changes the outputs, which
-        # tests/test_reference_parity.py compares with the reference's.
+        # (transformer_module.decoder, decoder.mask_predictor, the pixel decoder's encoder layers'
+        # self_attn), the three internal classes and their forward signatures (two overrides call
+        # super().forward by keyword; the library calls the deformable attention's by keyword), and the
+        # decoder taking each layer's attention mask from its mask predictor. tests/test_private_apis.py
+        # pins the signatures (transformers < 6); a release that changes the rest changes the outputs,
+        # which tests/test_reference_parity.py compares with the reference's.
         decoder = promote(mask2former.model.transformer_module.decoder, AAVSMaskedAttentionDecoder)
         decoder.conditioning = None
         decoder.prior_embeddings = nn.Embedding(3, hidden) if config.takes_prior else None
