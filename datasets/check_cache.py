@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aavs.datasets import atomic
 from aavs.datasets.check import Problem, check_data_root
+from aavs.datasets.files import aavs_cache
 from aavs.datasets.layout import has_metadata
 
 CACHE_VERSION = 1  # bump when check_data_root finds problems it did not find before
@@ -52,8 +53,7 @@ def fingerprint(root: Path) -> str:
 
 def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is None:  # not audio_features.default_cache_dir: that import costs torch's start-up
-        env = os.environ.get("AAVS_CACHE_DIR")
-        cache_dir = (Path(env) if env else Path.home() / ".cache" / "aavs") / "data-check"
+        cache_dir = aavs_cache("data-check")
     base = Path(cache_dir)
     return base / f"{hashlib.sha256(str(root).encode()).hexdigest()[:24]}.json"
 

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from aavs.datasets.atomic import FS, durable_tree, make_dirs, write_json
 from aavs.datasets.errors import InputError
+from aavs.datasets.files import aavs_cache
 from aavs.datasets.layout import VideoRecord
 from aavs.datasets.progress import track
 from aavs.datasets.transforms import MASK_SIZE
@@ -70,8 +71,7 @@ def default_store_dir() -> Path:
     """``frames/`` of ``$AAVS_CACHE_DIR`` (default ~/.cache/aavs): a node's own disk, shared by every
     experiment on the same data (the key tells stores apart), never the results storage, which may be
     a network filesystem where memory-mapped reads are slow."""
-    env = os.environ.get("AAVS_CACHE_DIR")
-    return (Path(env) if env else Path.home() / ".cache" / "aavs") / "frames"
+    return aavs_cache("frames")
 
 
 def row_shape(name: str, image_size: int) -> tuple[int, ...]:

@@ -39,16 +39,13 @@ from transformers.models.mask2former.modeling_mask2former import (
     multi_scale_deformable_attention,
 )
 
+from aavs.datasets.files import aavs_cache
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "deformable_sampling.c"
 CFLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 MAX_HEAD_DIM = 1024  # the C file's bound on channels per head
-
-
-def kernel_cache_dir() -> Path:
-    env = os.environ.get("AAVS_CACHE_DIR")
-    return (Path(env) if env else Path.home() / ".cache" / "aavs") / "kernels"
 
 
 def _compiler() -> str | None:
@@ -67,7 +64,7 @@ def load_kernel() -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
         built_by = f"{version} {' '.join(CFLAGS)} {platform.machine()}".encode()
         key = hashlib.sha256(SOURCE.read_bytes() + built_by).hexdigest()[:16]
-        library = kernel_cache_dir() / f"deformable_sampling-{key}.so"
+        library = aavs_cache("kernels") / f"deformable_sampling-{key}.so"
         if not library.exists():
             library.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=library.parent) as tmp:  # built aside, renamed whole
@@ -112,10 +109,6 @@ def _run_tasks(function: Callable[..., None], args: Sequence[int], tasks: int) -
         future.result()
 
 
-def _pointer(tensor: Tensor) -> int:
-    return tensor.data_ptr()
-
-
 class FusedDeformableSampling(torch.autograd.Function):
     """``multi_scale_deformable_attention`` through the C kernel: value ``[B, S, H, D]``, locations
     ``[B, Q, H, L, P, 2]``, weights ``[B, Q, H, L, P]`` -> ``[B, Q, H * D]``."""
@@ -129,7 +122,7 @@ class FusedDeformableSampling(torch.autograd.Function):
         _, queries, _, levels, points, _ = locations.shape
         out = torch.empty(batch, queries, heads, dim)
         sizes = [batch, rows, heads, dim, queries, levels, points]
-        pointers = [_pointer(t) for t in (value, shapes, starts, locations, weights, out)]
+        pointers = [t.data_ptr() for t in (value, shapes, starts, locations, weights, out)]
         _run_tasks(kernel.deformable_sampling_forward, [*pointers, *sizes], batch * heads)
         ctx.save_for_backward(value, shapes, starts, locations, weights)
         return out.view(batch, queries, heads * dim)
@@ -144,8 +137,8 @@ class FusedDeformableSampling(torch.autograd.Function):
         grad_locations, grad_weights = torch.empty_like(locations), torch.empty_like(weights)
         batch, rows, heads, dim = value.shape
         _, queries, _, levels, points, _ = locations.shape
-        pointers = [_pointer(t) for t in (value, shapes, starts, locations, weights, grad_out)]
-        pointers += [_pointer(t) for t in (grad_value, grad_locations, grad_weights)]
+        pointers = [t.data_ptr() for t in (value, shapes, starts, locations, weights, grad_out)]
+        pointers += [t.data_ptr() for t in (grad_value, grad_locations, grad_weights)]
         sizes = [batch, rows, heads, dim, queries, levels, points]
         _run_tasks(kernel.deformable_sampling_backward, [*pointers, *sizes], batch * heads)
         return grad_value, None, None, grad_locations, grad_weights

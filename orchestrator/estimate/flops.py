@@ -45,6 +45,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from aavs.datasets import atomic
+from aavs.datasets.files import aavs_cache
 from aavs.datasets.transforms import MASK_SIZE
 from aavs.models import registry
 from aavs.orchestrator.recipe.config import ModelConfig
@@ -72,8 +73,7 @@ class NetworkRequest:
 
 def cache_dir() -> Path:
     """``$AAVS_CACHE_DIR/flops``, else ``~/.cache/aavs/flops``."""
-    env = os.environ.get("AAVS_CACHE_DIR")
-    return (Path(env) if env else Path.home() / ".cache" / "aavs") / FLOPS_DIR
+    return aavs_cache(FLOPS_DIR)
 
 
 def cache_key(request: NetworkRequest) -> str:
